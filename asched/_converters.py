@@ -1,0 +1,150 @@
+"""Converters and validators applied at the public boundary (attrs converters and friends).
+
+Everything inside asched works with aware datetimes, ``tzinfo`` objects and ``timedelta``;
+these functions turn what users hand in (strings, naive datetimes, numbers of seconds) into
+those, or raise a ``ValueError``/``TypeError`` naming the offending value.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, time, timedelta, timezone, tzinfo
+from functools import lru_cache
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from tzlocal import get_localzone
+
+
+def utc_now() -> datetime:
+    """Return the current time as an aware UTC datetime."""
+    return datetime.now(timezone.utc)
+
+
+@lru_cache(maxsize=256)
+def _zone_from_key(key: str) -> ZoneInfo:
+    return ZoneInfo(key)
+
+
+def as_timezone(value: str | tzinfo | None, *, field: str = "timezone") -> tzinfo:
+    """Return a ``tzinfo`` for a zone name, a ``tzinfo`` or ``None`` (the local zone).
+
+    :raises ValueError: if the zone name is unknown
+    :raises TypeError: if the value is neither a string nor a ``tzinfo``
+    """
+    if value is None:
+        return get_localzone()
+    if isinstance(value, tzinfo):
+        return value
+    if isinstance(value, str):
+        if value.upper() == "UTC":
+            return timezone.utc
+        try:
+            return _zone_from_key(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{field}: unknown time zone {value!r}") from None
+
+    raise TypeError(f"{field}: expected a time zone name or a tzinfo, got {value!r}")
+
+
+def timezone_key(tz: tzinfo) -> str:
+    """Return a name for ``tz`` that :func:`as_timezone` turns back into an equal zone.
+
+    :raises ValueError: if the zone has no portable name (e.g. a ``pytz``-style or custom
+        ``tzinfo`` class)
+    """
+    if tz is timezone.utc:
+        return "UTC"
+    key = getattr(tz, "key", None) or getattr(tz, "zone", None)
+    if isinstance(key, str):
+        return key
+    if isinstance(tz, timezone):
+        offset = tz.utcoffset(None)
+        if offset == timedelta(0):
+            return "UTC"
+        raise ValueError(
+            f"fixed-offset time zone {tz} has no zone name; use a zoneinfo key such as "
+            "'Etc/GMT-5' or 'UTC'"
+        )
+    raise ValueError(f"time zone {tz!r} has no portable name; use a zoneinfo key")
+
+
+def as_aware_datetime(value: datetime | date | str, tz: tzinfo, *, field: str) -> datetime:
+    """Return ``value`` as an aware datetime.
+
+    Accepts aware datetimes (kept as they are), naive datetimes and dates (interpreted in
+    ``tz``) and ISO 8601 strings (``"2026-04-30 08:00:00"``, optionally with an offset).
+
+    :raises ValueError: on an unparseable string
+    :raises TypeError: on any other type
+    """
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise ValueError(
+                f"{field}: {value!r} is not an ISO 8601 date or datetime "
+                "(expected e.g. '2026-04-30 08:00:00')"
+            ) from None
+    if isinstance(value, datetime):
+        if value.tzinfo is None or value.tzinfo.utcoffset(value) is None:
+            return localize(value, tz)
+        return value
+    if isinstance(value, date):
+        return localize(datetime.combine(value, time()), tz)
+
+    raise TypeError(f"{field}: expected a datetime, a date or an ISO 8601 string, got {value!r}")
+
+
+def optional_aware_datetime(
+    value: datetime | date | str | None, tz: tzinfo, *, field: str
+) -> datetime | None:
+    """Like :func:`as_aware_datetime`, but lets ``None`` through."""
+    return None if value is None else as_aware_datetime(value, tz, field=field)
+
+
+def localize(naive: datetime, tz: tzinfo) -> datetime:
+    """Attach ``tz`` to a naive wall-clock time, resolving DST transitions.
+
+    A time inside a DST gap (it never happens on the wall clock) moves forward by the length
+    of the gap; an ambiguous time (it happens twice) resolves to its first occurrence.
+    """
+    candidate = naive.replace(tzinfo=tz, fold=0)
+    roundtrip = candidate.astimezone(timezone.utc).astimezone(tz)
+    if roundtrip.replace(tzinfo=None) == naive:
+        return candidate
+
+    # The wall time does not exist: fold=0 uses the offset from before the gap, which lands
+    # the instant after the gap by exactly the gap's length, as the design requires
+    return roundtrip
+
+
+def as_timedelta(value: timedelta | float | None, *, field: str) -> timedelta | None:
+    """Return ``value`` as a ``timedelta``; numbers are seconds, ``None`` stays ``None``.
+
+    :raises ValueError: if the duration is negative
+    :raises TypeError: on any other type
+    """
+    if value is None:
+        return None
+    if isinstance(value, timedelta):
+        result = value
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        result = timedelta(seconds=value)
+    else:
+        raise TypeError(f"{field}: expected a timedelta or a number of seconds, got {value!r}")
+
+    if result < timedelta(0):
+        raise ValueError(f"{field}: must not be negative, got {value!r}")
+
+    return result
+
+
+def positive_int_or_none(value: Any, *, field: str) -> int | None:
+    """Validate an optional limit: ``None`` or an int of at least 1."""
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{field}: expected an int or None, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{field}: must be at least 1, got {value!r}")
+    return value

@@ -1,0 +1,1221 @@
+"""AsyncScheduler: turns due schedules into jobs and runs jobs, sharing a data store."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import AsyncExitStack
+from datetime import datetime, timedelta, tzinfo
+from functools import partial
+from inspect import iscoroutinefunction
+from logging import Logger, getLogger
+from types import TracebackType
+from typing import Any, TypeVar
+from uuid import UUID, uuid4
+
+import anyio
+import attrs
+from anyio import (
+    CancelScope,
+    create_task_group,
+    get_cancelled_exc_class,
+    move_on_after,
+)
+from anyio.abc import TaskGroup, TaskStatus
+
+from ._clock import Clock
+from ._converters import as_timedelta, as_timezone, positive_int_or_none
+from ._enums import CoalescePolicy, ConflictPolicy, JobOutcome, RunState, SchedulerRole
+from ._exceptions import (
+    CallableLookupError,
+    JobAbandoned,
+    JobCancelled,
+    JobDeadlineMissed,
+    JobLookupError,
+    JobResultNotReady,
+    ScheduleLookupError,
+    SchedulerNotInitializedError,
+    TaskLookupError,
+)
+from ._firing import first_fire_and_run_times, plan_firing
+from ._marshalling import callable_from_reference, callable_name, importable_reference
+from ._structures import Job, JobResult, Schedule, Task
+from ._urls import data_store_from_url, event_broker_from_url
+from ._wakeup import Wakeup
+from ._worker import MAX_IDLE_SECONDS, Worker, backoff_delay
+from .datastores.base import DataStore
+from .eventbrokers.base import EventBroker
+from .eventbrokers.local import LocalEventBroker
+from .events import (
+    Event,
+    JobAdded,
+    JobReleased,
+    ScheduleAdded,
+    SchedulerStarted,
+    SchedulerStopped,
+    ScheduleUpdated,
+    Subscription,
+    TaskRemoved,
+    TaskUpdated,
+)
+from .executors.async_ import AsyncJobExecutor
+from .executors.base import JobExecutor
+from .executors.process import ProcessPoolJobExecutor
+from .executors.thread import ThreadPoolJobExecutor
+from .triggers.base import Trigger
+
+_FuncT = TypeVar("_FuncT", bound=Callable[..., Any])
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "<unset>"
+
+
+UNSET: Any = _Unset()
+
+_ZERO = timedelta(0)
+#: how long add_job keeps results by default, so that get_job_result() finds them
+DEFAULT_RESULT_EXPIRATION_TIME = timedelta(minutes=15)
+_SCHEDULE_BATCH_SIZE = 100
+
+
+def _is_coroutine_function(func: Callable[..., Any]) -> bool:
+    while isinstance(func, partial):
+        func = func.func
+    return iscoroutinefunction(func) or iscoroutinefunction(
+        getattr(func, "__call__", None)  # noqa: B004 - async callable objects
+    )
+
+
+def _exception_text(exc: BaseException) -> str:
+    exc_type = type(exc)
+    return f"{exc_type.__module__}.{exc_type.__qualname__}"
+
+
+@attrs.define(kw_only=True)
+class _TaskDeclaration:
+    """Options given with the ``@scheduler.task`` decorator, applied when first used."""
+
+    id: str | None = None
+    job_executor: str | None = None
+    max_running_jobs: int | None = None
+    misfire_grace_time: timedelta | None = None
+    metadata: Mapping[str, Any] | None = None
+
+
+@attrs.define(kw_only=True)
+class _ScheduleDeclaration:
+    """A schedule declared with ``@scheduler.scheduled_job``, added at initialization."""
+
+    func: Callable[..., Any]
+    trigger: Trigger | str
+    options: dict[str, Any]
+
+
+class AsyncScheduler:
+    """An asyncio/trio-native scheduler: adds schedules and jobs, fires them, runs them.
+
+    Use it as an async context manager, which starts its data store, event broker and
+    executors; then call :meth:`start_in_background` or :meth:`run_until_stopped`::
+
+        async with AsyncScheduler() as scheduler:
+            await scheduler.add_schedule(tick, CronTrigger(hour=17, minute="*/5"))
+            await scheduler.run_until_stopped()
+
+    Any number of schedulers, in any number of processes, may share a persistent data store;
+    each fire time of each schedule then yields at most one job.
+
+    :param data_store: a :class:`~asched.datastores.DataStore` or a URL (``memory://``,
+        ``sqlite:///path``, ``postgresql://…``, ``redis://…``); default: memory
+    :param event_broker: an :class:`~asched.eventbrokers.EventBroker` or a URL; default: the
+        broker matching a data store URL (PostgreSQL LISTEN/NOTIFY, Redis pub/sub), else local
+    :param identity: unique id of this scheduler among those sharing the store (default:
+        host name, process id and object id)
+    :param role: ``scheduler`` (creates jobs from schedules), ``worker`` (runs jobs) or
+        ``both``
+    :param job_executors: extra or replacement executors by name; ``async``,
+        ``threadpool`` and ``processpool`` are built in
+    :param default_job_executor: executor for tasks that do not name one (default:
+        ``async`` for coroutine functions, ``threadpool`` for plain functions)
+    :param max_concurrent_jobs: the most jobs this worker runs at once
+    :param lease_duration: how long a schedule or job stays claimed by this scheduler
+        without it showing signs of life (timedelta or seconds)
+    :param cleanup_interval: how often to run data store housekeeping (expired results,
+        abandoned jobs); ``None`` disables it
+    :param timezone: zone for crontab strings given as triggers (default: local zone)
+    :param logger: where to log (default: the ``asched._scheduler`` logger)
+    :param clock: the time source; tests pass a controllable one
+    :raises ValueError: on an invalid option value, naming it
+    """
+
+    def __init__(
+        self,
+        data_store: DataStore | str | None = None,
+        event_broker: EventBroker | str | None = None,
+        *,
+        identity: str | None = None,
+        role: SchedulerRole = SchedulerRole.both,
+        job_executors: Mapping[str, JobExecutor] | None = None,
+        default_job_executor: str | None = None,
+        max_concurrent_jobs: int = 100,
+        lease_duration: timedelta | float = timedelta(seconds=30),
+        cleanup_interval: timedelta | float | None = timedelta(minutes=15),
+        timezone: str | tzinfo | None = None,
+        logger: Logger | None = None,
+        clock: Clock | None = None,
+    ):
+        if data_store is None or isinstance(data_store, str):
+            store_url = data_store or "memory://"
+            self.data_store: DataStore = data_store_from_url(store_url)
+            if event_broker is None:
+                event_broker = store_url
+        elif isinstance(data_store, DataStore):
+            self.data_store = data_store
+        else:
+            raise TypeError(f"data_store: expected a DataStore or a URL, got {data_store!r}")
+
+        if event_broker is None:
+            self.event_broker: EventBroker = LocalEventBroker()
+        elif isinstance(event_broker, str):
+            self.event_broker = event_broker_from_url(event_broker)
+        elif isinstance(event_broker, EventBroker):
+            self.event_broker = event_broker
+        else:
+            raise TypeError(
+                f"event_broker: expected an EventBroker or a URL, got {event_broker!r}"
+            )
+
+        if not isinstance(role, SchedulerRole):
+            raise TypeError(f"role: expected a SchedulerRole, got {role!r}")
+        self.role = role
+        self.identity = identity or f"{platform.node()}-{os.getpid()}-{id(self)}"
+        self.job_executors: dict[str, JobExecutor] = {
+            "async": AsyncJobExecutor(),
+            "threadpool": ThreadPoolJobExecutor(),
+            "processpool": ProcessPoolJobExecutor(),
+        }
+        self.job_executors.update(job_executors or {})
+        if default_job_executor is not None:
+            self._check_executor_name(default_job_executor, "default_job_executor")
+        self.default_job_executor = default_job_executor
+        max_jobs = positive_int_or_none(max_concurrent_jobs, field="max_concurrent_jobs")
+        if max_jobs is None:
+            raise TypeError("max_concurrent_jobs: expected an int of at least 1, got None")
+        self.max_concurrent_jobs: int = max_jobs
+        lease = as_timedelta(lease_duration, field="lease_duration")
+        if not lease:
+            raise ValueError(f"lease_duration: must be positive, got {lease_duration!r}")
+        self.lease_duration: timedelta = lease
+        self.cleanup_interval = as_timedelta(cleanup_interval, field="cleanup_interval")
+        if self.cleanup_interval == _ZERO:
+            raise ValueError("cleanup_interval: must be positive or None, got 0")
+        self.timezone = as_timezone(timezone)
+        self.logger = logger or getLogger(__name__)
+        self.clock = clock or Clock()
+
+        self._state = RunState.stopped
+        self._exit_stack: AsyncExitStack | None = None
+        self._services_task_group: TaskGroup | None = None
+        # Created when the scheduler runs: anyio primitives need a running event loop, and a
+        # scheduler may be created at import time
+        self._stopped_event: anyio.Event | None = None
+        self._paused = False
+        self._schedules_wakeup = Wakeup()
+        self._cleanup_wakeup = Wakeup()
+        self._worker: Worker | None = None
+
+        # Tasks known to this scheduler, and the functions this process can run for them
+        self._tasks: dict[str, Task] = {}
+        self._task_functions: dict[str, Callable[..., Any]] = {}
+        self._task_declarations: dict[Callable[..., Any], _TaskDeclaration] = {}
+        self._schedule_declarations: list[_ScheduleDeclaration] = []
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(identity={self.identity!r}, role={self.role.name}, "
+            f"data_store={self.data_store!r}, event_broker={self.event_broker!r})"
+        )
+
+    @property
+    def state(self) -> RunState:
+        """Whether the scheduler is stopped, starting, started or stopping."""
+        return self._state
+
+    #
+    # Life cycle
+    #
+
+    async def __aenter__(self) -> AsyncScheduler:
+        if self._exit_stack is not None:
+            raise RuntimeError("this scheduler is already initialized (nested 'async with')")
+
+        exit_stack = AsyncExitStack()
+        await exit_stack.__aenter__()
+        try:
+            await self.event_broker.start(exit_stack, self.logger)
+            await self.data_store.start(exit_stack, self.event_broker, self.logger, self.clock)
+            for executor in self.job_executors.values():
+                await executor.start(exit_stack)
+            self._subscribe_to_own_events(exit_stack)
+            self._services_task_group = await exit_stack.enter_async_context(create_task_group())
+            self._exit_stack = exit_stack
+            await self._add_declared_schedules()
+        except BaseException:
+            self._exit_stack = None
+            self._services_task_group = None
+            await exit_stack.__aexit__(*sys.exc_info())
+            raise
+
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> bool | None:
+        exit_stack = self._exit_stack
+        assert exit_stack is not None
+        with CancelScope(shield=True):
+            # Leaving on an exception (or cancellation) cancels running jobs
+            await self.stop(wait=exc_type is None)
+            await self.wait_until_stopped()
+
+        self._exit_stack = None
+        self._services_task_group = None
+        # The services need not see the exception; passing it on would only get it wrapped in
+        # an exception group by the task groups. Python re-raises it as it is.
+        await exit_stack.__aexit__(None, None, None)
+        return None
+
+    def _ensure_initialized(self) -> None:
+        if self._exit_stack is None:
+            raise SchedulerNotInitializedError(
+                "the scheduler is not initialized: use it in 'async with AsyncScheduler(...) "
+                "as scheduler:' first"
+            )
+
+    def _subscribe_to_own_events(self, exit_stack: AsyncExitStack) -> None:
+        subscriptions = [
+            self.event_broker.subscribe(
+                self._on_schedule_changed, {ScheduleAdded, ScheduleUpdated}
+            ),
+            self.event_broker.subscribe(self._on_job_added_or_released, {JobAdded, JobReleased}),
+            self.event_broker.subscribe(self._on_task_changed, {TaskUpdated, TaskRemoved}),
+        ]
+        for subscription in subscriptions:
+            exit_stack.callback(subscription.unsubscribe)
+
+    def _on_schedule_changed(self, event: ScheduleAdded | ScheduleUpdated) -> None:
+        fire_time = event.next_fire_time
+        if fire_time is None:
+            return
+        wakeup = self._schedules_wakeup
+        if wakeup.sleeping_until is None or fire_time < wakeup.sleeping_until:
+            wakeup.wake()
+
+    def _on_job_added_or_released(self, event: Event) -> None:
+        # Released jobs may free max_running_jobs slots for jobs waiting in the store
+        if self._worker is not None:
+            self._worker.wakeup.wake()
+
+    def _on_task_changed(self, event: TaskUpdated | TaskRemoved) -> None:
+        self._tasks.pop(event.task_id, None)
+
+    async def start_in_background(self, *, paused: bool = False) -> None:
+        """Start processing schedules and jobs in a background task, and return.
+
+        The background task belongs to the ``async with`` block: leaving the block stops it.
+
+        :param paused: start without taking new work until :meth:`resume` is called
+        :raises SchedulerNotInitializedError: outside ``async with``
+        :raises RuntimeError: if the scheduler is already running
+        """
+        self._ensure_initialized()
+        assert self._services_task_group is not None
+        if self._state is not RunState.stopped:
+            raise RuntimeError(f"the scheduler is already {self._state.value}")
+        self._paused = paused
+        await self._services_task_group.start(self.run_until_stopped)
+
+    async def run_until_stopped(
+        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Process schedules and jobs until :meth:`stop` is called.
+
+        Outside ``async with``, initializes the scheduler for the duration of the call.
+
+        :raises RuntimeError: if the scheduler is already running
+        """
+        if self._exit_stack is None:
+            async with self:
+                await self.run_until_stopped(task_status=task_status)
+            return
+
+        if self._state is not RunState.stopped:
+            raise RuntimeError(f"the scheduler is already {self._state.value}")
+
+        self._state = RunState.starting
+        stopped_event = self._stopped_event = anyio.Event()
+        exception: BaseException | None = None
+        try:
+            async with create_task_group() as task_group:
+                if self.role is not SchedulerRole.worker:
+                    await task_group.start(self._process_schedules)
+                    if self.cleanup_interval is not None:
+                        task_group.start_soon(self._clean_up_periodically, self.cleanup_interval)
+                if self.role is not SchedulerRole.scheduler:
+                    self._worker = Worker(
+                        data_store=self.data_store,
+                        identity=self.identity,
+                        lease_duration=self.lease_duration,
+                        max_concurrent_jobs=self.max_concurrent_jobs,
+                        clock=self.clock,
+                        logger=self.logger,
+                        resolve_job_runtime=self._get_job_runtime,
+                    )
+                    self._worker.paused = self._paused
+                    await task_group.start(self._worker.run)
+
+                self._state = RunState.started
+                self.logger.info("Scheduler %s started (role: %s)", self.identity, self.role.value)
+                await self.event_broker.publish(SchedulerStarted(scheduler_id=self.identity))
+                task_status.started()
+        except BaseException as exc:
+            exception = exc
+            raise
+        finally:
+            self._state = RunState.stopped
+            self._worker = None
+            if exception is None or isinstance(exception, get_cancelled_exc_class()):
+                self.logger.info("Scheduler %s stopped", self.identity)
+            else:
+                self.logger.error("Scheduler %s crashed", self.identity, exc_info=exception)
+            with move_on_after(5, shield=True):
+                await self.event_broker.publish(
+                    SchedulerStopped(
+                        scheduler_id=self.identity,
+                        exception_type=_exception_text(exception) if exception else None,
+                        exception_message=str(exception) if exception else None,
+                    )
+                )
+            stopped_event.set()
+
+    async def stop(self, *, wait: bool = True) -> None:
+        """Stop taking new work; running jobs finish (``wait=True``) or are cancelled.
+
+        Returns at once; :meth:`wait_until_stopped` waits for the running jobs. With
+        ``wait=False``, coroutine jobs are cancelled and thread or process jobs are left to
+        finish on their own, their outcome discarded; they are released as ``cancelled``.
+        Calling it on a stopped scheduler does nothing.
+        """
+        if self._state in (RunState.starting, RunState.started):
+            self._state = RunState.stopping
+        if self._state is RunState.stopping:
+            if self._worker is not None:
+                self._worker.stop(cancel_jobs=not wait)
+            self._schedules_wakeup.wake()
+            self._cleanup_wakeup.wake()
+
+    async def wait_until_stopped(self) -> None:
+        """Wait until the scheduler has stopped (returns at once if it is not running)."""
+        if self._stopped_event is not None:
+            await self._stopped_event.wait()
+
+    async def pause(self) -> None:
+        """Stop taking new schedules and jobs in this scheduler; running jobs go on."""
+        self._paused = True
+        if self._worker is not None:
+            self._worker.paused = True
+
+    async def resume(self) -> None:
+        """Take new schedules and jobs again after :meth:`pause`."""
+        self._paused = False
+        self._schedules_wakeup.wake()
+        if self._worker is not None:
+            self._worker.paused = False
+            self._worker.wakeup.wake()
+
+    def _running(self) -> bool:
+        return self._state is RunState.started or self._state is RunState.starting
+
+    #
+    # The scheduler loop: due schedules -> jobs
+    #
+
+    async def _process_schedules(self, *, task_status: TaskStatus[None]) -> None:
+        task_status.started()
+        wakeup = self._schedules_wakeup
+        failures = 0
+        while self._running():
+            if self._paused:
+                await wakeup.sleep(self.clock, MAX_IDLE_SECONDS)
+                continue
+
+            wakeup.pending = False
+            try:
+                schedules = await self.data_store.acquire_schedules(
+                    self.identity, self.lease_duration, _SCHEDULE_BATCH_SIZE
+                )
+                if schedules:
+                    now = self.clock.now()
+                    updates = []
+                    for schedule in schedules:
+                        try:
+                            updates.append(plan_firing(schedule, now, self.logger))
+                        except Exception:
+                            # Left leased: it is retried when the lease expires
+                            self.logger.exception(
+                                "Cannot compute the fire times of schedule %r (trigger %s); "
+                                "retrying in %s",
+                                schedule.id,
+                                schedule.trigger,
+                                self.lease_duration,
+                            )
+                    await self.data_store.release_schedules(self.identity, updates)
+                    if len(schedules) == _SCHEDULE_BATCH_SIZE:
+                        continue
+
+                next_run_time = await self.data_store.get_next_schedule_run_time()
+                failures = 0
+            except Exception:
+                failures += 1
+                delay = backoff_delay(failures)
+                self.logger.exception(
+                    "Error while processing schedules; retrying in %.1f s", delay
+                )
+                await wakeup.sleep(self.clock, delay)
+                continue
+
+            if next_run_time is None:
+                await wakeup.sleep(self.clock, MAX_IDLE_SECONDS)
+            else:
+                seconds = (next_run_time - self.clock.now()).total_seconds()
+                await wakeup.sleep(self.clock, min(seconds, MAX_IDLE_SECONDS), next_run_time)
+
+    async def _clean_up_periodically(self, interval: timedelta) -> None:
+        while self._running():
+            try:
+                await self.data_store.cleanup()
+            except Exception:
+                self.logger.exception("Error while cleaning up the data store")
+            await self._cleanup_wakeup.sleep(self.clock, interval.total_seconds())
+
+    async def _get_job_runtime(self, job: Job) -> tuple[Callable[..., Any], JobExecutor]:
+        task = self._tasks.get(job.task_id)
+        if task is None:
+            task = self._tasks[job.task_id] = await self.data_store.get_task(job.task_id)
+
+        func = self._task_functions.get(task.id)
+        if func is None:
+            if task.func_ref is None:
+                raise CallableLookupError(
+                    f"task {task.id!r} has no importable function: it was registered by a "
+                    "process running a lambda or local function, which only that process can "
+                    "run"
+                )
+            func = self._task_functions[task.id] = callable_from_reference(task.func_ref)
+
+        executor_name = job.job_executor or task.job_executor
+        try:
+            return func, self.job_executors[executor_name]
+        except KeyError:
+            raise LookupError(
+                f"job executor {executor_name!r} is not configured in this scheduler "
+                f"(configured: {', '.join(sorted(self.job_executors))})"
+            ) from None
+
+    #
+    # Tasks
+    #
+
+    def _check_executor_name(self, name: str, field: str) -> None:
+        if name not in self.job_executors:
+            raise ValueError(
+                f"{field}: unknown job executor {name!r} "
+                f"(configured: {', '.join(sorted(self.job_executors))})"
+            )
+
+    def _default_executor_for(self, func: Callable[..., Any]) -> str:
+        if self.default_job_executor is not None:
+            return self.default_job_executor
+        return "async" if _is_coroutine_function(func) else "threadpool"
+
+    async def configure_task(
+        self,
+        func_or_task_id: Callable[..., Any] | str,
+        *,
+        func: Callable[..., Any] | None = None,
+        job_executor: str | None = None,
+        max_running_jobs: int | None = None,
+        misfire_grace_time: timedelta | float | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Task:
+        """Add or replace a task: a function under a stable id, with job defaults.
+
+        :param func_or_task_id: the function (its id becomes ``"module:qualname"``), a
+            reference to one (``"package.module:func"``), or a task id for ``func``
+        :param func: the function, when the first argument is a plain task id
+        :param job_executor: executor for its jobs (default: by function kind)
+        :param max_running_jobs: how many of its jobs may run at once across all workers
+        :param misfire_grace_time: default for its schedules: how late a job may start
+        :param metadata: JSON-compatible data for the application
+        :return: the stored task
+        :raises TypeError: if no function can be found for the task
+        :raises ValueError: on an invalid option value
+        """
+        self._ensure_initialized()
+        task_id, function = self._task_id_and_function(func_or_task_id, func)
+        if function is None:
+            raise TypeError(
+                f"configure_task: no function for task {task_id!r}; pass func=... or a "
+                "'package.module:function' reference"
+            )
+        task = self._build_task(
+            task_id,
+            function,
+            job_executor=job_executor,
+            max_running_jobs=max_running_jobs,
+            misfire_grace_time=misfire_grace_time,
+            metadata=metadata,
+        )
+        await self.data_store.add_task(task)
+        self._tasks[task.id] = task
+        self._task_functions[task.id] = function
+        return task
+
+    def _build_task(
+        self,
+        task_id: str,
+        func: Callable[..., Any],
+        *,
+        job_executor: str | None,
+        max_running_jobs: int | None,
+        misfire_grace_time: timedelta | float | None,
+        metadata: Mapping[str, Any] | None,
+    ) -> Task:
+        reference = importable_reference(func)
+        if job_executor is None:
+            job_executor = self._default_executor_for(func)
+        else:
+            self._check_executor_name(job_executor, "job_executor")
+        self.job_executors[job_executor].check_function(func, reference)
+        return Task(
+            id=task_id,
+            func_ref=reference,
+            job_executor=job_executor,
+            max_running_jobs=positive_int_or_none(max_running_jobs, field="max_running_jobs"),
+            misfire_grace_time=as_timedelta(misfire_grace_time, field="misfire_grace_time"),
+            metadata=dict(metadata or {}),
+        )
+
+    def _task_id_and_function(
+        self, func_or_task_id: Callable[..., Any] | str, func: Callable[..., Any] | None
+    ) -> tuple[str, Callable[..., Any] | None]:
+        if callable(func_or_task_id):
+            if func is not None:
+                raise TypeError("give the function either as the first argument or as func=")
+            declaration = self._task_declarations.get(func_or_task_id)
+            if declaration is not None and declaration.id is not None:
+                return declaration.id, func_or_task_id
+            return callable_name(func_or_task_id), func_or_task_id
+        if not isinstance(func_or_task_id, str) or not func_or_task_id:
+            raise TypeError(
+                f"expected a function, a 'package.module:function' reference or a task id, "
+                f"got {func_or_task_id!r}"
+            )
+        if func is None and ":" in func_or_task_id and func_or_task_id not in self._tasks:
+            func = self._task_functions.get(func_or_task_id) or callable_from_reference(
+                func_or_task_id
+            )
+        return func_or_task_id, func
+
+    async def _resolve_task(self, func_or_task_id: Callable[..., Any] | str) -> Task:
+        """Return the task for a function, reference or task id, registering it if needed.
+
+        A function seen for the first time is registered implicitly, without overwriting a
+        task of the same id that another process already configured.
+        """
+        if isinstance(func_or_task_id, str):
+            task = self._tasks.get(func_or_task_id)
+            if task is not None:
+                return task
+        elif callable(func_or_task_id):
+            declaration = self._task_declarations.get(func_or_task_id)
+            task_id = (
+                declaration.id
+                if declaration is not None and declaration.id is not None
+                else callable_name(func_or_task_id)
+            )
+            task = self._tasks.get(task_id)
+            known_function = self._task_functions.get(task_id)
+            # == rather than "is": a bound method is a new object at every attribute access
+            if task is not None and known_function == func_or_task_id:
+                return task
+            if known_function is not None and known_function != func_or_task_id:
+                raise ValueError(
+                    f"another function is already registered as task {task_id!r}; give this "
+                    "one its own id with configure_task('some-id', func=...)"
+                )
+
+        task_id, function = self._task_id_and_function(func_or_task_id, None)
+        try:
+            task = await self.data_store.get_task(task_id)
+        except TaskLookupError:
+            if function is None:
+                raise
+            declaration = (
+                self._task_declarations.get(func_or_task_id, _TaskDeclaration())
+                if callable(func_or_task_id)
+                else _TaskDeclaration()
+            )
+            task = self._build_task(
+                task_id,
+                function,
+                job_executor=declaration.job_executor,
+                max_running_jobs=declaration.max_running_jobs,
+                misfire_grace_time=declaration.misfire_grace_time,
+                metadata=declaration.metadata,
+            )
+            await self.data_store.add_task(task)
+
+        self._tasks[task_id] = task
+        if function is not None:
+            self._task_functions[task_id] = function
+        return task
+
+    async def get_tasks(self) -> list[Task]:
+        """Return all tasks in the data store, sorted by id."""
+        self._ensure_initialized()
+        return await self.data_store.get_tasks()
+
+    def task(
+        self,
+        id: str | None = None,
+        *,
+        job_executor: str | None = None,
+        max_running_jobs: int | None = None,
+        misfire_grace_time: timedelta | float | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Callable[[_FuncT], _FuncT]:
+        """Decorate a function to give its task an id and job defaults.
+
+        The options apply when the function is first used in :meth:`add_schedule`,
+        :meth:`add_job` or :meth:`run_job`, or when the scheduler is initialized::
+
+            @scheduler.task("reports", max_running_jobs=1)
+            async def build_report() -> None: ...
+
+        :raises ValueError: on an invalid option value
+        """
+        if job_executor is not None:
+            self._check_executor_name(job_executor, "job_executor")
+        declaration = _TaskDeclaration(
+            id=id,
+            job_executor=job_executor,
+            max_running_jobs=positive_int_or_none(max_running_jobs, field="max_running_jobs"),
+            misfire_grace_time=as_timedelta(misfire_grace_time, field="misfire_grace_time"),
+            metadata=metadata,
+        )
+
+        def decorator(func: _FuncT) -> _FuncT:
+            if not callable(func):
+                raise TypeError(f"@task decorates a function, not {func!r}")
+            self._task_declarations[func] = declaration
+            return func
+
+        return decorator
+
+    def scheduled_job(
+        self, trigger: Trigger | str, *, id: str | None = None, **options: Any
+    ) -> Callable[[_FuncT], _FuncT]:
+        """Decorate a function to schedule it when the scheduler is initialized.
+
+        Takes the same options as :meth:`add_schedule`. The schedule id defaults to the task
+        id. When the store already has the schedule with the same definition it is kept as it
+        is (so fire times missed while the application was down still count); when the
+        definition changed, it is replaced::
+
+            @scheduler.scheduled_job(CronTrigger(hour=9, day_of_week="mon-fri"))
+            async def morning_report() -> None: ...
+
+        :raises RuntimeError: if the scheduler is already initialized (use add_schedule)
+        """
+        if self._exit_stack is not None:
+            raise RuntimeError(
+                "scheduled_job declares schedules before the scheduler is initialized; "
+                "use 'await scheduler.add_schedule(...)' on a running scheduler"
+            )
+
+        def decorator(func: _FuncT) -> _FuncT:
+            self._schedule_declarations.append(
+                _ScheduleDeclaration(func=func, trigger=trigger, options={"id": id, **options})
+            )
+            return func
+
+        return decorator
+
+    async def _add_declared_schedules(self) -> None:
+        for declaration in self._schedule_declarations:
+            options = dict(declaration.options)
+            task = await self._resolve_task(declaration.func)
+            schedule_id = options.pop("id") or task.id
+            options.pop("conflict_policy", None)
+            schedule = await self._build_schedule(
+                task, declaration.trigger, id=schedule_id, **options
+            )
+            existing = await self.data_store.get_schedules([schedule_id])
+            if existing and _same_definition(existing[0], schedule):
+                continue
+            await self.data_store.add_schedule(schedule, ConflictPolicy.replace)
+
+    #
+    # Schedules
+    #
+
+    def _as_trigger(self, trigger: Trigger | str) -> Trigger:
+        if isinstance(trigger, Trigger):
+            return trigger
+        if isinstance(trigger, str):
+            from .triggers.cron import CronTrigger
+
+            return CronTrigger.from_crontab(trigger, timezone=self.timezone)
+        raise TypeError(f"trigger: expected a Trigger or a crontab string, got {trigger!r}")
+
+    async def _build_schedule(
+        self,
+        task: Task,
+        trigger: Trigger | str,
+        *,
+        id: str | None = None,
+        args: Iterable[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        name: str | None = None,
+        paused: bool = False,
+        coalesce: CoalescePolicy = CoalescePolicy.latest,
+        misfire_grace_time: timedelta | float | None = UNSET,
+        max_jitter: timedelta | float | None = None,
+        max_running_jobs: int | None = None,
+        job_executor: str | None = None,
+        job_result_expiration_time: timedelta | float = 0,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Schedule:
+        trigger = self._as_trigger(trigger)
+        if id is not None and (not isinstance(id, str) or not id):
+            raise ValueError(f"id: expected a non-empty string, got {id!r}")
+        if not isinstance(coalesce, CoalescePolicy):
+            raise TypeError(f"coalesce: expected a CoalescePolicy, got {coalesce!r}")
+        if job_executor is not None:
+            self._check_executor_name(job_executor, "job_executor")
+            function = self._task_functions.get(task.id)
+            if function is not None:
+                self.job_executors[job_executor].check_function(function, task.func_ref)
+        if misfire_grace_time is UNSET:
+            grace = task.misfire_grace_time
+        else:
+            grace = as_timedelta(misfire_grace_time, field="misfire_grace_time")
+        jitter = as_timedelta(max_jitter, field="max_jitter")
+        expiration = as_timedelta(job_result_expiration_time, field="job_result_expiration_time")
+        next_fire_time, next_run_time = first_fire_and_run_times(trigger, jitter)
+        if next_fire_time is None:
+            raise ValueError(f"trigger: {trigger} has no fire times (it is already exhausted)")
+
+        return Schedule(
+            id=id or str(uuid4()),
+            task_id=task.id,
+            trigger=trigger,
+            args=tuple(args),
+            kwargs=dict(kwargs or {}),
+            name=name,
+            paused=bool(paused),
+            coalesce=coalesce,
+            misfire_grace_time=grace,
+            max_jitter=jitter,
+            max_running_jobs=positive_int_or_none(max_running_jobs, field="max_running_jobs"),
+            job_executor=job_executor,
+            job_result_expiration_time=expiration or _ZERO,
+            metadata=dict(metadata or {}),
+            next_fire_time=next_fire_time,
+            next_run_time=next_run_time,
+        )
+
+    async def add_schedule(
+        self,
+        func_or_task_id: Callable[..., Any] | str,
+        trigger: Trigger | str,
+        *,
+        id: str | None = None,
+        args: Iterable[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        name: str | None = None,
+        paused: bool = False,
+        coalesce: CoalescePolicy = CoalescePolicy.latest,
+        misfire_grace_time: timedelta | float | None = UNSET,
+        max_jitter: timedelta | float | None = None,
+        max_running_jobs: int | None = None,
+        job_executor: str | None = None,
+        job_result_expiration_time: timedelta | float = 0,
+        metadata: Mapping[str, Any] | None = None,
+        conflict_policy: ConflictPolicy = ConflictPolicy.do_nothing,
+    ) -> str:
+        """Schedule a function to run at the fire times of a trigger.
+
+        The schedule starts at the trigger's first fire time; if that is already past, the
+        misfire rules decide what runs (by default: one job, at once).
+
+        :param func_or_task_id: a function, a ``"package.module:function"`` reference or the
+            id of a configured task
+        :param trigger: a trigger, or a crontab string (``"*/5 * * * *"``, in the scheduler's
+            time zone)
+        :param id: the schedule id (default: a random UUID; give one to add the same schedule
+            idempotently at every start-up)
+        :param args: positional arguments for the function
+        :param kwargs: keyword arguments for the function
+        :param name: a human-readable name
+        :param paused: add it paused
+        :param coalesce: which of several due fire times run (latest, earliest, all)
+        :param misfire_grace_time: how late after its fire time a job may still start
+            (default: the task's; ``None``: no limit)
+        :param max_jitter: start each job up to this much after its fire time, at random
+        :param max_running_jobs: how many of its jobs may run at once
+        :param job_executor: executor for its jobs (default: the task's)
+        :param job_result_expiration_time: how long to keep job results (default: not kept)
+        :param metadata: JSON-compatible data for the application
+        :param conflict_policy: what to do if a schedule with this id exists
+        :return: the schedule id
+        :raises ConflictingIdError: with ``ConflictPolicy.exception`` if the id exists
+        :raises ValueError: on an invalid option, or a trigger without fire times
+        :raises TypeError: on an argument of the wrong type
+        """
+        self._ensure_initialized()
+        if not isinstance(conflict_policy, ConflictPolicy):
+            raise TypeError(f"conflict_policy: expected a ConflictPolicy, got {conflict_policy!r}")
+        task = await self._resolve_task(func_or_task_id)
+        schedule = await self._build_schedule(
+            task,
+            trigger,
+            id=id,
+            args=args,
+            kwargs=kwargs,
+            name=name,
+            paused=paused,
+            coalesce=coalesce,
+            misfire_grace_time=misfire_grace_time,
+            max_jitter=max_jitter,
+            max_running_jobs=max_running_jobs,
+            job_executor=job_executor,
+            job_result_expiration_time=job_result_expiration_time,
+            metadata=metadata,
+        )
+        await self.data_store.add_schedule(schedule, conflict_policy)
+        self.logger.debug("Added schedule %r (trigger %s)", schedule.id, schedule.trigger)
+        return schedule.id
+
+    async def get_schedule(self, id: str) -> Schedule:
+        """Return the schedule with the given id.
+
+        :raises ScheduleLookupError: if there is no such schedule
+        """
+        self._ensure_initialized()
+        schedules = await self.data_store.get_schedules([id])
+        if not schedules:
+            raise ScheduleLookupError(id)
+        return schedules[0]
+
+    async def get_schedules(self) -> list[Schedule]:
+        """Return all schedules, sorted by id."""
+        self._ensure_initialized()
+        return await self.data_store.get_schedules()
+
+    async def remove_schedule(self, id: str) -> None:
+        """Remove a schedule; jobs it already created still run.
+
+        :raises ScheduleLookupError: if there is no such schedule
+        """
+        await self.get_schedule(id)
+        await self.data_store.remove_schedules([id])
+
+    async def update_schedule(self, id: str, **changes: Any) -> Schedule:
+        """Change a schedule: its trigger, arguments, name or options.
+
+        Changing the trigger reschedules: the next fire time becomes the new trigger's first
+        fire time from now on. Accepts the keyword arguments of :meth:`add_schedule` except
+        ``id`` and ``conflict_policy`` (and ``func_or_task_id``: use ``task`` to point it at
+        another task).
+
+        :return: the updated schedule
+        :raises ScheduleLookupError: if there is no such schedule
+        :raises ValueError: on an invalid option, or a trigger with no fire time ahead
+        :raises TypeError: on an unknown option
+        """
+        allowed = {
+            "trigger",
+            "args",
+            "kwargs",
+            "name",
+            "paused",
+            "coalesce",
+            "misfire_grace_time",
+            "max_jitter",
+            "max_running_jobs",
+            "job_executor",
+            "job_result_expiration_time",
+            "metadata",
+            "task",
+        }
+        unknown = set(changes) - allowed
+        if unknown:
+            raise TypeError(
+                f"update_schedule: unknown option(s) {', '.join(sorted(unknown))} "
+                f"(allowed: {', '.join(sorted(allowed))})"
+            )
+
+        current = await self.get_schedule(id)
+        task = await self._resolve_task(changes.pop("task", current.task_id))
+        options: dict[str, Any] = {
+            "args": current.args,
+            "kwargs": current.kwargs,
+            "name": current.name,
+            "paused": current.paused,
+            "coalesce": current.coalesce,
+            "misfire_grace_time": current.misfire_grace_time,
+            "max_jitter": current.max_jitter,
+            "max_running_jobs": current.max_running_jobs,
+            "job_executor": current.job_executor,
+            "job_result_expiration_time": current.job_result_expiration_time,
+            "metadata": current.metadata,
+        }
+        new_trigger = changes.pop("trigger", None)
+        options.update(changes)
+        updated = await self._build_schedule(
+            task, new_trigger or current.trigger, id=id, **options
+        )
+        if new_trigger is None and updated.max_jitter == current.max_jitter:
+            # Same trigger: keep its place in time
+            updated = attrs.evolve(
+                updated,
+                next_fire_time=current.next_fire_time,
+                next_run_time=current.next_run_time,
+                last_fire_time=current.last_fire_time,
+            )
+        else:
+            next_fire_time, next_run_time = first_fire_and_run_times(
+                updated.trigger, updated.max_jitter, self.clock.now() - timedelta(microseconds=1)
+            )
+            if next_fire_time is None:
+                raise ValueError(f"trigger: {updated.trigger} has no fire times from now on")
+            updated = attrs.evolve(
+                updated,
+                next_fire_time=next_fire_time,
+                next_run_time=next_run_time,
+                last_fire_time=current.last_fire_time,
+            )
+
+        await self.data_store.add_schedule(updated, ConflictPolicy.replace)
+        return updated
+
+    async def pause_schedule(self, id: str) -> None:
+        """Pause a schedule: it is kept but creates no jobs until unpaused.
+
+        :raises ScheduleLookupError: if there is no such schedule
+        """
+        schedule = await self.get_schedule(id)
+        if not schedule.paused:
+            await self.data_store.add_schedule(
+                attrs.evolve(schedule, paused=True), ConflictPolicy.replace
+            )
+
+    async def unpause_schedule(
+        self, id: str, *, resume_from: datetime | str | None = None
+    ) -> None:
+        """Unpause a schedule.
+
+        By default it resumes from now: fire times that passed while it was paused are
+        dropped. With ``resume_from``, fire times from that moment on count, and the misfire
+        and coalescing rules decide which of the past ones run.
+
+        :param resume_from: an aware datetime (or ISO string), or ``None`` for now
+        :raises ScheduleLookupError: if there is no such schedule
+        :raises ValueError: if the trigger has no fire times left
+        """
+        schedule = await self.get_schedule(id)
+        if resume_from is None:
+            start = self.clock.now()
+        else:
+            from ._converters import as_aware_datetime
+
+            start = as_aware_datetime(resume_from, self.timezone, field="resume_from")
+        next_fire_time, next_run_time = first_fire_and_run_times(
+            schedule.trigger, schedule.max_jitter, start - timedelta(microseconds=1)
+        )
+        if next_fire_time is None:
+            raise ValueError(f"schedule {id!r}: its trigger has no fire times after {start}")
+        await self.data_store.add_schedule(
+            attrs.evolve(
+                schedule, paused=False, next_fire_time=next_fire_time, next_run_time=next_run_time
+            ),
+            ConflictPolicy.replace,
+        )
+
+    #
+    # Jobs
+    #
+
+    async def add_job(
+        self,
+        func_or_task_id: Callable[..., Any] | str,
+        *,
+        args: Iterable[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        job_executor: str | None = None,
+        result_expiration_time: timedelta | float = DEFAULT_RESULT_EXPIRATION_TIME,
+    ) -> UUID:
+        """Queue a function to run once, as soon as a worker is free.
+
+        :param func_or_task_id: a function, a ``"package.module:function"`` reference or the
+            id of a configured task
+        :param args: positional arguments for the function
+        :param kwargs: keyword arguments for the function
+        :param job_executor: executor for this job (default: the task's)
+        :param result_expiration_time: how long to keep the result for
+            :meth:`get_job_result` (default 15 minutes; 0: not kept)
+        :return: the job id
+        :raises ValueError: on an invalid option
+        """
+        self._ensure_initialized()
+        task = await self._resolve_task(func_or_task_id)
+        if job_executor is not None:
+            self._check_executor_name(job_executor, "job_executor")
+        if result_expiration_time is not DEFAULT_RESULT_EXPIRATION_TIME:
+            result_expiration_time = (
+                as_timedelta(result_expiration_time, field="result_expiration_time") or _ZERO
+            )
+        job = Job(
+            task_id=task.id,
+            args=tuple(args),
+            kwargs=dict(kwargs) if kwargs else {},
+            job_executor=job_executor,
+            result_expiration_time=result_expiration_time,
+        )
+        await self.data_store.add_jobs([job])
+        return job.id
+
+    async def get_jobs(self) -> list[Job]:
+        """Return the queued and running jobs, oldest first."""
+        self._ensure_initialized()
+        return await self.data_store.get_jobs()
+
+    async def get_job_result(self, job_id: UUID, *, wait: bool = True) -> JobResult:
+        """Return the result of a job, waiting for it to finish if ``wait`` is true.
+
+        :raises JobLookupError: if there is no such job and no kept result for it (results
+            are kept only when the job has a positive ``result_expiration_time``)
+        :raises JobResultNotReady: with ``wait=False``, if the job has not finished
+        """
+        self._ensure_initialized()
+        result = await self.data_store.get_job_result(job_id)
+        if result is not None:
+            return result
+
+        jobs = await self.data_store.get_jobs([job_id])
+        if not jobs:
+            raise JobLookupError(job_id, "no such job, and no kept result")
+        if not wait:
+            raise JobResultNotReady(job_id)
+        if not jobs[0].result_expiration_time:
+            raise JobLookupError(
+                job_id, "its result is not kept (it was added with result_expiration_time=0)"
+            )
+
+        released = anyio.Event()
+
+        def on_release(event: JobReleased) -> None:
+            if event.job_id == job_id:
+                released.set()
+
+        with self.event_broker.subscribe(on_release, {JobReleased}):
+            while True:
+                result = await self.data_store.get_job_result(job_id)
+                if result is not None:
+                    return result
+                # Look again now and then: an external broker may lose an event
+                with move_on_after(MAX_IDLE_SECONDS):
+                    await released.wait()
+                if not released.is_set() and not await self.data_store.get_jobs([job_id]):
+                    result = await self.data_store.get_job_result(job_id)
+                    if result is None:
+                        raise JobLookupError(job_id, "the job finished but its result is gone")
+
+    async def run_job(
+        self,
+        func_or_task_id: Callable[..., Any] | str,
+        *,
+        args: Iterable[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        job_executor: str | None = None,
+    ) -> Any:
+        """Run a function as a job, wait for it, and return what it returned.
+
+        :return: the function's return value
+        :raises Exception: whatever the function raised
+        :raises JobCancelled: if the job was cancelled
+        :raises JobDeadlineMissed: if the job could not start in time
+        :raises JobAbandoned: if its worker vanished
+        """
+        job_id = await self.add_job(
+            func_or_task_id, args=args, kwargs=kwargs, job_executor=job_executor
+        )
+        result = await self.get_job_result(job_id)
+        if result.outcome is JobOutcome.success:
+            return result.return_value
+        if result.outcome is JobOutcome.error:
+            assert result.exception is not None
+            raise result.exception
+        if result.outcome is JobOutcome.missed_start_deadline:
+            raise JobDeadlineMissed(job_id)
+        if result.outcome is JobOutcome.abandoned:
+            raise JobAbandoned(job_id)
+        raise JobCancelled(job_id)
+
+    #
+    # Events
+    #
+
+    def subscribe(
+        self,
+        callback: Callable[[Any], Any],
+        event_types: type[Event] | Iterable[type[Event]] | None = None,
+        *,
+        one_shot: bool = False,
+    ) -> Subscription:
+        """Call ``callback(event)`` for events of the given classes (all if ``None``).
+
+        Callbacks may be plain functions (called at once, in the event loop) or coroutine
+        functions (run in their own task). An exception a callback raises is logged; it never
+        stops the scheduler.
+
+        :param callback: the subscriber
+        :param event_types: an event class or classes; a base class (``JobEvent``) includes
+            its subclasses
+        :param one_shot: unsubscribe after the first matching event
+        :return: a handle with ``unsubscribe()`` (also a context manager)
+        """
+        if isinstance(event_types, type):
+            event_types = [event_types]
+        return self.event_broker.subscribe(callback, event_types, one_shot=one_shot)
+
+
+def _same_definition(stored: Schedule, declared: Schedule) -> bool:
+    """Whether a declared schedule matches the stored one, apart from its progress."""
+    progress = {
+        "next_fire_time",
+        "next_run_time",
+        "last_fire_time",
+        "acquired_by",
+        "acquired_until",
+    }
+    fields = [field.name for field in attrs.fields(Schedule) if field.name not in progress]
+    return all(getattr(stored, name) == getattr(declared, name) for name in fields)

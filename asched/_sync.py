@@ -1,0 +1,381 @@
+"""Scheduler: the blocking twin of AsyncScheduler, for code without an event loop."""
+
+from __future__ import annotations
+
+import atexit
+import signal
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from datetime import datetime, timedelta
+from functools import partial
+from types import FrameType, TracebackType
+from typing import Any, TypeVar
+from uuid import UUID
+
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+
+from ._enums import CoalescePolicy, ConflictPolicy, RunState
+from ._scheduler import DEFAULT_RESULT_EXPIRATION_TIME, UNSET, AsyncScheduler
+from ._structures import Job, JobResult, Schedule, Task
+from .events import Event, Subscription
+from .triggers.base import Trigger
+
+_T = TypeVar("_T")
+_FuncT = TypeVar("_FuncT", bound=Callable[..., Any])
+
+
+class _Terminated(BaseException):
+    """Raised in the main thread by the SIGTERM handler of run_until_stopped()."""
+
+
+@contextmanager
+def _stop_signals_raise() -> Iterator[None]:
+    """Turn SIGTERM into an exception in the main thread, like SIGINT is (KeyboardInterrupt)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class Scheduler:
+    """A scheduler for code without an event loop of its own.
+
+    It runs an :class:`AsyncScheduler` on an event loop in a background thread and offers the
+    same methods, blocking. ``run_until_stopped()`` blocks (APScheduler's
+    ``BlockingScheduler``); ``start_in_background()`` returns at once while schedules keep
+    firing (its ``BackgroundScheduler``). Methods may be called from any thread::
+
+        with Scheduler("sqlite:///jobs.sqlite") as scheduler:
+            scheduler.add_schedule(report, CronTrigger(hour=9), id="report")
+            scheduler.run_until_stopped()  # Ctrl+C or SIGTERM stops it cleanly
+
+    Used without ``with``, it starts its thread on the first call and stops it at interpreter
+    exit (or on :meth:`close`). Event callbacks run in the scheduler's thread.
+
+    Takes the same arguments as :class:`AsyncScheduler`.
+    """
+
+    def __init__(
+        self,
+        data_store: Any = None,
+        event_broker: Any = None,
+        **options: Any,
+    ):
+        self.async_scheduler = AsyncScheduler(data_store, event_broker, **options)
+        self._lock = threading.RLock()
+        self._exit_stack: ExitStack | None = None
+        self._portal: BlockingPortal | None = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.async_scheduler!r})"
+
+    @property
+    def identity(self) -> str:
+        """The id of this scheduler among those sharing the data store."""
+        return self.async_scheduler.identity
+
+    @property
+    def state(self) -> RunState:
+        """Whether the scheduler is stopped, starting, started or stopping."""
+        return self.async_scheduler.state
+
+    #
+    # Life cycle
+    #
+
+    def __enter__(self) -> Scheduler:
+        self._open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        self._close(wait=exc_type is None)
+
+    def _open(self) -> BlockingPortal:
+        with self._lock:
+            if self._portal is not None:
+                return self._portal
+            exit_stack = ExitStack()
+            try:
+                portal = exit_stack.enter_context(start_blocking_portal())
+                exit_stack.enter_context(portal.wrap_async_context_manager(self.async_scheduler))
+            except BaseException:
+                exit_stack.close()
+                raise
+            self._exit_stack, self._portal = exit_stack, portal
+            return portal
+
+    def _close(self, *, wait: bool) -> None:
+        with self._lock:
+            exit_stack, portal = self._exit_stack, self._portal
+            self._exit_stack = self._portal = None
+        if exit_stack is None or portal is None:
+            return
+        try:
+            portal.call(partial(self.async_scheduler.stop, wait=wait))
+            portal.call(self.async_scheduler.wait_until_stopped)
+        finally:
+            exit_stack.close()
+
+    def close(self) -> None:
+        """Stop the scheduler (letting running jobs finish) and its background thread.
+
+        Only needed when the scheduler is used without ``with``; calling it again does
+        nothing.
+        """
+        atexit.unregister(self.close)
+        self._close(wait=True)
+
+    def _call(self, method: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        portal = self._portal
+        if portal is None:
+            portal = self._open()
+            atexit.register(self.close)
+        return portal.call(partial(method, *args, **kwargs))
+
+    def start_in_background(self, *, paused: bool = False) -> None:
+        """Start processing schedules and jobs in the background thread, and return.
+
+        :param paused: start without taking new work until :meth:`resume`
+        """
+        self._call(self.async_scheduler.start_in_background, paused=paused)
+
+    def run_until_stopped(self) -> None:
+        """Process schedules and jobs, blocking, until :meth:`stop`, Ctrl+C or SIGTERM.
+
+        On Ctrl+C or SIGTERM the scheduler stops taking new work and waits for running jobs;
+        a second Ctrl+C cancels them.
+        """
+        portal = self._portal or self._open()
+        with _stop_signals_raise():
+            future = portal.start_task_soon(self.async_scheduler.run_until_stopped)
+            try:
+                future.result()
+            except (KeyboardInterrupt, _Terminated):
+                portal.call(self.async_scheduler.stop)
+                try:
+                    future.result()
+                except (KeyboardInterrupt, _Terminated):
+                    portal.call(partial(self.async_scheduler.stop, wait=False))
+                    future.result()
+
+    def stop(self, *, wait: bool = True) -> None:
+        """Stop taking new work; see :meth:`AsyncScheduler.stop`."""
+        self._call(self.async_scheduler.stop, wait=wait)
+
+    def wait_until_stopped(self) -> None:
+        """Block until the scheduler has stopped."""
+        self._call(self.async_scheduler.wait_until_stopped)
+
+    def pause(self) -> None:
+        """Stop taking new work in this scheduler; see :meth:`AsyncScheduler.pause`."""
+        self._call(self.async_scheduler.pause)
+
+    def resume(self) -> None:
+        """Take new work again after :meth:`pause`."""
+        self._call(self.async_scheduler.resume)
+
+    #
+    # Tasks, schedules, jobs: AsyncScheduler's methods, blocking
+    #
+
+    def configure_task(
+        self,
+        func_or_task_id: Callable[..., Any] | str,
+        *,
+        func: Callable[..., Any] | None = None,
+        job_executor: str | None = None,
+        max_running_jobs: int | None = None,
+        misfire_grace_time: timedelta | float | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Task:
+        """Add or replace a task; see :meth:`AsyncScheduler.configure_task`."""
+        task: Task = self._call(
+            self.async_scheduler.configure_task,
+            func_or_task_id,
+            func=func,
+            job_executor=job_executor,
+            max_running_jobs=max_running_jobs,
+            misfire_grace_time=misfire_grace_time,
+            metadata=metadata,
+        )
+        return task
+
+    def get_tasks(self) -> list[Task]:
+        """Return all tasks; see :meth:`AsyncScheduler.get_tasks`."""
+        tasks: list[Task] = self._call(self.async_scheduler.get_tasks)
+        return tasks
+
+    def task(self, id: str | None = None, **options: Any) -> Callable[[_FuncT], _FuncT]:
+        """Decorate a function to configure its task; see :meth:`AsyncScheduler.task`."""
+        return self.async_scheduler.task(id, **options)
+
+    def scheduled_job(
+        self, trigger: Trigger | str, *, id: str | None = None, **options: Any
+    ) -> Callable[[_FuncT], _FuncT]:
+        """Decorate a function to schedule it; see :meth:`AsyncScheduler.scheduled_job`."""
+        return self.async_scheduler.scheduled_job(trigger, id=id, **options)
+
+    def add_schedule(
+        self,
+        func_or_task_id: Callable[..., Any] | str,
+        trigger: Trigger | str,
+        *,
+        id: str | None = None,
+        args: Iterable[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        name: str | None = None,
+        paused: bool = False,
+        coalesce: CoalescePolicy = CoalescePolicy.latest,
+        misfire_grace_time: timedelta | float | None = UNSET,
+        max_jitter: timedelta | float | None = None,
+        max_running_jobs: int | None = None,
+        job_executor: str | None = None,
+        job_result_expiration_time: timedelta | float = 0,
+        metadata: Mapping[str, Any] | None = None,
+        conflict_policy: ConflictPolicy = ConflictPolicy.do_nothing,
+    ) -> str:
+        """Schedule a function; see :meth:`AsyncScheduler.add_schedule`."""
+        schedule_id: str = self._call(
+            self.async_scheduler.add_schedule,
+            func_or_task_id,
+            trigger,
+            id=id,
+            args=args,
+            kwargs=kwargs,
+            name=name,
+            paused=paused,
+            coalesce=coalesce,
+            misfire_grace_time=misfire_grace_time,
+            max_jitter=max_jitter,
+            max_running_jobs=max_running_jobs,
+            job_executor=job_executor,
+            job_result_expiration_time=job_result_expiration_time,
+            metadata=metadata,
+            conflict_policy=conflict_policy,
+        )
+        return schedule_id
+
+    def get_schedule(self, id: str) -> Schedule:
+        """Return a schedule; see :meth:`AsyncScheduler.get_schedule`."""
+        schedule: Schedule = self._call(self.async_scheduler.get_schedule, id)
+        return schedule
+
+    def get_schedules(self) -> list[Schedule]:
+        """Return all schedules; see :meth:`AsyncScheduler.get_schedules`."""
+        schedules: list[Schedule] = self._call(self.async_scheduler.get_schedules)
+        return schedules
+
+    def update_schedule(self, id: str, **changes: Any) -> Schedule:
+        """Change a schedule; see :meth:`AsyncScheduler.update_schedule`."""
+        schedule: Schedule = self._call(self.async_scheduler.update_schedule, id, **changes)
+        return schedule
+
+    def remove_schedule(self, id: str) -> None:
+        """Remove a schedule; see :meth:`AsyncScheduler.remove_schedule`."""
+        self._call(self.async_scheduler.remove_schedule, id)
+
+    def pause_schedule(self, id: str) -> None:
+        """Pause a schedule; see :meth:`AsyncScheduler.pause_schedule`."""
+        self._call(self.async_scheduler.pause_schedule, id)
+
+    def unpause_schedule(self, id: str, *, resume_from: datetime | str | None = None) -> None:
+        """Unpause a schedule; see :meth:`AsyncScheduler.unpause_schedule`."""
+        self._call(self.async_scheduler.unpause_schedule, id, resume_from=resume_from)
+
+    def add_job(
+        self,
+        func_or_task_id: Callable[..., Any] | str,
+        *,
+        args: Iterable[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        job_executor: str | None = None,
+        result_expiration_time: timedelta | float = DEFAULT_RESULT_EXPIRATION_TIME,
+    ) -> UUID:
+        """Queue a function to run once; see :meth:`AsyncScheduler.add_job`."""
+        job_id: UUID = self._call(
+            self.async_scheduler.add_job,
+            func_or_task_id,
+            args=args,
+            kwargs=kwargs,
+            job_executor=job_executor,
+            result_expiration_time=result_expiration_time,
+        )
+        return job_id
+
+    def get_jobs(self) -> list[Job]:
+        """Return queued and running jobs; see :meth:`AsyncScheduler.get_jobs`."""
+        jobs: list[Job] = self._call(self.async_scheduler.get_jobs)
+        return jobs
+
+    def get_job_result(self, job_id: UUID, *, wait: bool = True) -> JobResult:
+        """Return a job's result, blocking until it finishes if ``wait``.
+
+        See :meth:`AsyncScheduler.get_job_result`.
+        """
+        result: JobResult = self._call(self.async_scheduler.get_job_result, job_id, wait=wait)
+        return result
+
+    def run_job(
+        self,
+        func_or_task_id: Callable[..., Any] | str,
+        *,
+        args: Iterable[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        job_executor: str | None = None,
+    ) -> Any:
+        """Run a function as a job and return its result; see :meth:`AsyncScheduler.run_job`."""
+        return self._call(
+            self.async_scheduler.run_job,
+            func_or_task_id,
+            args=args,
+            kwargs=kwargs,
+            job_executor=job_executor,
+        )
+
+    def subscribe(
+        self,
+        callback: Callable[[Any], Any],
+        event_types: type[Event] | Iterable[type[Event]] | None = None,
+        *,
+        one_shot: bool = False,
+    ) -> Subscription:
+        """Receive events; see :meth:`AsyncScheduler.subscribe`.
+
+        Callbacks run in the scheduler's thread: keep them short, or hand work to your own
+        threads. The returned subscription may be cancelled from any thread.
+        """
+        portal = self._portal
+        if portal is None:
+            # Not running yet: no event can be dispatched concurrently
+            return self.async_scheduler.subscribe(callback, event_types, one_shot=one_shot)
+
+        subscription: Subscription = portal.call(
+            partial(self.async_scheduler.subscribe, callback, event_types, one_shot=one_shot)
+        )
+        return Subscription(
+            subscription.callback,
+            subscription.event_types,
+            subscription.one_shot,
+            lambda _: self._unsubscribe(subscription),
+        )
+
+    def _unsubscribe(self, subscription: Subscription) -> None:
+        portal = self._portal
+        if portal is None:
+            subscription.unsubscribe()
+        else:
+            portal.call(subscription.unsubscribe)

@@ -1,0 +1,360 @@
+"""The DataStore interface: where schedules, jobs and results live, and where schedulers meet.
+
+Any number of schedulers, in any number of processes, may share one persistent data store.
+The store is the only place they coordinate, so every operation that hands out work
+(:meth:`DataStore.acquire_schedules`, :meth:`DataStore.acquire_jobs`) is atomic, gives each
+item to one caller only, and records a lease (``acquired_by``, ``acquired_until``) that
+expires if the caller vanishes. Operations take and return batches: one round trip per
+batch, never one per item.
+
+Times are aware datetimes. "Now" is always ``clock.now()`` of the clock given to
+:meth:`DataStore.start`, so tests can control time.
+"""
+
+from __future__ import annotations
+
+import traceback
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from contextlib import AsyncExitStack
+from datetime import datetime, timedelta
+from logging import Logger, getLogger
+from uuid import UUID
+
+import anyio
+import attrs
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential,
+)
+
+from .._clock import Clock
+from .._enums import ConflictPolicy
+from .._structures import Job, JobResult, Schedule, ScheduleUpdate, Task
+from ..eventbrokers.base import EventBroker
+from ..events import JobReleased
+from ..serializers.base import Serializer
+from ..serializers.pickle import PickleSerializer
+
+
+class DataStore(ABC):
+    """Persistence and coordination for tasks, schedules, jobs and job results.
+
+    Events: the store publishes, through the event broker given to :meth:`start` and only
+    after the change is durable, ``TaskAdded``/``TaskUpdated``/``TaskRemoved``,
+    ``ScheduleAdded``/``ScheduleUpdated``/``ScheduleRemoved``, ``JobAdded``,
+    ``JobAcquired`` and ``JobReleased`` as described on each method.
+    """
+
+    @abstractmethod
+    async def start(
+        self,
+        exit_stack: AsyncExitStack,
+        event_broker: EventBroker,
+        logger: Logger,
+        clock: Clock,
+    ) -> None:
+        """Open connections and create the schema as needed.
+
+        Everything opened is closed when ``exit_stack`` unwinds. Several schedulers may start
+        on the same store concurrently (schema creation must be idempotent).
+
+        :param exit_stack: the scheduler's exit stack
+        :param event_broker: where to publish events
+        :param logger: where to log
+        :param clock: the time source for every "now" this store needs
+        """
+
+    #
+    # Tasks
+    #
+
+    @abstractmethod
+    async def add_task(self, task: Task) -> None:
+        """Add a task, or replace the definition of the task with the same id.
+
+        Publishes ``TaskAdded`` (new) or ``TaskUpdated`` (replaced). Running job counts of a
+        replaced task are kept.
+        """
+
+    @abstractmethod
+    async def remove_task(self, task_id: str) -> None:
+        """Remove a task. Publishes ``TaskRemoved``.
+
+        :raises ~asched.TaskLookupError: if there is no such task
+        """
+
+    @abstractmethod
+    async def get_task(self, task_id: str) -> Task:
+        """Return the task with the given id.
+
+        :raises ~asched.TaskLookupError: if there is no such task
+        """
+
+    @abstractmethod
+    async def get_tasks(self) -> list[Task]:
+        """Return all tasks, sorted by id."""
+
+    #
+    # Schedules
+    #
+
+    @abstractmethod
+    async def add_schedule(self, schedule: Schedule, conflict_policy: ConflictPolicy) -> None:
+        """Add a schedule; ``conflict_policy`` decides what happens if its id exists.
+
+        ``do_nothing`` keeps the stored schedule; ``replace`` overwrites it entirely, lease
+        included (a scheduler processing the old one then loses its lease, and its update is
+        dropped); ``exception`` raises. Publishes ``ScheduleAdded`` for a new schedule and
+        ``ScheduleUpdated`` for a replaced one.
+
+        :raises ~asched.ConflictingIdError: with ``ConflictPolicy.exception`` if the id exists
+        :raises ~asched.SerializationError: if a persistent store cannot serialize the args
+        """
+
+    @abstractmethod
+    async def remove_schedules(self, ids: Iterable[str], *, finished: bool = False) -> None:
+        """Remove the schedules with the given ids; unknown ids are ignored.
+
+        Jobs the schedules already created are kept. Publishes ``ScheduleRemoved`` (with
+        ``finished``) for each schedule removed.
+        """
+
+    @abstractmethod
+    async def get_schedules(self, ids: Iterable[str] | None = None) -> list[Schedule]:
+        """Return the schedules with the given ids (all if ``None``), sorted by id.
+
+        Unknown ids are left out. A schedule that cannot be deserialized is left out and
+        reported with ``ScheduleDeserializationFailed`` (and a log message).
+        """
+
+    @abstractmethod
+    async def acquire_schedules(
+        self, scheduler_id: str, lease_duration: timedelta, limit: int
+    ) -> list[Schedule]:
+        """Lease up to ``limit`` due schedules to ``scheduler_id``, earliest first.
+
+        A schedule is due when it is not paused, ``next_run_time <= now``, and it is not
+        leased (or its lease has expired). Each due schedule goes to one caller only, however
+        many schedulers call this concurrently. The returned schedules carry the new lease in
+        ``acquired_by``/``acquired_until`` (``now + lease_duration``).
+        """
+
+    @abstractmethod
+    async def release_schedules(
+        self, scheduler_id: str, updates: Sequence[ScheduleUpdate]
+    ) -> None:
+        """Apply what a scheduler decided for the schedules it acquired, atomically.
+
+        For each update whose schedule is still leased by ``scheduler_id``: add
+        ``update.jobs`` (``JobAdded`` each); for each of ``update.missed_jobs`` keep a
+        ``missed_start_deadline`` result if its ``result_expiration_time`` is positive and
+        publish ``JobReleased``; then, if ``next_fire_time`` is ``None``, remove the schedule
+        (``ScheduleRemoved(finished=True)``), else store the new fire/run times, clear the
+        lease and publish ``ScheduleUpdated``.
+
+        An update for a schedule that is no longer leased by ``scheduler_id`` (its lease was
+        taken over, or it was replaced or removed meanwhile) is dropped entirely, its jobs
+        included: this is what makes each fire time yield at most one job. All updates of a
+        call are applied in one transaction where the store has them.
+        """
+
+    @abstractmethod
+    async def get_next_schedule_run_time(self) -> datetime | None:
+        """Return the earliest time at which :meth:`acquire_schedules` may return something.
+
+        That is the earliest ``next_run_time`` of an unpaused schedule that is not leased, or
+        the lease expiry of a leased one if earlier; ``None`` if there are no unpaused
+        schedules. The result may be in the past.
+        """
+
+    #
+    # Jobs
+    #
+
+    @abstractmethod
+    async def add_jobs(self, jobs: Sequence[Job]) -> None:
+        """Add jobs for workers to run. Publishes ``JobAdded`` for each.
+
+        :raises ~asched.SerializationError: if a persistent store cannot serialize the args
+        """
+
+    @abstractmethod
+    async def get_jobs(self, ids: Iterable[UUID] | None = None) -> list[Job]:
+        """Return the queued and running jobs with the given ids (all if ``None``).
+
+        Sorted by creation time; unknown ids are left out. Finished jobs are not jobs any more
+        (see :meth:`get_job_result`).
+        """
+
+    @abstractmethod
+    async def acquire_jobs(
+        self, scheduler_id: str, lease_duration: timedelta, limit: int
+    ) -> list[Job]:
+        """Lease up to ``limit`` queued jobs to the worker ``scheduler_id``, oldest first.
+
+        Each job goes to one worker only. A job is not handed out while its task or its
+        schedule already has ``max_running_jobs`` jobs acquired (by any worker): it waits in
+        the queue for a free slot. A job whose ``start_deadline`` has passed is not handed
+        out but released right here as ``missed_start_deadline`` (result kept if its
+        ``result_expiration_time`` is positive, ``JobReleased`` published). Publishes
+        ``JobAcquired`` for each job returned. The lease is recorded in the store (and shown
+        by :meth:`get_jobs`); the returned objects need not carry it.
+        """
+
+    @abstractmethod
+    async def release_jobs(self, scheduler_id: str, results: Sequence[JobResult]) -> None:
+        """Finish jobs that ``scheduler_id`` acquired, with their results, in one batch.
+
+        Deletes each job, frees its task/schedule running slot, keeps the result if the job's
+        ``result_expiration_time`` is positive, and publishes ``JobReleased`` (with the
+        exception's type, message and traceback for ``error``). Results for jobs that are not
+        (or no longer) acquired by ``scheduler_id`` are ignored: an abandoned job is released
+        once only.
+
+        Persistent stores never fail a release over serialization: an exception they cannot
+        serialize is kept as a :class:`~asched.RemoteJobError`, and a return value they cannot
+        serialize turns the result into outcome ``error`` with a ``SerializationError``.
+        """
+
+    @abstractmethod
+    async def get_job_result(self, job_id: UUID) -> JobResult | None:
+        """Return the kept, unexpired result of a job, or ``None``.
+
+        Reading a result does not delete it; it goes when it expires.
+        """
+
+    @abstractmethod
+    async def extend_acquired_leases(
+        self, scheduler_id: str, job_ids: Iterable[UUID], lease_duration: timedelta
+    ) -> None:
+        """Push the leases of jobs ``scheduler_id`` is running to ``now + lease_duration``.
+
+        Jobs no longer acquired by ``scheduler_id`` are ignored.
+        """
+
+    @abstractmethod
+    async def cleanup(self) -> None:
+        """Housekeeping, run periodically by schedulers.
+
+        Deletes expired results; releases jobs whose lease expired (their worker vanished) as
+        ``abandoned``, once, with an event and a kept result like any release; and releases
+        queued jobs whose start deadline passed while they waited for a ``max_running_jobs``
+        slot as ``missed_start_deadline``.
+        """
+
+
+def job_released_event(scheduler_id: str, job: Job, result: JobResult) -> JobReleased:
+    """Build the ``JobReleased`` event for ``job`` ending with ``result``.
+
+    Shared by all data stores so that every store reports exceptions the same way.
+    """
+    exception = result.exception
+    if exception is None:
+        return JobReleased(
+            timestamp=result.finished_at,
+            job_id=job.id,
+            scheduler_id=scheduler_id,
+            task_id=job.task_id,
+            schedule_id=job.schedule_id,
+            scheduled_fire_time=job.scheduled_fire_time,
+            outcome=result.outcome,
+            started_at=result.started_at,
+        )
+
+    exc_type = type(exception)
+    return JobReleased(
+        timestamp=result.finished_at,
+        job_id=job.id,
+        scheduler_id=scheduler_id,
+        task_id=job.task_id,
+        schedule_id=job.schedule_id,
+        scheduled_fire_time=job.scheduled_fire_time,
+        outcome=result.outcome,
+        started_at=result.started_at,
+        exception_type=f"{exc_type.__module__}.{exc_type.__qualname__}",
+        exception_message=str(exception),
+        exception_traceback="".join(
+            traceback.format_exception(exc_type, exception, exception.__traceback__)
+        ),
+    )
+
+
+@attrs.define(frozen=True, kw_only=True)
+class RetrySettings:
+    """How persistent data stores retry an operation after a transient connection error.
+
+    The waits grow exponentially from ``wait_min`` to ``wait_max`` seconds; after
+    ``attempts`` tries the error propagates (the scheduler loops log it and carry on later).
+
+    :ivar attempts: the most tries of one operation
+    :ivar wait_min: the first wait, in seconds
+    :ivar wait_max: the longest wait, in seconds
+    """
+
+    attempts: int = attrs.field(default=8, validator=attrs.validators.ge(1))
+    wait_min: float = attrs.field(default=0.05, validator=attrs.validators.gt(0))
+    wait_max: float = attrs.field(default=5.0, validator=attrs.validators.gt(0))
+
+
+class BaseExternalDataStore(DataStore):
+    """Base class of data stores that keep their data outside the process.
+
+    Shared by the SQLite, PostgreSQL and Redis stores: the serializer for user objects and
+    the retrying of transient errors.
+
+    :param serializer: turns job arguments, return values and exceptions into bytes
+        (default: :class:`~asched.serializers.PickleSerializer`)
+    :param retry_settings: how to retry operations after transient errors
+    """
+
+    def __init__(
+        self,
+        *,
+        serializer: Serializer | None = None,
+        retry_settings: RetrySettings | None = None,
+    ) -> None:
+        self.serializer: Serializer = serializer or PickleSerializer()
+        self.retry_settings = retry_settings or RetrySettings()
+        self._logger = getLogger(__name__)
+
+    @abstractmethod
+    def _is_transient(self, exc: BaseException) -> bool:
+        """Whether an operation that raised ``exc`` is worth retrying.
+
+        True for a dropped connection, a server restarting, a lock timeout; false for a bug or
+        bad data.
+        """
+
+    def _log_retry(self, retry_state: RetryCallState) -> None:
+        outcome = retry_state.outcome
+        exception = outcome.exception() if outcome is not None else None
+        self._logger.warning(
+            "%s: transient error (attempt %d of %d), retrying: %r",
+            type(self).__name__,
+            retry_state.attempt_number,
+            self.retry_settings.attempts,
+            exception,
+        )
+
+    def _retrying(self) -> AsyncRetrying:
+        """Return a tenacity retrier for one operation.
+
+        Use it as::
+
+            async for attempt in self._retrying():
+                with attempt:
+                    ...  # the operation, as one transaction
+        """
+        settings = self.retry_settings
+        return AsyncRetrying(
+            sleep=anyio.sleep,
+            stop=stop_after_attempt(settings.attempts),
+            wait=wait_exponential(min=settings.wait_min, max=settings.wait_max),
+            retry=retry_if_exception(self._is_transient),
+            before_sleep=self._log_retry,
+            reraise=True,
+        )

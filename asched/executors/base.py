@@ -1,0 +1,33 @@
+"""The JobExecutor interface: runs a job's function somewhere and returns what it returns."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from typing import Any
+
+from .._structures import Job
+
+
+class JobExecutor(ABC):
+    """Runs job functions: in the event loop, in a thread pool or in a process pool."""
+
+    async def start(self, exit_stack: AsyncExitStack) -> None:  # noqa: B027 - optional hook
+        """Prepare to run jobs; resources opened are released when ``exit_stack`` unwinds."""
+
+    @abstractmethod
+    async def run_job(self, func: Callable[..., Any], job: Job) -> Any:
+        """Call ``func(*job.args, **job.kwargs)`` and return its return value.
+
+        Exceptions the function raises propagate. Cancelling the calling task cancels the
+        job where the executor can (coroutines) or stops waiting for it (threads, processes).
+        """
+
+    def check_function(self, func: Callable[..., Any], reference: str | None) -> None:  # noqa: B027
+        """Raise if this executor cannot run ``func``; called when a job or schedule is added.
+
+        :param func: the function
+        :param reference: its importable textual reference, if it has one
+        :raises TypeError: with a message saying what to change
+        """

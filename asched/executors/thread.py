@@ -1,0 +1,46 @@
+"""ThreadPoolJobExecutor: runs plain functions in worker threads (default for them)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from functools import partial
+from typing import Any
+
+from anyio import CapacityLimiter, to_thread
+
+from .._structures import Job
+from .base import JobExecutor
+
+
+class ThreadPoolJobExecutor(JobExecutor):
+    """Runs the job's function in a worker thread, at most ``max_workers`` at a time.
+
+    Context variables (such as :data:`asched.current_job`) are visible in the thread. When
+    the scheduler stops without waiting, the thread is left to finish on its own and its
+    outcome is discarded: threads cannot be cancelled.
+
+    :param max_workers: the most threads running jobs at once
+    :raises ValueError: if ``max_workers`` is less than 1
+    """
+
+    def __init__(self, max_workers: int = 40):
+        if max_workers < 1:
+            raise ValueError(f"max_workers must be at least 1, got {max_workers}")
+        self.max_workers = max_workers
+        self._limiter: CapacityLimiter | None = None
+
+    async def start(self, exit_stack: AsyncExitStack) -> None:
+        """Create the capacity limiter bounding the threads."""
+        self._limiter = CapacityLimiter(self.max_workers)
+
+    async def run_job(self, func: Callable[..., Any], job: Job) -> Any:
+        """Run the function in a thread and return its result."""
+        if job.kwargs:
+            func = partial(func, **job.kwargs)
+        return await to_thread.run_sync(
+            func, *job.args, abandon_on_cancel=True, limiter=self._limiter
+        )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(max_workers={self.max_workers})"

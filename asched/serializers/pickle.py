@@ -1,0 +1,37 @@
+"""PickleSerializer: the default serializer, for any picklable object."""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+import attrs
+
+from .._exceptions import DeserializationError, SerializationError
+from .base import Serializer
+
+
+@attrs.define(frozen=True)
+class PickleSerializer(Serializer):
+    """Serialize with :mod:`pickle`.
+
+    Only deserialize data your own processes wrote: unpickling runs code.
+
+    :ivar protocol: the pickle protocol to write
+    """
+
+    protocol: int = pickle.HIGHEST_PROTOCOL
+
+    def serialize(self, obj: Any) -> bytes:
+        """Pickle ``obj``; see :meth:`Serializer.serialize`."""
+        try:
+            return pickle.dumps(obj, self.protocol)
+        except Exception as exc:
+            raise SerializationError(f"cannot pickle {obj!r}: {exc}") from exc
+
+    def deserialize(self, serialized: bytes) -> Any:
+        """Unpickle ``serialized``; see :meth:`Serializer.deserialize`."""
+        try:
+            return pickle.loads(serialized)
+        except Exception as exc:
+            raise DeserializationError(f"cannot unpickle stored data: {exc}") from exc

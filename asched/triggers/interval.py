@@ -1,0 +1,158 @@
+"""IntervalTrigger: fire every fixed amount of elapsed (real) time."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta, timezone, tzinfo
+from typing import Any
+
+import attrs
+
+from .._converters import as_timezone, optional_aware_datetime, timezone_key, utc_now
+from .base import Trigger
+
+_UNITS = ("weeks", "days", "hours", "minutes", "seconds", "microseconds")
+
+
+@attrs.define(frozen=True, init=False)
+class IntervalTrigger(Trigger):
+    """Fire at ``start_time`` and every ``interval`` of real elapsed time after it.
+
+    The interval is physical time: across a DST change an hourly trigger stays 3,600 s apart
+    (use :class:`~asched.triggers.CalendarIntervalTrigger` or a cron trigger to keep a
+    wall-clock time instead).
+
+    :param start_time: the first fire time (default: one interval after the trigger is
+        created, as in APScheduler 3); naive values are in ``timezone``
+    :param end_time: the latest possible fire time (inclusive)
+    :param timezone: zone for naive input and for the fire times returned (default: the zone
+        of an aware ``start_time``, else the local zone)
+    :raises ValueError: if the interval is zero or negative, or ``end_time`` is before
+        ``start_time``
+    """
+
+    type_name = "interval"
+
+    weeks: float
+    days: float
+    hours: float
+    minutes: float
+    seconds: float
+    microseconds: float
+    start_time: datetime
+    end_time: datetime | None
+    timezone: tzinfo
+    interval: timedelta = attrs.field(eq=False, repr=False)
+
+    def __init__(
+        self,
+        *,
+        weeks: float = 0,
+        days: float = 0,
+        hours: float = 0,
+        minutes: float = 0,
+        seconds: float = 0,
+        microseconds: float = 0,
+        start_time: datetime | date | str | None = None,
+        end_time: datetime | date | str | None = None,
+        timezone: str | tzinfo | None = None,
+    ) -> None:
+        for name, value in zip(
+            _UNITS, (weeks, days, hours, minutes, seconds, microseconds), strict=True
+        ):
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise TypeError(f"IntervalTrigger: {name} must be a number, got {value!r}")
+            if value < 0:
+                raise ValueError(f"IntervalTrigger: {name} must not be negative, got {value!r}")
+
+        interval = timedelta(
+            weeks=weeks,
+            days=days,
+            hours=hours,
+            minutes=minutes,
+            seconds=seconds,
+            microseconds=microseconds,
+        )
+        if interval <= timedelta(0):
+            raise ValueError(
+                "IntervalTrigger: the interval must be longer than zero "
+                "(give at least one of weeks, days, hours, minutes, seconds, microseconds)"
+            )
+
+        if timezone is None and isinstance(start_time, datetime) and start_time.tzinfo is not None:
+            tz = start_time.tzinfo
+        else:
+            tz = as_timezone(timezone)
+        start = optional_aware_datetime(start_time, tz, field="IntervalTrigger: start_time")
+        if start is None:
+            start = utc_now() + interval
+        end = optional_aware_datetime(end_time, tz, field="IntervalTrigger: end_time")
+        if end is not None and end < start:
+            raise ValueError(
+                f"IntervalTrigger: end_time ({end.isoformat()}) is before start_time "
+                f"({start.isoformat()})"
+            )
+
+        self.__attrs_init__(
+            weeks,
+            days,
+            hours,
+            minutes,
+            seconds,
+            microseconds,
+            start.astimezone(tz),
+            end.astimezone(tz) if end is not None else None,
+            tz,
+            interval,
+        )
+
+    def next_fire_time(self, after: datetime | None = None) -> datetime | None:
+        """Return the first ``start_time + k * interval`` (k >= 0) later than ``after``."""
+        # Compare and add on UTC instants: aware datetimes sharing a tzinfo compare and add
+        # by wall-clock time, which is wrong across DST changes
+        start = self.start_time.astimezone(timezone.utc)
+        if after is None or after.astimezone(timezone.utc) < start:
+            fire_time = self.start_time
+        else:
+            steps = (after.astimezone(timezone.utc) - start) // self.interval + 1
+            fire_time = (start + steps * self.interval).astimezone(self.timezone)
+
+        if self.end_time is not None and fire_time.astimezone(timezone.utc) > self.end_time:
+            return None
+        return fire_time
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-safe dict describing this trigger."""
+        data: dict[str, Any] = {"type": self.type_name}
+        for name in _UNITS:
+            value = getattr(self, name)
+            if value:
+                data[name] = value
+        data["start_time"] = self.start_time.isoformat()
+        data["end_time"] = self.end_time.isoformat() if self.end_time else None
+        data["timezone"] = timezone_key(self.timezone)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> IntervalTrigger:
+        """Rebuild the trigger from :meth:`to_dict` output."""
+        units = {name: data[name] for name in _UNITS if name in data}
+        return cls(
+            **units,
+            start_time=data["start_time"],
+            end_time=data.get("end_time"),
+            timezone=data["timezone"],
+        )
+
+    def _argument_text(self) -> list[str]:
+        arguments = [f"{name}={getattr(self, name)!r}" for name in _UNITS if getattr(self, name)]
+        arguments.append(f"start_time={self.start_time.isoformat(sep=' ')!r}")
+        if self.end_time is not None:
+            arguments.append(f"end_time={self.end_time.isoformat(sep=' ')!r}")
+        return arguments
+
+    def __str__(self) -> str:
+        return f"interval[{', '.join(self._argument_text())}]"
+
+    def __repr__(self) -> str:
+        arguments = [*self._argument_text(), f"timezone={timezone_key(self.timezone)!r}"]
+        return f"IntervalTrigger({', '.join(arguments)})"

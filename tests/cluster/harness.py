@@ -1,0 +1,191 @@
+"""Runs several scheduler processes on one store, injects faults, and accounts for every fire.
+
+The accounting is exact: every schedule fires every second between ``first_fire`` and
+``last_fire`` with ``CoalescePolicy.all`` and no misfire grace time, so each (schedule, fire
+time) must end up with exactly one run, whatever the faults. A job whose process was
+SIGKILLed while it ran shows up as a run *and* as an ``abandoned`` release; it must never be
+run a second time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import anyio
+from anyio.abc import Process
+
+from asched import AsyncScheduler, CoalescePolicy, JobOutcome
+from asched.triggers import IntervalTrigger
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class ClusterResult:
+    expected: set[tuple[str, str]]
+    runs: Counter[tuple[str, str]]
+    runs_by_node: Counter[str]
+    outcomes: dict[str, str]  # job id -> outcome (last one seen; releases are unique)
+    abandoned_job_nodes: set[str]
+    killed_node: str | None
+    stderr: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def duplicates(self) -> dict[tuple[str, str], int]:
+        return {key: count for key, count in self.runs.items() if count > 1}
+
+    @property
+    def missing(self) -> set[tuple[str, str]]:
+        return self.expected - set(self.runs)
+
+    @property
+    def unexpected(self) -> set[tuple[str, str]]:
+        return set(self.runs) - self.expected
+
+    def count(self, outcome: JobOutcome) -> int:
+        return sum(1 for value in self.outcomes.values() if value == outcome.value)
+
+
+async def run_cluster(
+    *,
+    store_url: str,
+    broker_url: str | None,
+    output: Path,
+    nodes: int,
+    schedules: int,
+    seconds: int,
+    hold_seconds: float = 0.2,
+    kill_node_after: float | None = None,
+    fault: Callable[[], Awaitable[None]] | None = None,
+    fault_interval: float = 0.3,
+) -> ClusterResult:
+    """Add ``schedules`` schedules firing every second for ``seconds`` s; run ``nodes``
+    scheduler processes until they are all done; optionally SIGKILL one of them
+    ``kill_node_after`` seconds into the firing and call ``fault()`` every
+    ``fault_interval`` seconds meanwhile."""
+    start = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=5)
+    last_fire = start + timedelta(seconds=seconds - 1)
+    async with AsyncScheduler(store_url, broker_url) as setup:
+        for index in range(schedules):
+            await setup.add_schedule(
+                "tests.cluster.node:record_fire",
+                IntervalTrigger(seconds=1, start_time=start, end_time=last_fire),
+                id=f"s{index:04}",
+                kwargs={"hold_seconds": hold_seconds},
+                coalesce=CoalescePolicy.all,
+                misfire_grace_time=None,
+            )
+
+    # Run long enough for a killed node's leases to expire and its work to be taken over
+    until = last_fire + timedelta(seconds=12)
+    processes: dict[str, Process] = {}
+    for index in range(nodes):
+        identity = f"node{index}"
+        command = [
+            sys.executable, "-m", "tests.cluster.node",
+            "--store", store_url, "--broker", broker_url or "", "--identity", identity,
+            "--output", str(output), "--until", until.isoformat(),
+        ]  # fmt: skip
+        # Files, not pipes: a chatty process must never block on a full pipe
+        with (output / f"stderr-{identity}.txt").open("wb") as log:
+            processes[identity] = await anyio.open_process(
+                command,
+                cwd=REPOSITORY,
+                stdout=log,
+                stderr=log,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+
+    killed: str | None = None
+    try:
+        async with anyio.create_task_group() as task_group:
+            if fault is not None:
+
+                async def keep_faulting() -> None:
+                    assert fault is not None
+                    while datetime.now(timezone.utc) < last_fire + timedelta(seconds=2):
+                        await fault()
+                        await anyio.sleep(fault_interval)
+
+                task_group.start_soon(keep_faulting)
+
+            if kill_node_after is not None:
+                await anyio.sleep(
+                    (start - datetime.now(timezone.utc)).total_seconds() + kill_node_after
+                )
+                killed = "node1"
+                processes[killed].send_signal(signal.SIGKILL)
+
+            with anyio.fail_after(60 + seconds):
+                for process in processes.values():
+                    await process.wait()
+    finally:
+        for process in processes.values():
+            if process.returncode is None:
+                process.kill()
+
+    stderr = {
+        name: (output / f"stderr-{name}.txt").read_text(errors="replace") for name in processes
+    }
+    for name, process in processes.items():
+        if name != killed and process.returncode != 0:
+            raise AssertionError(f"{name} exited with {process.returncode}:\n{stderr[name]}")
+
+    return _collect(output, schedules, start, seconds, killed, stderr)
+
+
+def _collect(
+    output: Path,
+    schedules: int,
+    start: datetime,
+    seconds: int,
+    killed: str | None,
+    stderr: dict[str, str],
+) -> ClusterResult:
+    expected = {
+        (f"s{index:04}", (start + timedelta(seconds=offset)).isoformat())
+        for index in range(schedules)
+        for offset in range(seconds)
+    }
+    runs: Counter[tuple[str, str]] = Counter()
+    runs_by_node: Counter[str] = Counter()
+    node_of_job: dict[str, str] = {}
+    for path in output.glob("runs-*.jsonl"):
+        for line in path.read_text().splitlines():
+            if not line.endswith("}"):
+                continue  # the last line of a killed process may be cut short
+            run = json.loads(line)
+            fire_time = datetime.fromisoformat(run["fire_time"]).astimezone(timezone.utc)
+            runs[(run["schedule_id"], fire_time.isoformat())] += 1
+            runs_by_node[run["node"]] += 1
+            node_of_job[run["job_id"]] = run["node"]
+
+    outcomes: dict[str, str] = {}
+    for path in output.glob("events-*.jsonl"):
+        for line in path.read_text().splitlines():
+            if line.endswith("}"):
+                event = json.loads(line)
+                outcomes[event["job_id"]] = event["outcome"]
+
+    abandoned_nodes = {
+        node_of_job.get(job_id, "?")
+        for job_id, outcome in outcomes.items()
+        if outcome == JobOutcome.abandoned.value
+    }
+    return ClusterResult(
+        expected=expected,
+        runs=runs,
+        runs_by_node=runs_by_node,
+        outcomes=outcomes,
+        abandoned_job_nodes=abandoned_nodes,
+        killed_node=killed,
+        stderr=stderr,
+    )

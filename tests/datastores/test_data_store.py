@@ -1,0 +1,879 @@
+"""The contract every data store passes, run against each implementation.
+
+Fixtures (tests/datastores/conftest.py): ``data_store`` is a started store; ``data_stores``
+are three instances sharing one storage (separate connections for persistent stores), as
+three schedulers would have; ``recorder`` holds the events they published; ``clock`` is
+the time source they all use.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+from uuid import UUID, uuid4
+
+import anyio
+import pytest
+
+from asched import (
+    CoalescePolicy,
+    ConflictingIdError,
+    ConflictPolicy,
+    Job,
+    JobOutcome,
+    JobResult,
+    Schedule,
+    ScheduleUpdate,
+    Task,
+    TaskLookupError,
+)
+from asched.datastores import DataStore
+from asched.events import (
+    JobAcquired,
+    JobAdded,
+    JobReleased,
+    ScheduleAdded,
+    ScheduleRemoved,
+    ScheduleUpdated,
+    TaskAdded,
+    TaskRemoved,
+    TaskUpdated,
+)
+from asched.triggers import IntervalTrigger
+from tests.clock import FakeClock
+from tests.conftest import EventRecorder, ids_of
+
+pytestmark = pytest.mark.anyio
+
+LEASE = timedelta(seconds=30)
+
+
+def make_task(task_id: str = "task", **options: Any) -> Task:
+    return Task(
+        id=task_id,
+        func_ref="tests.datastores.test_data_store:make_task",
+        job_executor="async",
+        **options,
+    )
+
+
+def make_schedule(
+    clock: FakeClock, schedule_id: str = "s1", *, due_in: float = 0, **options: Any
+) -> Schedule:
+    fire_time = clock.now() + timedelta(seconds=due_in)
+    options.setdefault("task_id", "task")
+    return Schedule(
+        id=schedule_id,
+        trigger=IntervalTrigger(seconds=10, start_time=fire_time),
+        next_fire_time=fire_time,
+        next_run_time=fire_time,
+        **options,
+    )
+
+
+def make_job(clock: FakeClock, **options: Any) -> Job:
+    options.setdefault("task_id", "task")
+    options.setdefault("created_at", clock.now())
+    return Job(**options)
+
+
+def finish(
+    job: Job, clock: FakeClock, outcome: JobOutcome = JobOutcome.success, **kwargs: Any
+) -> JobResult:
+    return JobResult.for_job(job, outcome, finished_at=clock.now(), **kwargs)
+
+
+async def add_jobs(store: DataStore, clock: FakeClock, count: int, **options: Any) -> list[Job]:
+    jobs = []
+    for _ in range(count):
+        jobs.append(make_job(clock, **options))
+        clock.advance(0.001)  # distinct creation times: acquisition order is by age
+    await store.add_jobs(jobs)
+    return jobs
+
+
+#
+# Tasks
+#
+
+
+async def test_added_task_can_be_read_back(data_store: DataStore, recorder: EventRecorder) -> None:
+    task = make_task(
+        max_running_jobs=3, misfire_grace_time=timedelta(seconds=5), metadata={"team": "ops"}
+    )
+    await data_store.add_task(task)
+
+    assert await data_store.get_task("task") == task
+    assert await data_store.get_tasks() == [task]
+    assert [event.task_id for event in recorder.of_type(TaskAdded)] == ["task"]
+
+
+async def test_adding_a_task_again_replaces_it(
+    data_store: DataStore, recorder: EventRecorder
+) -> None:
+    await data_store.add_task(make_task(max_running_jobs=1))
+    await data_store.add_task(make_task(max_running_jobs=5))
+
+    assert (await data_store.get_task("task")).max_running_jobs == 5
+    assert [event.task_id for event in recorder.of_type(TaskUpdated)] == ["task"]
+
+
+async def test_tasks_are_listed_by_id(data_store: DataStore) -> None:
+    for task_id in ("b", "c", "a"):
+        await data_store.add_task(make_task(task_id))
+
+    assert ids_of(await data_store.get_tasks()) == ["a", "b", "c"]
+
+
+async def test_removed_task_is_gone(data_store: DataStore, recorder: EventRecorder) -> None:
+    await data_store.add_task(make_task())
+    await data_store.remove_task("task")
+
+    with pytest.raises(TaskLookupError, match="'task'"):
+        await data_store.get_task("task")
+    assert [event.task_id for event in recorder.of_type(TaskRemoved)] == ["task"]
+
+
+async def test_unknown_task_raises_lookup_error(data_store: DataStore) -> None:
+    with pytest.raises(TaskLookupError, match="'nope'"):
+        await data_store.get_task("nope")
+    with pytest.raises(TaskLookupError, match="'nope'"):
+        await data_store.remove_task("nope")
+
+
+#
+# Schedules
+#
+
+
+async def test_added_schedule_round_trips_every_field(
+    data_store: DataStore, clock: FakeClock, recorder: EventRecorder
+) -> None:
+    await data_store.add_task(make_task())
+    schedule = make_schedule(
+        clock,
+        args=(1, "two", [3]),
+        kwargs={"key": {"nested": True}},
+        name="nightly",
+        coalesce=CoalescePolicy.all,
+        misfire_grace_time=timedelta(seconds=90),
+        max_jitter=timedelta(seconds=4),
+        max_running_jobs=2,
+        job_executor="threadpool",
+        job_result_expiration_time=timedelta(minutes=5),
+        metadata={"owner": "me", "tags": ["a", "b"]},
+        last_fire_time=clock.now() - timedelta(seconds=10),
+    )
+    await data_store.add_schedule(schedule, ConflictPolicy.exception)
+
+    [stored] = await data_store.get_schedules(["s1"])
+    assert stored == schedule
+    assert stored.trigger.next_fire_time(stored.next_fire_time) == schedule.trigger.next_fire_time(
+        schedule.next_fire_time
+    )
+    [event] = recorder.of_type(ScheduleAdded)
+    assert (event.schedule_id, event.task_id, event.next_fire_time) == (
+        "s1",
+        "task",
+        schedule.next_fire_time,
+    )
+
+
+async def test_conflict_do_nothing_keeps_the_stored_schedule(
+    data_store: DataStore, clock: FakeClock, recorder: EventRecorder
+) -> None:
+    await data_store.add_task(make_task())
+    await data_store.add_schedule(make_schedule(clock, name="first"), ConflictPolicy.exception)
+    await data_store.add_schedule(make_schedule(clock, name="second"), ConflictPolicy.do_nothing)
+
+    [stored] = await data_store.get_schedules()
+    assert stored.name == "first"
+    assert not recorder.of_type(ScheduleUpdated)
+
+
+async def test_conflict_replace_overwrites_the_stored_schedule(
+    data_store: DataStore, clock: FakeClock, recorder: EventRecorder
+) -> None:
+    await data_store.add_task(make_task())
+    await data_store.add_schedule(make_schedule(clock, name="first"), ConflictPolicy.exception)
+    await data_store.add_schedule(make_schedule(clock, name="second"), ConflictPolicy.replace)
+
+    [stored] = await data_store.get_schedules()
+    assert stored.name == "second"
+    assert [event.schedule_id for event in recorder.of_type(ScheduleUpdated)] == ["s1"]
+
+
+async def test_conflict_exception_raises(data_store: DataStore, clock: FakeClock) -> None:
+    await data_store.add_task(make_task())
+    await data_store.add_schedule(make_schedule(clock), ConflictPolicy.exception)
+
+    with pytest.raises(ConflictingIdError, match="'s1'"):
+        await data_store.add_schedule(make_schedule(clock), ConflictPolicy.exception)
+
+
+async def test_schedules_are_listed_by_id_and_filtered_by_ids(
+    data_store: DataStore, clock: FakeClock
+) -> None:
+    await data_store.add_task(make_task())
+    for schedule_id in ("b", "c", "a"):
+        await data_store.add_schedule(make_schedule(clock, schedule_id), ConflictPolicy.exception)
+
+    assert ids_of(await data_store.get_schedules()) == ["a", "b", "c"]
+    assert ids_of(await data_store.get_schedules(["c", "a", "unknown"])) == ["a", "c"]
+    assert await data_store.get_schedules([]) == []
+
+
+async def test_removed_schedules_are_gone_and_reported(
+    data_store: DataStore, clock: FakeClock, recorder: EventRecorder
+) -> None:
+    await data_store.add_task(make_task())
+    for schedule_id in ("a", "b", "c"):
+        await data_store.add_schedule(make_schedule(clock, schedule_id), ConflictPolicy.exception)
+
+    await data_store.remove_schedules(["a", "unknown"])
+    await data_store.remove_schedules(["b"], finished=True)
+
+    assert ids_of(await data_store.get_schedules()) == ["c"]
+    removed = {event.schedule_id: event.finished for event in recorder.of_type(ScheduleRemoved)}
+    assert removed == {"a": False, "b": True}
+
+
+async def test_only_due_unpaused_schedules_are_acquired_earliest_first(
+    data_store: DataStore, clock: FakeClock
+) -> None:
+    await data_store.add_task(make_task())
+    for schedule_id, due_in, paused in [
+        ("late", -5, False),
+        ("later", -1, False),
+        ("earliest", -10, False),
+        ("paused", -20, True),
+        ("future", 5, False),
+    ]:
+        await data_store.add_schedule(
+            make_schedule(clock, schedule_id, due_in=due_in, paused=paused),
+            ConflictPolicy.exception,
+        )
+
+    acquired = await data_store.acquire_schedules("me", LEASE, 10)
+
+    assert ids_of(acquired) == ["earliest", "late", "later"]
+    for schedule in acquired:
+        assert schedule.acquired_by == "me"
+        assert schedule.acquired_until == clock.now() + LEASE
+
+
+async def test_acquisition_respects_the_limit(data_store: DataStore, clock: FakeClock) -> None:
+    await data_store.add_task(make_task())
+    for index in range(5):
+        await data_store.add_schedule(
+            make_schedule(clock, f"s{index}", due_in=-index), ConflictPolicy.exception
+        )
+
+    first = await data_store.acquire_schedules("me", LEASE, 2)
+    second = await data_store.acquire_schedules("me", LEASE, 10)
+
+    assert ids_of(first) == ["s4", "s3"]
+    assert ids_of(second) == ["s2", "s1", "s0"]
+
+
+async def test_acquired_schedule_shows_its_lease_and_is_not_acquired_again(
+    data_stores: list[DataStore], clock: FakeClock
+) -> None:
+    store_a, store_b, _ = data_stores
+    await store_a.add_task(make_task())
+    await store_a.add_schedule(make_schedule(clock), ConflictPolicy.exception)
+
+    assert ids_of(await store_a.acquire_schedules("a", LEASE, 10)) == ["s1"]
+    assert await store_b.acquire_schedules("b", LEASE, 10) == []
+    [stored] = await store_b.get_schedules()
+    assert (stored.acquired_by, stored.acquired_until) == ("a", clock.now() + LEASE)
+
+
+async def test_schedule_with_expired_lease_can_be_acquired_by_another_scheduler(
+    data_stores: list[DataStore], clock: FakeClock
+) -> None:
+    store_a, store_b, _ = data_stores
+    await store_a.add_task(make_task())
+    await store_a.add_schedule(make_schedule(clock), ConflictPolicy.exception)
+    await store_a.acquire_schedules("a", LEASE, 10)
+
+    clock.advance(LEASE.total_seconds() - 1)
+    assert await store_b.acquire_schedules("b", LEASE, 10) == []
+    clock.advance(2)
+    [schedule] = await store_b.acquire_schedules("b", LEASE, 10)
+    assert schedule.acquired_by == "b"
+
+
+async def test_concurrent_acquirers_never_get_the_same_schedule(
+    data_stores: list[DataStore], clock: FakeClock
+) -> None:
+    await data_stores[0].add_task(make_task())
+    expected = set()
+    for index in range(60):
+        schedule = make_schedule(clock, f"s{index:02}", due_in=-index / 10)
+        await data_stores[0].add_schedule(schedule, ConflictPolicy.exception)
+        expected.add(schedule.id)
+
+    acquired: list[str] = []
+
+    async def acquire_until_empty(store: DataStore, scheduler_id: str) -> None:
+        while schedules := await store.acquire_schedules(scheduler_id, LEASE, 7):
+            acquired.extend(ids_of(schedules))
+            await anyio.lowlevel.checkpoint()
+
+    async with anyio.create_task_group() as task_group:
+        for index, store in enumerate(data_stores):
+            task_group.start_soon(acquire_until_empty, store, f"scheduler-{index}")
+
+    assert sorted(acquired) == sorted(expected)
+
+
+async def test_release_moves_the_schedule_on_and_clears_the_lease(
+    data_store: DataStore, clock: FakeClock, recorder: EventRecorder
+) -> None:
+    await data_store.add_task(make_task())
+    await data_store.add_schedule(make_schedule(clock), ConflictPolicy.exception)
+    [schedule] = await data_store.acquire_schedules("me", LEASE, 10)
+    next_fire_time = clock.now() + timedelta(seconds=10)
+    recorder.clear()
+
+    await data_store.release_schedules(
+        "me",
+        [
+            ScheduleUpdate(
+                schedule_id="s1",
+                next_fire_time=next_fire_time,
+                next_run_time=next_fire_time + timedelta(seconds=2),
+                last_fire_time=schedule.next_fire_time,
+            )
+        ],
+    )
+
+    [stored] = await data_store.get_schedules()
+    assert stored.next_fire_time == next_fire_time
+    assert stored.next_run_time == next_fire_time + timedelta(seconds=2)
+    assert stored.last_fire_time == schedule.next_fire_time
+    assert (stored.acquired_by, stored.acquired_until) == (None, None)
+    [event] = recorder.of_type(ScheduleUpdated)
+    assert (event.schedule_id, event.next_fire_time) == ("s1", next_fire_time)
+    # It is due again only at its new run time
+    clock.advance(11)
+    assert await data_store.acquire_schedules("me", LEASE, 10) == []
+    clock.advance(1)
+    assert ids_of(await data_store.acquire_schedules("me", LEASE, 10)) == ["s1"]
+
+
+async def test_release_adds_the_jobs_of_the_update(
+    data_store: DataStore, clock: FakeClock, recorder: EventRecorder
+) -> None:
+    await data_store.add_task(make_task())
+    await data_store.add_schedule(make_schedule(clock), ConflictPolicy.exception)
+    [schedule] = await data_store.acquire_schedules("me", LEASE, 10)
+    job = make_job(
+        clock,
+        schedule_id="s1",
+        scheduled_fire_time=schedule.next_fire_time,
+        args=(1,),
+        kwargs={"a": 2},
+    )
+
+    await data_store.release_schedules(
+        "me",
+        [
+            ScheduleUpdate(
+                schedule_id="s1",
+                next_fire_time=clock.now() + timedelta(seconds=10),
+                next_run_time=clock.now() + timedelta(seconds=10),
+                last_fire_time=schedule.next_fire_time,
+                jobs=(job,),
+            )
+        ],
+    )
+
+    assert await data_store.get_jobs() == [job]
+    [event] = recorder.of_type(JobAdded)
+    assert (event.job_id, event.task_id, event.schedule_id) == (job.id, "task", "s1")
+
+
+async def test_release_reports_missed_jobs_and_keeps_their_results_when_asked(
+    data_store: DataStore, clock: FakeClock, recorder: EventRecorder
+) -> None:
+    await data_store.add_task(make_task())
+    await data_store.add_schedule(make_schedule(clock), ConflictPolicy.exception)
+    await data_store.acquire_schedules("me", LEASE, 10)
+    kept = make_job(
+        clock,
+        schedule_id="s1",
+        scheduled_fire_time=clock.now(),
+        result_expiration_time=timedelta(minutes=1),
+    )
+    not_kept = make_job(clock, schedule_id="s1", scheduled_fire_time=clock.now())
+
+    await data_store.release_schedules(
+        "me",
+        [
+            ScheduleUpdate(
+                schedule_id="s1",
+                next_fire_time=clock.now() + timedelta(seconds=10),
+                next_run_time=clock.now() + timedelta(seconds=10),
+                last_fire_time=clock.now(),
+                missed_jobs=(kept, not_kept),
+            )
+        ],
+    )
+
+    assert await data_store.get_jobs() == []
+    released = {event.job_id: event for event in recorder.of_type(JobReleased)}
+    assert set(released) == {kept.id, not_kept.id}
+    assert {event.outcome for event in released.values()} == {JobOutcome.missed_start_deadline}
+    assert released[kept.id].schedule_id == "s1"
+    result = await data_store.get_job_result(kept.id)
+    assert result is not None
+    assert result.outcome is JobOutcome.missed_start_deadline
+    assert await data_store.get_job_result(not_kept.id) is None
+
+
+async def test_release_without_next_fire_time_removes_the_finished_schedule(
+    data_store: DataStore, clock: FakeClock, recorder: EventRecorder
+) -> None:
+    await data_store.add_task(make_task())
+    await data_store.add_schedule(make_schedule(clock), ConflictPolicy.exception)
+    await data_store.acquire_schedules("me", LEASE, 10)
+    job = make_job(clock, schedule_id="s1")
+
+    await data_store.release_schedules(
+        "me",
+        [
+            ScheduleUpdate(
+                schedule_id="s1",
+                next_fire_time=None,
+                next_run_time=None,
+                last_fire_time=clock.now(),
+                jobs=(job,),
+            )
+        ],
+    )
+
+    assert await data_store.get_schedules() == []
+    assert ids_of(await data_store.get_jobs()) == [job.id]
+    [event] = recorder.of_type(ScheduleRemoved)
+    assert (event.schedule_id, event.finished) == ("s1", True)
+
+
+async def test_release_by_a_scheduler_that_lost_the_lease_is_dropped_with_its_jobs(
+    data_stores: list[DataStore], clock: FakeClock
+) -> None:
+    store_a, store_b, _ = data_stores
+    await store_a.add_task(make_task())
+    await store_a.add_schedule(make_schedule(clock), ConflictPolicy.exception)
+    await store_a.acquire_schedules("a", LEASE, 10)
+    clock.advance(LEASE.total_seconds() + 1)
+    await store_b.acquire_schedules("b", LEASE, 10)  # b takes over the expired lease
+    next_time = clock.now() + timedelta(seconds=10)
+
+    def update(job: Job) -> ScheduleUpdate:
+        return ScheduleUpdate(
+            schedule_id="s1",
+            next_fire_time=next_time,
+            next_run_time=next_time,
+            last_fire_time=clock.now(),
+            jobs=(job,),
+        )
+
+    late_job = make_job(clock, schedule_id="s1")
+    await store_a.release_schedules("a", [update(late_job)])
+    assert await store_a.get_jobs() == []
+    [stored] = await store_a.get_schedules()
+    assert stored.acquired_by == "b"
+
+    job = make_job(clock, schedule_id="s1")
+    await store_b.release_schedules("b", [update(job)])
+    assert ids_of(await store_a.get_jobs()) == [job.id]
+
+
+async def test_release_of_a_schedule_replaced_meanwhile_is_dropped(
+    data_store: DataStore, clock: FakeClock
+) -> None:
+    await data_store.add_task(make_task())
+    await data_store.add_schedule(make_schedule(clock, name="old"), ConflictPolicy.exception)
+    await data_store.acquire_schedules("me", LEASE, 10)
+    await data_store.add_schedule(make_schedule(clock, name="new"), ConflictPolicy.replace)
+
+    await data_store.release_schedules(
+        "me",
+        [
+            ScheduleUpdate(
+                schedule_id="s1",
+                next_fire_time=None,
+                next_run_time=None,
+                last_fire_time=clock.now(),
+                jobs=(make_job(clock),),
+            )
+        ],
+    )
+
+    [stored] = await data_store.get_schedules()
+    assert (stored.name, stored.acquired_by) == ("new", None)
+    assert await data_store.get_jobs() == []
+
+
+async def test_next_schedule_run_time_is_the_earliest_unpaused_one(
+    data_store: DataStore, clock: FakeClock
+) -> None:
+    assert await data_store.get_next_schedule_run_time() is None
+    await data_store.add_task(make_task())
+    await data_store.add_schedule(
+        make_schedule(clock, "p", due_in=1, paused=True), ConflictPolicy.exception
+    )
+    assert await data_store.get_next_schedule_run_time() is None
+
+    await data_store.add_schedule(make_schedule(clock, "a", due_in=30), ConflictPolicy.exception)
+    await data_store.add_schedule(make_schedule(clock, "b", due_in=20), ConflictPolicy.exception)
+    assert await data_store.get_next_schedule_run_time() == clock.now() + timedelta(seconds=20)
+
+    await data_store.remove_schedules(["b"])
+    assert await data_store.get_next_schedule_run_time() == clock.now() + timedelta(seconds=30)
+
+
+async def test_next_schedule_run_time_of_a_leased_schedule_is_its_lease_expiry(
+    data_store: DataStore, clock: FakeClock
+) -> None:
+    await data_store.add_task(make_task())
+    await data_store.add_schedule(make_schedule(clock, "a"), ConflictPolicy.exception)
+    await data_store.add_schedule(make_schedule(clock, "b", due_in=3600), ConflictPolicy.exception)
+    await data_store.acquire_schedules("me", LEASE, 1)
+
+    assert await data_store.get_next_schedule_run_time() == clock.now() + LEASE
+
+
+async def test_unpausing_by_replacement_makes_a_schedule_acquirable(
+    data_store: DataStore, clock: FakeClock
+) -> None:
+    await data_store.add_task(make_task())
+    await data_store.add_schedule(make_schedule(clock, paused=True), ConflictPolicy.exception)
+    assert await data_store.acquire_schedules("me", LEASE, 10) == []
+
+    await data_store.add_schedule(make_schedule(clock, paused=False), ConflictPolicy.replace)
+    assert ids_of(await data_store.acquire_schedules("me", LEASE, 10)) == ["s1"]
+
+
+#
+# Jobs
+#
+
+
+async def test_added_jobs_are_listed_oldest_first(
+    data_store: DataStore, clock: FakeClock, recorder: EventRecorder
+) -> None:
+    await data_store.add_task(make_task())
+    jobs = await add_jobs(data_store, clock, 3, args=("x", 1), kwargs={"y": [2]})
+
+    assert await data_store.get_jobs() == jobs
+    assert await data_store.get_jobs([jobs[2].id, uuid4(), jobs[0].id]) == [jobs[0], jobs[2]]
+    assert [event.job_id for event in recorder.of_type(JobAdded)] == ids_of(jobs)
+
+
+async def test_job_round_trips_every_field(data_store: DataStore, clock: FakeClock) -> None:
+    await data_store.add_task(make_task())
+    job = make_job(
+        clock,
+        args=(1, {"two": 2}),
+        kwargs={"three": (3,)},
+        schedule_id="s1",
+        scheduled_fire_time=clock.now() - timedelta(seconds=3),
+        jitter=timedelta(seconds=1.5),
+        start_deadline=clock.now() + timedelta(minutes=1),
+        job_executor="threadpool",
+        result_expiration_time=timedelta(hours=1),
+    )
+    await data_store.add_jobs([job])
+
+    assert await data_store.get_jobs() == [job]
+
+
+async def test_jobs_are_acquired_oldest_first_with_a_lease(
+    data_stores: list[DataStore], clock: FakeClock, recorder: EventRecorder
+) -> None:
+    store_a, store_b, _ = data_stores
+    await store_a.add_task(make_task())
+    jobs = await add_jobs(store_a, clock, 5)
+
+    first = await store_a.acquire_jobs("a", LEASE, 2)
+    second = await store_b.acquire_jobs("b", LEASE, 10)
+
+    assert ids_of(first) == ids_of(jobs[:2])
+    assert ids_of(second) == ids_of(jobs[2:])
+    assert await store_a.acquire_jobs("a", LEASE, 10) == []
+    leases = {job.id: (job.acquired_by, job.acquired_until) for job in await store_a.get_jobs()}
+    assert leases[jobs[0].id] == ("a", clock.now() + LEASE)
+    assert leases[jobs[4].id] == ("b", clock.now() + LEASE)
+    acquired_by = {event.job_id: event.scheduler_id for event in recorder.of_type(JobAcquired)}
+    assert acquired_by == {job.id: "a" if job in jobs[:2] else "b" for job in jobs}
+
+
+async def test_concurrent_acquirers_never_get_the_same_job(
+    data_stores: list[DataStore], clock: FakeClock
+) -> None:
+    await data_stores[0].add_task(make_task())
+    jobs = await add_jobs(data_stores[0], clock, 60)
+    acquired: list[UUID] = []
+
+    async def acquire_until_empty(store: DataStore, scheduler_id: str) -> None:
+        while batch := await store.acquire_jobs(scheduler_id, LEASE, 7):
+            acquired.extend(ids_of(batch))
+            await anyio.lowlevel.checkpoint()
+
+    async with anyio.create_task_group() as task_group:
+        for index, store in enumerate(data_stores):
+            task_group.start_soon(acquire_until_empty, store, f"worker-{index}")
+
+    assert sorted(acquired) == sorted(ids_of(jobs))
+
+
+async def test_task_max_running_jobs_holds_jobs_back_until_a_slot_frees(
+    data_store: DataStore, clock: FakeClock
+) -> None:
+    await data_store.add_task(make_task(max_running_jobs=2))
+    jobs = await add_jobs(data_store, clock, 4)
+
+    running = await data_store.acquire_jobs("me", LEASE, 10)
+    assert ids_of(running) == ids_of(jobs[:2])
+    assert await data_store.acquire_jobs("me", LEASE, 10) == []
+
+    await data_store.release_jobs("me", [finish(running[0], clock)])
+    assert ids_of(await data_store.acquire_jobs("me", LEASE, 10)) == [jobs[2].id]
+    assert await data_store.acquire_jobs("me", LEASE, 10) == []
+
+
+async def test_schedule_max_running_jobs_holds_its_jobs_back(
+    data_store: DataStore, clock: FakeClock
+) -> None:
+    await data_store.add_task(make_task())
+    await data_store.add_schedule(
+        make_schedule(clock, "limited", due_in=3600, max_running_jobs=1), ConflictPolicy.exception
+    )
+    limited = await add_jobs(data_store, clock, 2, schedule_id="limited")
+    free = await add_jobs(data_store, clock, 2)
+
+    acquired = await data_store.acquire_jobs("me", LEASE, 10)
+
+    assert ids_of(acquired) == [limited[0].id, free[0].id, free[1].id]
+    await data_store.release_jobs("me", [finish(acquired[0], clock)])
+    assert ids_of(await data_store.acquire_jobs("me", LEASE, 10)) == [limited[1].id]
+
+
+async def test_max_running_jobs_holds_across_concurrent_workers(
+    data_stores: list[DataStore], clock: FakeClock
+) -> None:
+    await data_stores[0].add_task(make_task(max_running_jobs=3))
+    await add_jobs(data_stores[0], clock, 30)
+    running: set[UUID] = set()
+    peak = 0
+    finished = 0
+
+    async def work(store: DataStore, worker: str) -> None:
+        nonlocal peak, finished
+        while finished < 30:
+            batch = await store.acquire_jobs(worker, LEASE, 2)
+            running.update(ids_of(batch))
+            peak = max(peak, len(running))
+            await anyio.lowlevel.checkpoint()
+            for job in batch:
+                running.discard(job.id)
+            if batch:
+                await store.release_jobs(worker, [finish(job, clock) for job in batch])
+                finished += len(batch)
+            else:
+                await anyio.sleep(0.001)
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as task_group:
+            for index, store in enumerate(data_stores):
+                task_group.start_soon(work, store, f"worker-{index}")
+
+    assert finished == 30
+    assert peak <= 3
+
+
+async def test_job_past_its_start_deadline_is_released_as_missed_instead_of_acquired(
+    data_store: DataStore, clock: FakeClock, recorder: EventRecorder
+) -> None:
+    await data_store.add_task(make_task())
+    late = make_job(
+        clock,
+        start_deadline=clock.now() + timedelta(seconds=5),
+        result_expiration_time=timedelta(minutes=1),
+    )
+    on_time = make_job(clock, start_deadline=clock.now() + timedelta(seconds=60))
+    await data_store.add_jobs([late, on_time])
+    clock.advance(10)
+
+    assert ids_of(await data_store.acquire_jobs("me", LEASE, 10)) == [on_time.id]
+    [event] = recorder.of_type(JobReleased)
+    assert (event.job_id, event.outcome) == (late.id, JobOutcome.missed_start_deadline)
+    result = await data_store.get_job_result(late.id)
+    assert result is not None
+    assert result.outcome is JobOutcome.missed_start_deadline
+    assert ids_of(await data_store.get_jobs()) == [on_time.id]
+
+
+async def test_released_job_is_gone_and_its_result_kept_if_asked(
+    data_store: DataStore, clock: FakeClock, recorder: EventRecorder
+) -> None:
+    await data_store.add_task(make_task())
+    kept = make_job(
+        clock,
+        result_expiration_time=timedelta(minutes=1),
+        schedule_id="s9",
+        scheduled_fire_time=clock.now(),
+    )
+    not_kept = make_job(clock)
+    await data_store.add_jobs([kept, not_kept])
+    await data_store.acquire_jobs("me", LEASE, 10)
+    started_at = clock.now()
+    clock.advance(2)
+
+    await data_store.release_jobs(
+        "me",
+        [
+            finish(kept, clock, return_value={"answer": 42}, started_at=started_at),
+            finish(not_kept, clock, return_value="dropped"),
+        ],
+    )
+
+    assert await data_store.get_jobs() == []
+    result = await data_store.get_job_result(kept.id)
+    assert result is not None
+    assert (result.outcome, result.return_value) == (JobOutcome.success, {"answer": 42})
+    assert (result.started_at, result.finished_at) == (started_at, clock.now())
+    assert result.expires_at == clock.now() + timedelta(minutes=1)
+    assert await data_store.get_job_result(not_kept.id) is None
+    events = {event.job_id: event for event in recorder.of_type(JobReleased)}
+    assert events[kept.id].outcome is JobOutcome.success
+    assert (events[kept.id].schedule_id, events[kept.id].scheduled_fire_time) == (
+        "s9",
+        kept.scheduled_fire_time,
+    )
+    assert events[kept.id].scheduler_id == "me"
+
+
+async def test_error_result_keeps_the_exception_and_the_event_describes_it(
+    data_store: DataStore, clock: FakeClock, recorder: EventRecorder
+) -> None:
+    await data_store.add_task(make_task())
+    [job] = await add_jobs(data_store, clock, 1, result_expiration_time=timedelta(minutes=1))
+    await data_store.acquire_jobs("me", LEASE, 10)
+    try:
+        raise ValueError("bad input 42")
+    except ValueError as exc:
+        error = exc
+
+    await data_store.release_jobs("me", [finish(job, clock, JobOutcome.error, exception=error)])
+
+    result = await data_store.get_job_result(job.id)
+    assert result is not None
+    assert result.outcome is JobOutcome.error
+    assert isinstance(result.exception, ValueError)
+    assert str(result.exception) == "bad input 42"
+    [event] = recorder.of_type(JobReleased)
+    assert event.exception_type == "builtins.ValueError"
+    assert event.exception_message == "bad input 42"
+    assert event.exception_traceback is not None
+    assert "bad input 42" in event.exception_traceback
+
+
+async def test_result_of_a_job_not_acquired_by_the_releaser_is_ignored(
+    data_stores: list[DataStore], clock: FakeClock, recorder: EventRecorder
+) -> None:
+    store_a, store_b, _ = data_stores
+    await store_a.add_task(make_task())
+    [job] = await add_jobs(store_a, clock, 1, result_expiration_time=timedelta(minutes=1))
+    await store_a.acquire_jobs("a", LEASE, 10)
+
+    await store_b.release_jobs("b", [finish(job, clock, return_value="impostor")])
+    assert ids_of(await store_a.get_jobs()) == [job.id]
+    assert not recorder.of_type(JobReleased)
+
+    await store_a.release_jobs("a", [finish(job, clock, return_value="real")])
+    await store_a.release_jobs("a", [finish(job, clock, return_value="again")])
+    result = await store_a.get_job_result(job.id)
+    assert result is not None
+    assert result.return_value == "real"
+    assert len(recorder.of_type(JobReleased)) == 1
+
+
+async def test_results_expire(data_store: DataStore, clock: FakeClock) -> None:
+    await data_store.add_task(make_task())
+    [job] = await add_jobs(data_store, clock, 1, result_expiration_time=timedelta(seconds=60))
+    await data_store.acquire_jobs("me", LEASE, 10)
+    await data_store.release_jobs("me", [finish(job, clock)])
+
+    clock.advance(59)
+    assert await data_store.get_job_result(job.id) is not None
+    clock.advance(2)
+    assert await data_store.get_job_result(job.id) is None
+    await data_store.cleanup()
+    assert await data_store.get_job_result(job.id) is None
+
+
+async def test_unknown_job_has_no_result(data_store: DataStore) -> None:
+    assert await data_store.get_job_result(uuid4()) is None
+
+
+async def test_job_with_expired_lease_is_released_as_abandoned_once(
+    data_stores: list[DataStore], clock: FakeClock, recorder: EventRecorder
+) -> None:
+    store_a, store_b, _ = data_stores
+    await store_a.add_task(make_task(max_running_jobs=1))
+    [job, waiting] = await add_jobs(store_a, clock, 2, result_expiration_time=timedelta(hours=1))
+    await store_a.acquire_jobs("a", LEASE, 10)
+    clock.advance(LEASE.total_seconds() + 1)
+
+    await store_b.cleanup()
+    await store_b.cleanup()
+    # The vanished worker shows up late: its result is ignored
+    await store_a.release_jobs("a", [finish(job, clock, return_value="too late")])
+
+    [event] = recorder.of_type(JobReleased)
+    assert (event.job_id, event.outcome) == (job.id, JobOutcome.abandoned)
+    result = await store_b.get_job_result(job.id)
+    assert result is not None
+    assert result.outcome is JobOutcome.abandoned
+    # The task's running slot was freed
+    assert ids_of(await store_b.acquire_jobs("b", LEASE, 10)) == [waiting.id]
+
+
+async def test_extended_lease_keeps_a_running_job_from_being_abandoned(
+    data_store: DataStore, clock: FakeClock, recorder: EventRecorder
+) -> None:
+    await data_store.add_task(make_task())
+    [job] = await add_jobs(data_store, clock, 1)
+    await data_store.acquire_jobs("me", LEASE, 10)
+
+    clock.advance(LEASE.total_seconds() - 1)
+    await data_store.extend_acquired_leases("me", {job.id}, LEASE)
+    await data_store.extend_acquired_leases("someone-else", {job.id}, timedelta(0))
+    clock.advance(LEASE.total_seconds() - 1)
+    await data_store.cleanup()
+
+    assert not recorder.of_type(JobReleased)
+    [stored] = await data_store.get_jobs()
+    assert stored.acquired_until == clock.now() + timedelta(seconds=1)
+
+
+async def test_cleanup_releases_jobs_that_waited_for_a_slot_past_their_deadline(
+    data_store: DataStore, clock: FakeClock, recorder: EventRecorder
+) -> None:
+    await data_store.add_task(make_task(max_running_jobs=1))
+    [running] = await add_jobs(data_store, clock, 1)
+    [waiting] = await add_jobs(
+        data_store, clock, 1, start_deadline=clock.now() + timedelta(seconds=10)
+    )
+    await data_store.acquire_jobs("me", LEASE, 10)
+    clock.advance(11)
+
+    await data_store.cleanup()
+
+    [event] = recorder.of_type(JobReleased)
+    assert (event.job_id, event.outcome) == (waiting.id, JobOutcome.missed_start_deadline)
+    assert ids_of(await data_store.get_jobs()) == [running.id]

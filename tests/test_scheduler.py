@@ -1,0 +1,991 @@
+"""AsyncScheduler behaviour through its public API, on the memory store, asyncio and trio.
+
+Time is the fake clock's: the scheduler sleeps on it, and tests move it with
+``clock.advance()``; events (``recorder``) tell when something happened.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta, timezone
+from typing import Any
+from uuid import UUID, uuid4
+
+import anyio
+import pytest
+
+from asched import (
+    AsyncScheduler,
+    CallableLookupError,
+    CoalescePolicy,
+    ConflictingIdError,
+    ConflictPolicy,
+    Job,
+    JobLookupError,
+    JobOutcome,
+    JobResultNotReady,
+    RunState,
+    ScheduleLookupError,
+    SchedulerNotInitializedError,
+    SchedulerRole,
+    current_job,
+)
+from asched.datastores import MemoryDataStore
+from asched.eventbrokers import LocalEventBroker
+from asched.events import (
+    JobAdded,
+    JobReleased,
+    ScheduleRemoved,
+    SchedulerStarted,
+    SchedulerStopped,
+)
+from asched.triggers import DateTrigger, IntervalTrigger, Trigger
+from tests import jobs
+from tests.clock import FakeClock
+from tests.conftest import EventRecorder
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def scheduler(clock: FakeClock, recorder: EventRecorder) -> AsyncIterator[AsyncScheduler]:
+    async with AsyncScheduler(clock=clock) as scheduler:
+        scheduler.subscribe(recorder)
+        yield scheduler
+
+
+class Calls:
+    """``calls.record`` is a job function that records its calls; ``calls.wait(n)`` waits."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Job | None, tuple[Any, ...], dict[str, Any]]] = []
+        self._changed = anyio.Event()
+
+    async def record(self, *args: Any, **kwargs: Any) -> str:
+        self.calls.append((current_job.get(), args, kwargs))
+        self._changed.set()
+        self._changed = anyio.Event()
+        return "done"
+
+    async def wait(self, count: int = 1) -> None:
+        with anyio.fail_after(10):
+            while len(self.calls) < count:
+                await self._changed.wait()
+
+    @property
+    def fire_times(self) -> list[datetime | None]:
+        return [job.scheduled_fire_time if job else None for job, _, _ in self.calls]
+
+
+def every(clock: FakeClock, seconds: float, *, first_in: float) -> IntervalTrigger:
+    return IntervalTrigger(seconds=seconds, start_time=clock.now() + timedelta(seconds=first_in))
+
+
+async def idle() -> None:
+    """Let every task run until all are blocked (to assert that something did NOT happen)."""
+    await anyio.wait_all_tasks_blocked()
+
+
+#
+# Running jobs
+#
+
+
+async def test_schedule_fires_at_its_fire_time_with_its_arguments(
+    scheduler: AsyncScheduler, clock: FakeClock
+) -> None:
+    calls = Calls()
+    await scheduler.add_schedule(
+        calls.record, every(clock, 10, first_in=10), args=[1], kwargs={"k": 2}
+    )
+    await scheduler.start_in_background()
+
+    await idle()
+    assert calls.calls == []
+    clock.advance(10)
+    await calls.wait()
+
+    job, args, kwargs = calls.calls[0]
+    assert (args, kwargs) == ((1,), {"k": 2})
+    assert job is not None
+    assert job.scheduled_fire_time == clock.now()
+    clock.advance(10)
+    await calls.wait(2)
+    assert calls.fire_times == [clock.now() - timedelta(seconds=10), clock.now()]
+
+
+async def test_add_job_runs_once_and_keeps_its_result(scheduler: AsyncScheduler) -> None:
+    await scheduler.start_in_background()
+    job_id = await scheduler.add_job(jobs.async_echo, args=["hello"])
+
+    result = await scheduler.get_job_result(job_id)
+
+    assert (result.outcome, result.return_value) == (JobOutcome.success, "hello")
+    assert await scheduler.get_jobs() == []
+
+
+async def test_plain_function_runs_in_a_worker_thread(scheduler: AsyncScheduler) -> None:
+    await scheduler.start_in_background()
+
+    thread_id = await scheduler.run_job(threading.get_ident)
+
+    assert thread_id != threading.get_ident()
+
+
+async def test_plain_function_sees_current_job_in_its_thread(scheduler: AsyncScheduler) -> None:
+    await scheduler.start_in_background()
+
+    def job_id_in_thread() -> object:
+        job = current_job.get()
+        return job.id if job else None
+
+    job_id = await scheduler.add_job(job_id_in_thread)
+    result = await scheduler.get_job_result(job_id)
+    assert result.return_value == job_id
+
+
+async def test_process_pool_runs_importable_function_in_another_process(
+    scheduler: AsyncScheduler,
+) -> None:
+    import os
+
+    await scheduler.start_in_background()
+
+    pid = await scheduler.run_job(jobs.process_id, job_executor="processpool")
+
+    assert isinstance(pid, int)
+    assert pid != os.getpid()
+
+
+async def test_process_pool_refuses_a_function_it_cannot_import(
+    scheduler: AsyncScheduler,
+) -> None:
+    with pytest.raises(TypeError, match=r"processpool executor cannot run .*lambda"):
+        await scheduler.configure_task("local", func=lambda: 1, job_executor="processpool")
+
+
+async def test_run_job_reraises_what_the_function_raised(scheduler: AsyncScheduler) -> None:
+    await scheduler.start_in_background()
+
+    with pytest.raises(ValueError, match="broken on purpose"):
+        await scheduler.run_job(jobs.fail, args=["broken on purpose"])
+
+
+async def test_failed_job_result_holds_the_exception_and_the_event_describes_it(
+    scheduler: AsyncScheduler, recorder: EventRecorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    await scheduler.start_in_background()
+
+    job_id = await scheduler.add_job(jobs.fail, args=["nope"])
+    result = await scheduler.get_job_result(job_id)
+
+    assert result.outcome is JobOutcome.error
+    assert isinstance(result.exception, ValueError)
+    [event] = recorder.of_type(JobReleased)
+    assert (event.exception_type, event.exception_message) == ("builtins.ValueError", "nope")
+    assert f"Job {job_id} (task 'tests.jobs:fail') raised an exception" in caplog.text
+
+
+async def test_function_given_as_reference_text_runs(scheduler: AsyncScheduler) -> None:
+    await scheduler.start_in_background()
+
+    assert await scheduler.run_job("tests.jobs:add", args=[2, 3]) == 5
+
+
+async def test_unresolvable_reference_is_a_clear_error(scheduler: AsyncScheduler) -> None:
+    with pytest.raises(CallableLookupError, match=r"'tests.jobs:missing'.*no attribute"):
+        await scheduler.add_job("tests.jobs:missing")
+    with pytest.raises(CallableLookupError, match="cannot import module 'no_such_module'"):
+        await scheduler.add_job("no_such_module:func")
+
+
+async def test_max_concurrent_jobs_bounds_the_worker(clock: FakeClock) -> None:
+    running = 0
+    peak = 0
+    release = anyio.Event()
+
+    async def blocker() -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await release.wait()
+        running -= 1
+
+    async with AsyncScheduler(clock=clock, max_concurrent_jobs=2) as scheduler:
+        await scheduler.start_in_background()
+        job_ids = [await scheduler.add_job(blocker) for _ in range(5)]
+        await idle()
+        assert (running, len(await scheduler.get_jobs())) == (2, 5)
+        release.set()
+        for job_id in job_ids:
+            assert (await scheduler.get_job_result(job_id)).outcome is JobOutcome.success
+
+    assert peak == 2
+
+
+#
+# Life cycle
+#
+
+
+async def test_methods_need_an_initialized_scheduler() -> None:
+    scheduler = AsyncScheduler()
+    with pytest.raises(SchedulerNotInitializedError, match="async with"):
+        await scheduler.add_job(jobs.add, args=[1])
+
+
+async def test_run_until_stopped_initializes_itself_and_a_job_can_stop_it() -> None:
+    scheduler = AsyncScheduler()
+    started = anyio.Event()
+
+    async def stop_from_a_job() -> None:
+        await scheduler.stop()
+
+    scheduler.subscribe(lambda event: started.set(), SchedulerStarted)
+    async with anyio.create_task_group() as task_group:
+        task_group.start_soon(scheduler.run_until_stopped)
+        with anyio.fail_after(10):
+            await started.wait()
+        await scheduler.add_job(stop_from_a_job)
+
+    assert scheduler.state is RunState.stopped
+
+
+async def test_state_and_lifecycle_events(
+    scheduler: AsyncScheduler, recorder: EventRecorder
+) -> None:
+    assert scheduler.state is RunState.stopped
+    await scheduler.start_in_background()
+    assert scheduler.state.name == "started"
+    with pytest.raises(RuntimeError, match="already started"):
+        await scheduler.start_in_background()
+
+    await scheduler.stop()
+    await scheduler.wait_until_stopped()
+
+    assert scheduler.state is RunState.stopped
+    [started] = recorder.of_type(SchedulerStarted)
+    [stopped] = recorder.of_type(SchedulerStopped)
+    assert started.scheduler_id == stopped.scheduler_id == scheduler.identity
+    assert stopped.exception_type is None
+
+
+async def test_paused_scheduler_takes_no_work_until_resumed(
+    scheduler: AsyncScheduler, clock: FakeClock
+) -> None:
+    calls = Calls()
+    await scheduler.add_schedule(calls.record, every(clock, 10, first_in=5))
+    await scheduler.start_in_background(paused=True)
+    await scheduler.add_job(calls.record)
+
+    clock.advance(5)
+    await idle()
+    assert calls.calls == []
+
+    await scheduler.resume()
+    await calls.wait(2)
+    await scheduler.pause()
+    clock.advance(10)
+    await idle()
+    assert len(calls.calls) == 2
+
+
+async def test_worker_only_scheduler_runs_jobs_scheduled_by_another(clock: FakeClock) -> None:
+    store, broker = MemoryDataStore(), LocalEventBroker()
+    jobs.RECORDED.clear()
+    recorder = EventRecorder()
+    async with (
+        AsyncScheduler(store, broker, clock=clock, role=SchedulerRole.scheduler) as creator,
+        AsyncScheduler(store, broker, clock=clock, role=SchedulerRole.worker) as runner,
+    ):
+        runner.subscribe(recorder, JobReleased)
+        await creator.add_schedule(jobs.record, every(clock, 10, first_in=10), args=["tick"])
+        await creator.start_in_background()
+        await runner.start_in_background()
+        clock.advance(10)
+        [event] = await recorder.wait_for(JobReleased)
+
+    assert (event.scheduler_id, event.outcome) == (runner.identity, JobOutcome.success)
+    assert jobs.RECORDED == ["tick"]
+
+
+async def test_scheduler_only_instance_runs_no_jobs(clock: FakeClock) -> None:
+    async with AsyncScheduler(clock=clock, role=SchedulerRole.scheduler) as scheduler:
+        await scheduler.start_in_background()
+        await scheduler.add_job(jobs.async_echo, args=[1])
+        await idle()
+        assert len(await scheduler.get_jobs()) == 1
+
+
+#
+# Schedules
+#
+
+
+async def test_conflicting_schedule_ids_follow_the_conflict_policy(
+    scheduler: AsyncScheduler, clock: FakeClock
+) -> None:
+    await scheduler.add_schedule(jobs.add, every(clock, 10, first_in=1), id="s", args=[1])
+
+    assert await scheduler.add_schedule(jobs.add, every(clock, 5, first_in=1), id="s") == "s"
+    assert (await scheduler.get_schedule("s")).args == (1,)
+
+    await scheduler.add_schedule(
+        jobs.add,
+        every(clock, 5, first_in=1),
+        id="s",
+        args=[2],
+        conflict_policy=ConflictPolicy.replace,
+    )
+    assert (await scheduler.get_schedule("s")).args == (2,)
+
+    with pytest.raises(ConflictingIdError, match="'s'"):
+        await scheduler.add_schedule(
+            jobs.add, every(clock, 5, first_in=1), id="s", conflict_policy=ConflictPolicy.exception
+        )
+
+
+async def test_unknown_schedule_is_a_lookup_error(scheduler: AsyncScheduler) -> None:
+    for method in (scheduler.get_schedule, scheduler.remove_schedule, scheduler.pause_schedule):
+        with pytest.raises(ScheduleLookupError, match="'nope'"):
+            await method("nope")
+
+
+async def test_removed_schedule_fires_no_more(
+    scheduler: AsyncScheduler, clock: FakeClock, recorder: EventRecorder
+) -> None:
+    calls = Calls()
+    schedule_id = await scheduler.add_schedule(calls.record, every(clock, 10, first_in=10))
+    await scheduler.start_in_background()
+    await scheduler.remove_schedule(schedule_id)
+
+    clock.advance(20)
+    await idle()
+    assert calls.calls == []
+    assert await scheduler.get_schedules() == []
+    [event] = recorder.of_type(ScheduleRemoved)
+    assert event.finished is False
+
+
+async def test_exhausted_trigger_removes_its_schedule_after_the_last_job(
+    scheduler: AsyncScheduler, clock: FakeClock, recorder: EventRecorder
+) -> None:
+    calls = Calls()
+    await scheduler.add_schedule(
+        calls.record, DateTrigger(clock.now() + timedelta(seconds=5)), id="once"
+    )
+    await scheduler.start_in_background()
+
+    clock.advance(5)
+    await calls.wait()
+    await recorder.wait_for(ScheduleRemoved)
+
+    [event] = recorder.of_type(ScheduleRemoved)
+    assert (event.schedule_id, event.finished) == ("once", True)
+    assert await scheduler.get_schedules() == []
+
+
+class NeverTrigger(Trigger):
+    """A trigger with no fire times at all."""
+
+    type_name = "never"
+
+    def next_fire_time(self, after: datetime | None = None) -> datetime | None:
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type_name}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> NeverTrigger:
+        return cls()
+
+
+async def test_trigger_without_fire_times_is_refused(
+    scheduler: AsyncScheduler, clock: FakeClock
+) -> None:
+    with pytest.raises(ValueError, match="has no fire times"):
+        await scheduler.add_schedule(jobs.add, NeverTrigger(), args=[1])
+
+    schedule_id = await scheduler.add_schedule(jobs.add, every(clock, 10, first_in=1), args=[1])
+    with pytest.raises(ValueError, match="no fire times from now on"):
+        await scheduler.update_schedule(
+            schedule_id, trigger=DateTrigger(clock.now() - timedelta(seconds=1))
+        )
+
+
+async def test_update_schedule_with_a_new_trigger_reschedules_from_now(
+    scheduler: AsyncScheduler, clock: FakeClock
+) -> None:
+    calls = Calls()
+    schedule_id = await scheduler.add_schedule(calls.record, every(clock, 100, first_in=100))
+    await scheduler.start_in_background()
+    clock.advance(30)
+
+    updated = await scheduler.update_schedule(
+        schedule_id, trigger=every(clock, 20, first_in=-50), args=["new"]
+    )
+
+    # first fire time of the new trigger at or after now: -50 + 3 * 20 = +10 s
+    assert updated.next_fire_time == clock.now() + timedelta(seconds=10)
+    clock.advance(10)
+    await calls.wait()
+    assert calls.calls[0][1] == ("new",)
+    assert calls.fire_times == [clock.now()]
+
+
+async def test_update_schedule_without_trigger_keeps_its_place_in_time(
+    scheduler: AsyncScheduler, clock: FakeClock
+) -> None:
+    schedule_id = await scheduler.add_schedule(jobs.add, every(clock, 10, first_in=10), args=[1])
+    before = await scheduler.get_schedule(schedule_id)
+
+    updated = await scheduler.update_schedule(
+        schedule_id, args=[5], name="renamed", misfire_grace_time=3
+    )
+
+    assert updated.next_fire_time == before.next_fire_time
+    assert (updated.args, updated.name) == ((5,), "renamed")
+    assert updated.misfire_grace_time == timedelta(seconds=3)
+    assert await scheduler.get_schedule(schedule_id) == updated
+
+
+async def test_update_schedule_rejects_unknown_options(
+    scheduler: AsyncScheduler, clock: FakeClock
+) -> None:
+    schedule_id = await scheduler.add_schedule(jobs.add, every(clock, 10, first_in=1), args=[1])
+    with pytest.raises(TypeError, match=r"unknown option.*colour"):
+        await scheduler.update_schedule(schedule_id, colour="red")
+
+
+async def test_paused_schedule_is_kept_but_fires_not_and_resumes_from_now(
+    scheduler: AsyncScheduler, clock: FakeClock
+) -> None:
+    calls = Calls()
+    schedule_id = await scheduler.add_schedule(calls.record, every(clock, 10, first_in=10))
+    await scheduler.start_in_background()
+    await scheduler.pause_schedule(schedule_id)
+    assert (await scheduler.get_schedule(schedule_id)).paused
+
+    clock.advance(35)
+    await idle()
+    assert calls.calls == []
+
+    await scheduler.unpause_schedule(schedule_id)
+    await idle()
+    assert calls.calls == []  # the fire times missed while paused are dropped
+    clock.advance(5)
+    await calls.wait()
+    assert calls.fire_times == [clock.now()]
+
+
+async def test_unpause_from_a_past_moment_applies_the_misfire_rules(
+    scheduler: AsyncScheduler, clock: FakeClock
+) -> None:
+    calls = Calls()
+    schedule_id = await scheduler.add_schedule(
+        calls.record, every(clock, 10, first_in=10), paused=True
+    )
+    await scheduler.start_in_background()
+    clock.advance(35)
+
+    await scheduler.unpause_schedule(schedule_id, resume_from=clock.now() - timedelta(seconds=30))
+
+    await calls.wait()  # fire times +10, +20, +30 are due; coalesced to the latest
+    assert calls.fire_times == [clock.now() - timedelta(seconds=5)]
+
+
+#
+# Misfires, coalescing, jitter, limits
+#
+
+
+@pytest.mark.parametrize(
+    ("coalesce", "expected_offsets"),
+    [
+        (CoalescePolicy.latest, [-5]),
+        (CoalescePolicy.earliest, [-35]),
+        (CoalescePolicy.all, [-35, -25, -15, -5]),
+    ],
+)
+async def test_overdue_fire_times_are_coalesced(
+    scheduler: AsyncScheduler,
+    clock: FakeClock,
+    recorder: EventRecorder,
+    coalesce: CoalescePolicy,
+    expected_offsets: list[int],
+) -> None:
+    calls = Calls()
+    await scheduler.add_schedule(calls.record, every(clock, 10, first_in=-35), coalesce=coalesce)
+    await scheduler.start_in_background()
+
+    await calls.wait(len(expected_offsets))
+    await recorder.wait_for(JobReleased, len(expected_offsets))
+    await idle()
+
+    assert calls.fire_times == [clock.now() + timedelta(seconds=s) for s in expected_offsets]
+    assert {event.outcome for event in recorder.of_type(JobReleased)} == {JobOutcome.success}
+
+
+async def test_fire_times_past_the_grace_time_are_missed_and_reported(
+    scheduler: AsyncScheduler, clock: FakeClock, recorder: EventRecorder
+) -> None:
+    calls = Calls()
+    await scheduler.add_schedule(
+        calls.record,
+        every(clock, 10, first_in=-35),
+        misfire_grace_time=12,
+        job_result_expiration_time=60,
+    )
+    await scheduler.start_in_background()
+
+    await calls.wait()
+    released = await recorder.wait_for(JobReleased, 4)
+
+    assert calls.fire_times == [clock.now() - timedelta(seconds=5)]
+    missed = [event for event in released if event.outcome is JobOutcome.missed_start_deadline]
+    assert sorted(event.scheduled_fire_time for event in missed) == [  # type: ignore[type-var]
+        clock.now() - timedelta(seconds=s) for s in (35, 25, 15)
+    ]
+    result = await scheduler.get_job_result(missed[0].job_id)
+    assert result.outcome is JobOutcome.missed_start_deadline
+
+
+async def test_a_year_of_missed_fire_times_is_processed_in_bounded_work(
+    scheduler: AsyncScheduler,
+    clock: FakeClock,
+    recorder: EventRecorder,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    calls = Calls()
+    await scheduler.add_schedule(
+        calls.record, every(clock, 1, first_in=-365 * 86400), misfire_grace_time=10
+    )
+    await scheduler.start_in_background()
+
+    with anyio.fail_after(30):
+        await calls.wait()
+
+    assert len(calls.calls) == 1
+    assert calls.fire_times[0] == clock.now()  # the latest fire time within the grace time
+    assert len(recorder.of_type(JobReleased)) <= 1001
+    assert "missed more than 1000 fire times" in caplog.text
+
+
+async def test_job_waiting_for_a_slot_past_its_deadline_is_missed(
+    clock: FakeClock, recorder: EventRecorder
+) -> None:
+    started, release = anyio.Event(), anyio.Event()
+
+    async def slow() -> None:
+        started.set()
+        await release.wait()
+
+    async with AsyncScheduler(clock=clock) as scheduler:
+        scheduler.subscribe(recorder)
+        await scheduler.configure_task("slow", func=slow, max_running_jobs=1)
+        await scheduler.add_schedule(
+            "slow",
+            every(clock, 10, first_in=10),
+            misfire_grace_time=5,
+            coalesce=CoalescePolicy.all,
+        )
+        await scheduler.start_in_background()
+        clock.advance(10)
+        with anyio.fail_after(10):
+            await started.wait()
+        clock.advance(10)  # the second job waits for the only slot...
+        await recorder.wait_for(JobAdded, 2)
+        clock.advance(6)  # ...past its start deadline
+        release.set()
+
+        released = await recorder.wait_for(JobReleased, 2)
+
+    assert [event.outcome for event in released] == [
+        JobOutcome.success,
+        JobOutcome.missed_start_deadline,
+    ]
+
+
+async def test_schedule_max_running_jobs_lets_one_run_at_a_time(
+    scheduler: AsyncScheduler, clock: FakeClock, recorder: EventRecorder
+) -> None:
+    running = 0
+    peak = 0
+    release = anyio.Event()
+
+    async def slow() -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await release.wait()
+        running -= 1
+
+    await scheduler.add_schedule(
+        slow, every(clock, 1, first_in=1), max_running_jobs=1, coalesce=CoalescePolicy.all
+    )
+    await scheduler.start_in_background()
+    for _ in range(3):
+        clock.advance(1)
+        await idle()
+    assert (running, len(await scheduler.get_jobs())) == (1, 3)
+
+    release.set()
+    await recorder.wait_for(JobReleased, 3)
+    assert peak == 1
+
+
+async def test_jitter_delays_each_job_within_bounds_and_before_the_next_fire_time(
+    scheduler: AsyncScheduler, clock: FakeClock
+) -> None:
+    calls = Calls()
+    run_times: list[datetime] = []
+
+    async def record() -> None:
+        run_times.append(clock.now())
+        await calls.record()
+
+    await scheduler.add_schedule(
+        record, every(clock, 10, first_in=10), max_jitter=30, coalesce=CoalescePolicy.all
+    )
+    await scheduler.start_in_background()
+    for _ in range(400):  # 100 s in quarter seconds
+        clock.advance(0.25)
+        await idle()
+
+    jitters = [job.jitter for job, _, _ in calls.calls if job]
+    assert len(jitters) >= 9
+    assert all(timedelta(0) <= jitter < timedelta(seconds=10) for jitter in jitters)
+    assert len(set(jitters)) > 1
+    for (job, _, _), run_time in zip(calls.calls, run_times, strict=True):
+        assert job is not None
+        assert job.scheduled_fire_time is not None
+        run_at = job.scheduled_fire_time + job.jitter
+        assert run_at <= run_time < run_at + timedelta(seconds=0.25)
+
+
+#
+# Results, leases, stopping
+#
+
+
+async def test_results_expire(scheduler: AsyncScheduler, clock: FakeClock) -> None:
+    await scheduler.start_in_background()
+    job_id = await scheduler.add_job(jobs.async_echo, args=[1], result_expiration_time=60)
+    await scheduler.get_job_result(job_id)
+
+    clock.advance(61)
+
+    with pytest.raises(JobLookupError, match=str(job_id)):
+        await scheduler.get_job_result(job_id)
+
+
+async def test_job_without_kept_result_cannot_be_waited_for(scheduler: AsyncScheduler) -> None:
+    job_id = await scheduler.add_job(jobs.async_echo, args=[1], result_expiration_time=0)
+
+    with pytest.raises(JobLookupError, match="result_expiration_time=0"):
+        await scheduler.get_job_result(job_id)
+
+
+async def test_unfinished_job_result_without_waiting_is_not_ready(
+    scheduler: AsyncScheduler,
+) -> None:
+    job_id = await scheduler.add_job(jobs.async_echo, args=[1])
+
+    with pytest.raises(JobResultNotReady, match=str(job_id)):
+        await scheduler.get_job_result(job_id, wait=False)
+    with pytest.raises(JobLookupError):
+        await scheduler.get_job_result(uuid4())
+
+
+async def test_job_whose_worker_vanished_is_released_as_abandoned(
+    clock: FakeClock, recorder: EventRecorder
+) -> None:
+    store = MemoryDataStore()
+    async with AsyncScheduler(store, clock=clock, cleanup_interval=10) as scheduler:
+        scheduler.subscribe(recorder)
+        job_id = await scheduler.add_job(jobs.async_echo, args=[1])
+        # a worker that takes the job and is never heard of again
+        await store.acquire_jobs("ghost", timedelta(seconds=30), 10)
+        await scheduler.start_in_background()
+
+        for _ in range(4):
+            clock.advance(10)
+            await idle()
+
+        result = await scheduler.get_job_result(job_id)
+
+    assert result.outcome is JobOutcome.abandoned
+    [event] = recorder.of_type(JobReleased)
+    assert (event.outcome, event.scheduler_id) == (JobOutcome.abandoned, "ghost")
+
+
+async def test_graceful_stop_lets_running_jobs_finish(clock: FakeClock) -> None:
+    started, release = anyio.Event(), anyio.Event()
+
+    async def slow() -> str:
+        started.set()
+        await release.wait()
+        return "finished"
+
+    async with AsyncScheduler(clock=clock) as scheduler:
+        await scheduler.start_in_background()
+        job_id = await scheduler.add_job(slow)
+        await started.wait()
+        await scheduler.stop()
+        assert scheduler.state is RunState.stopping
+        release.set()
+        await scheduler.wait_until_stopped()
+        result = await scheduler.get_job_result(job_id)
+
+    assert (result.outcome, result.return_value) == (JobOutcome.success, "finished")
+
+
+async def test_stop_without_waiting_cancels_running_jobs(clock: FakeClock) -> None:
+    started = anyio.Event()
+    cancelled = False
+
+    async def forever() -> None:
+        nonlocal cancelled
+        started.set()
+        try:
+            await anyio.sleep_forever()
+        except anyio.get_cancelled_exc_class():
+            cancelled = True
+            raise
+
+    async with AsyncScheduler(clock=clock) as scheduler:
+        await scheduler.start_in_background()
+        job_id = await scheduler.add_job(forever)
+        await started.wait()
+        await scheduler.stop(wait=False)
+        with anyio.fail_after(10):
+            await scheduler.wait_until_stopped()
+        result = await scheduler.get_job_result(job_id, wait=False)
+
+    assert cancelled
+    assert result.outcome is JobOutcome.cancelled
+
+
+async def test_stop_without_waiting_leaves_threads_behind(clock: FakeClock) -> None:
+    started, release = threading.Event(), threading.Event()
+
+    def blocking() -> None:
+        started.set()
+        release.wait(30)
+
+    async with AsyncScheduler(clock=clock) as scheduler:
+        await scheduler.start_in_background()
+        job_id = await scheduler.add_job(blocking)
+        await anyio.to_thread.run_sync(started.wait, 10)
+        await scheduler.stop(wait=False)
+        with anyio.fail_after(10):
+            await scheduler.wait_until_stopped()
+        result = await scheduler.get_job_result(job_id, wait=False)
+
+    release.set()
+    assert result.outcome is JobOutcome.cancelled
+
+
+async def test_leaving_the_context_on_an_error_cancels_running_jobs(clock: FakeClock) -> None:
+    started = anyio.Event()
+
+    async def forever() -> None:
+        started.set()
+        await anyio.sleep_forever()
+
+    scheduler = AsyncScheduler(clock=clock)
+
+    async def run_and_fail() -> None:
+        async with scheduler:
+            await scheduler.start_in_background()
+            job_id = await scheduler.add_job(forever)
+            await started.wait()
+            raise RuntimeError(f"application error {job_id}")
+
+    with anyio.fail_after(10), pytest.raises(RuntimeError, match="application error") as caught:
+        await run_and_fail()
+
+    job_id = caught.value.args[0].split()[-1]
+    result = await scheduler.data_store.get_job_result(UUID(job_id))
+    assert result is not None
+    assert result.outcome is JobOutcome.cancelled
+    assert scheduler.state is RunState.stopped
+
+
+#
+# Events
+#
+
+
+async def test_subscribers_get_events_and_a_raising_one_does_no_harm(
+    scheduler: AsyncScheduler, caplog: pytest.LogCaptureFixture
+) -> None:
+    received: list[JobReleased] = []
+    delivered = anyio.Event()
+
+    async def async_subscriber(event: JobReleased) -> None:
+        received.append(event)
+        delivered.set()
+
+    def broken(event: JobReleased) -> None:
+        raise RuntimeError("subscriber bug")
+
+    scheduler.subscribe(broken, JobReleased)
+    scheduler.subscribe(async_subscriber, JobReleased)
+    await scheduler.start_in_background()
+
+    assert await scheduler.run_job(jobs.async_echo, args=["ok"]) == "ok"
+    with anyio.fail_after(10):
+        await delivered.wait()
+    assert received[0].outcome is JobOutcome.success
+    assert "subscriber bug" in caplog.text
+
+
+#
+# Tasks
+#
+
+
+async def test_task_decorator_sets_id_and_limits(clock: FakeClock) -> None:
+    scheduler = AsyncScheduler(clock=clock)
+
+    @scheduler.task("reports", max_running_jobs=1, metadata={"team": "ops"})
+    async def build_report() -> str:
+        return "report"
+
+    async with scheduler:
+        await scheduler.start_in_background()
+        assert await scheduler.run_job(build_report) == "report"
+        [task] = await scheduler.get_tasks()
+
+    assert (task.id, task.max_running_jobs, task.metadata) == ("reports", 1, {"team": "ops"})
+    assert task.job_executor == "async"
+
+
+async def test_scheduled_job_decorator_adds_the_schedule_and_keeps_it_across_restarts(
+    clock: FakeClock,
+) -> None:
+    store = MemoryDataStore()
+    trigger = every(clock, 60, first_in=60)
+
+    def declare(scheduler: AsyncScheduler, **options: Any) -> None:
+        @scheduler.scheduled_job(trigger, id="nightly", **options)
+        async def nightly() -> None:
+            pass
+
+    first = AsyncScheduler(store, clock=clock)
+    declare(first)
+    async with first:
+        [schedule] = await first.get_schedules()
+        assert schedule.id == "nightly"
+
+    clock.advance(120)  # down for two fire times: the stored progress must survive
+    second = AsyncScheduler(store, clock=clock)
+    declare(second)
+    async with second:
+        assert await second.get_schedules() == [schedule]
+
+    third = AsyncScheduler(store, clock=clock)
+    declare(third, max_jitter=5)
+    async with third:
+        [changed] = await third.get_schedules()
+        assert changed.max_jitter == timedelta(seconds=5)
+
+    async with AsyncScheduler(clock=clock) as running:
+        with pytest.raises(RuntimeError, match="before the scheduler is initialized"):
+            running.scheduled_job(trigger)
+
+
+async def test_two_functions_with_the_same_name_need_their_own_task_ids(
+    scheduler: AsyncScheduler,
+) -> None:
+    await scheduler.add_job(lambda: 1)
+    with pytest.raises(ValueError, match="another function is already registered"):
+        await scheduler.add_job(lambda: 2)
+
+
+async def test_using_a_function_does_not_overwrite_its_configured_task(
+    clock: FakeClock,
+) -> None:
+    store, broker = MemoryDataStore(), LocalEventBroker()
+    async with AsyncScheduler(store, broker, clock=clock) as first:
+        await first.configure_task(jobs.async_echo, max_running_jobs=2)
+    async with AsyncScheduler(store, broker, clock=clock) as second:
+        await second.add_job(jobs.async_echo, args=[1])
+        [task] = await second.get_tasks()
+
+    assert task.max_running_jobs == 2
+
+
+#
+# Bad input
+#
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "match"),
+    [
+        ({"max_concurrent_jobs": 0}, ValueError, "max_concurrent_jobs: must be at least 1"),
+        ({"lease_duration": 0}, ValueError, "lease_duration: must be positive"),
+        ({"lease_duration": -1}, ValueError, "lease_duration: must not be negative"),
+        ({"cleanup_interval": "soon"}, TypeError, "cleanup_interval: expected a timedelta"),
+        ({"default_job_executor": "gpu"}, ValueError, "unknown job executor 'gpu'"),
+        ({"data_store": "bogus://x"}, ValueError, "unknown URL scheme in 'bogus://x'"),
+        ({"data_store": "jobs.sqlite"}, ValueError, "not a URL"),
+        ({"data_store": 42}, TypeError, "data_store: expected a DataStore or a URL"),
+        ({"event_broker": 42}, TypeError, "event_broker: expected an EventBroker or a URL"),
+        ({"role": "worker"}, TypeError, "role: expected a SchedulerRole"),
+        ({"timezone": "Mars/Olympus"}, ValueError, "unknown time zone 'Mars/Olympus'"),
+    ],
+)
+def test_invalid_scheduler_options_are_refused(
+    options: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        AsyncScheduler(**options)
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "match"),
+    [
+        ({"max_running_jobs": 0}, ValueError, "max_running_jobs: must be at least 1"),
+        ({"misfire_grace_time": -1}, ValueError, "misfire_grace_time: must not be negative"),
+        ({"max_jitter": "1s"}, TypeError, "max_jitter: expected a timedelta"),
+        ({"job_executor": "gpu"}, ValueError, "job_executor: unknown job executor 'gpu'"),
+        ({"coalesce": "latest"}, TypeError, "coalesce: expected a CoalescePolicy"),
+        ({"conflict_policy": "replace"}, TypeError, "conflict_policy: expected a ConflictPolicy"),
+        ({"id": ""}, ValueError, "id: expected a non-empty string"),
+        ({"trigger": "not a trigger"}, ValueError, "crontab"),
+        ({"trigger": 5}, TypeError, "trigger: expected a Trigger or a crontab string"),
+    ],
+)
+async def test_invalid_schedule_options_are_refused(
+    scheduler: AsyncScheduler,
+    clock: FakeClock,
+    options: dict[str, Any],
+    error: type[Exception],
+    match: str,
+) -> None:
+    options.setdefault("trigger", every(clock, 10, first_in=10))
+    with pytest.raises(error, match=match):
+        await scheduler.add_schedule(jobs.add, **options)
+    assert await scheduler.get_schedules() == []
+
+
+async def test_logs_name_the_job_that_failed(
+    scheduler: AsyncScheduler, caplog: pytest.LogCaptureFixture
+) -> None:
+    await scheduler.start_in_background()
+    with caplog.at_level(logging.ERROR), pytest.raises(ValueError, match="x"):
+        await scheduler.run_job(jobs.fail, args=["x"])
+
+    [record] = [record for record in caplog.records if record.levelno == logging.ERROR]
+    assert "tests.jobs:fail" in record.getMessage()
+    assert record.exc_info is not None
+
+
+def test_fixed_times_are_utc() -> None:
+    assert FakeClock().now().tzinfo is timezone.utc
