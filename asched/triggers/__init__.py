@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from .base import Trigger
+from .cron import CronTrigger
 from .date import DateTrigger
 from .interval import IntervalTrigger
 
-__all__ = ["DateTrigger", "IntervalTrigger", "Trigger", "trigger_from_dict"]
+__all__ = ["CronTrigger", "DateTrigger", "IntervalTrigger", "Trigger", "trigger_from_dict"]
 
 _TRIGGER_TYPES: dict[str, type[Trigger]] = {
-    cls.type_name: cls for cls in (DateTrigger, IntervalTrigger)
+    cls.type_name: cls for cls in (CronTrigger, DateTrigger, IntervalTrigger)
 }
 
 

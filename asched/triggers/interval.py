@@ -10,6 +10,7 @@ import attrs
 from .._converters import as_timezone, optional_aware_datetime, timezone_key, utc_now
 from .base import Trigger
 
+_UTC = timezone.utc
 _UNITS = ("weeks", "days", "hours", "minutes", "seconds", "microseconds")
 
 
@@ -42,6 +43,10 @@ class IntervalTrigger(Trigger):
     end_time: datetime | None
     timezone: tzinfo
     interval: timedelta = attrs.field(eq=False, repr=False)
+    # UTC copies: aware datetimes sharing a tzinfo compare and add by wall-clock time, which
+    # is wrong across DST changes, so all arithmetic happens on UTC instants
+    _start_utc: datetime = attrs.field(eq=False, repr=False, alias="_start_utc")
+    _end_utc: datetime | None = attrs.field(eq=False, repr=False, alias="_end_utc")
 
     def __init__(
         self,
@@ -103,22 +108,24 @@ class IntervalTrigger(Trigger):
             end.astimezone(tz) if end is not None else None,
             tz,
             interval,
+            start.astimezone(_UTC),
+            end.astimezone(_UTC) if end is not None else None,
         )
 
     def next_fire_time(self, after: datetime | None = None) -> datetime | None:
         """Return the first ``start_time + k * interval`` (k >= 0) later than ``after``."""
-        # Compare and add on UTC instants: aware datetimes sharing a tzinfo compare and add
-        # by wall-clock time, which is wrong across DST changes
-        start = self.start_time.astimezone(timezone.utc)
-        if after is None or after.astimezone(timezone.utc) < start:
-            fire_time = self.start_time
-        else:
-            steps = (after.astimezone(timezone.utc) - start) // self.interval + 1
-            fire_time = (start + steps * self.interval).astimezone(self.timezone)
+        start = self._start_utc
+        if after is None:
+            return self.start_time
+        after_utc = after.astimezone(_UTC)
+        if after_utc < start:
+            return self.start_time
 
-        if self.end_time is not None and fire_time.astimezone(timezone.utc) > self.end_time:
+        interval = self.interval
+        fire_utc = start + ((after_utc - start) // interval + 1) * interval
+        if self._end_utc is not None and fire_utc > self._end_utc:
             return None
-        return fire_time
+        return fire_utc.astimezone(self.timezone)
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-safe dict describing this trigger."""

@@ -1,0 +1,230 @@
+"""Parsing and evaluating the fields of a cron trigger.
+
+Each field turns into a sorted tuple of the values it allows. Only the ``day`` field can
+depend on the month it is evaluated in (``last``, ``3rd fri``, ``last fri``); it is evaluated
+per (year, month) by :class:`DaySpec`.
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+from collections.abc import Iterable
+from datetime import date
+
+import attrs
+
+#: field order, coarsest first
+FIELD_NAMES = ("year", "month", "day", "week", "day_of_week", "hour", "minute", "second")
+
+#: (minimum, maximum) of each field; ``*`` on ``year`` means every year from 1970
+FIELD_RANGES: dict[str, tuple[int, int]] = {
+    "year": (1970, 9999),
+    "month": (1, 12),
+    "day": (1, 31),
+    "week": (1, 53),
+    "day_of_week": (0, 6),
+    "hour": (0, 23),
+    "minute": (0, 59),
+    "second": (0, 59),
+}
+
+#: what an unset field finer than the finest set field becomes (coarser ones become ``*``)
+FIELD_MINIMUMS: dict[str, str] = {
+    "year": "*",
+    "month": "1",
+    "day": "1",
+    "week": "*",
+    "day_of_week": "*",
+    "hour": "0",
+    "minute": "0",
+    "second": "0",
+}
+
+WEEKDAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+MONTH_NAMES = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+
+# Names allowed in place of numbers, per field (lower case)
+_NAMES: dict[str, dict[str, int]] = {
+    "day_of_week": {name: index for index, name in enumerate(WEEKDAY_NAMES)},
+    "month": {name: index for index, name in enumerate(MONTH_NAMES, start=1)},
+}
+
+_RANGE = re.compile(r"^(?P<first>\*|\w+)(?:-(?P<last>\w+))?(?:/(?P<step>\w+))?$")
+_ORDINAL_WEEKDAY = re.compile(r"^(?P<ordinal>1st|2nd|3rd|4th|5th|last)\s+(?P<weekday>\w+)$")
+_ORDINALS = {"1st": 1, "2nd": 2, "3rd": 3, "4th": 4, "5th": 5}
+
+
+class CronFieldError(ValueError):
+    """A cron field expression that cannot be parsed or is out of range."""
+
+    def __init__(self, field: str, expression: str, reason: str) -> None:
+        super().__init__(
+            f"CronTrigger: invalid value {expression!r} for field {field!r} ({reason})"
+        )
+        self.field = field
+        self.expression = expression
+
+
+def normalize_expression(field: str, value: object) -> str:
+    """Return a field value given by the user (an int or a string) as expression text.
+
+    :raises TypeError: if the value is neither an int nor a string
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise TypeError(
+            f"CronTrigger: field {field!r} must be an int or an expression string, got {value!r}"
+        )
+    text = str(value).strip().lower()
+    # "mon - fri" and "1, 2" read naturally; the grammar has no spaces except in "3rd fri"
+    text = re.sub(r"\s*([,/-])\s*", r"\1", text)
+    return re.sub(r"\s+", " ", text)
+
+
+def _number(field: str, expression: str, token: str, bounds: tuple[int, int]) -> int:
+    names = _NAMES.get(field, {})
+    if token in names:
+        return names[token]
+    if not token.isdigit():
+        expected = "a number" if not names else "a number or a name such as " + next(iter(names))
+        raise CronFieldError(field, expression, f"{token!r} is not {expected}")
+    value = int(token)
+    low, high = bounds
+    if not low <= value <= high:
+        raise CronFieldError(field, expression, f"{value} is out of range, expected {low}-{high}")
+    return value
+
+
+def range_values(
+    field: str, expression: str, part: str, bounds: tuple[int, int] | None = None
+) -> range:
+    """Return the values of one comma-separated part (``*``, ``a``, ``a-b``, ``a-b/c``, ...).
+
+    :param bounds: the allowed (minimum, maximum), by default the field's own
+    :raises CronFieldError: naming the field and the expression
+    """
+    match = _RANGE.match(part)
+    if match is None:
+        raise CronFieldError(field, expression, f"cannot parse {part!r}")
+
+    low, high = bounds = bounds or FIELD_RANGES[field]
+    first_text, last_text, step_text = match.group("first", "last", "step")
+    if first_text == "*":
+        if last_text is not None:
+            raise CronFieldError(field, expression, "'*' cannot start a range")
+        first, last = low, high
+    else:
+        first = _number(field, expression, first_text, bounds)
+        if last_text is not None:
+            last = _number(field, expression, last_text, bounds)
+        else:
+            # "5/15" means from 5 to the end in steps of 15; a plain "5" is just 5
+            last = high if step_text is not None else first
+        if last < first:
+            raise CronFieldError(
+                field, expression, f"the range {part!r} ends before it starts ({last} < {first})"
+            )
+
+    step = 1
+    if step_text is not None:
+        if not step_text.isdigit() or int(step_text) == 0:
+            raise CronFieldError(
+                field, expression, f"the step {step_text!r} must be a positive integer"
+            )
+        step = int(step_text)
+    return range(first, last + 1, step)
+
+
+def parse_values(field: str, expression: str) -> tuple[int, ...]:
+    """Return the sorted values a field expression allows (all fields but ``day``).
+
+    :raises CronFieldError: naming the field and the expression
+    """
+    if not expression:
+        raise CronFieldError(field, expression, "empty expression")
+    values: set[int] = set()
+    for part in expression.split(","):
+        if part == "last" or _ORDINAL_WEEKDAY.match(part):
+            raise CronFieldError(field, expression, f"{part!r} is only allowed on the 'day' field")
+        values.update(range_values(field, expression, part))
+    return tuple(sorted(values))
+
+
+@attrs.frozen
+class DaySpec:
+    """The ``day`` field: fixed days of the month plus month-dependent ones."""
+
+    #: days given as numbers or ranges (may exceed the length of a month: those are skipped)
+    fixed_days: frozenset[int]
+    #: ``last``: the last day of each month
+    last_day: bool
+    #: ``(ordinal, weekday)`` pairs: ordinal 1-5 or -1 for ``last``, weekday 0 = Monday
+    weekday_ordinals: tuple[tuple[int, int], ...]
+
+    @classmethod
+    def parse(cls, expression: str) -> DaySpec:
+        """Parse a ``day`` expression.
+
+        :raises CronFieldError: naming the field and the expression
+        """
+        if not expression:
+            raise CronFieldError("day", expression, "empty expression")
+        fixed: set[int] = set()
+        last_day = False
+        ordinals: list[tuple[int, int]] = []
+        for part in expression.split(","):
+            if part == "last":
+                last_day = True
+                continue
+            match = _ORDINAL_WEEKDAY.match(part)
+            if match is not None:
+                weekday_text = match.group("weekday")
+                weekday = _NAMES["day_of_week"].get(weekday_text[:3])
+                if weekday is None or weekday_text not in (
+                    WEEKDAY_NAMES[weekday],
+                    calendar.day_name[weekday].lower(),
+                ):
+                    raise CronFieldError(
+                        "day", expression, f"{weekday_text!r} is not a weekday name (mon-sun)"
+                    )
+                ordinal_text = match.group("ordinal")
+                ordinals.append((_ORDINALS.get(ordinal_text, -1), weekday))
+                continue
+            if re.match(r"^\d+(st|nd|rd|th)\s", part):
+                raise CronFieldError(
+                    "day", expression, f"{part.split()[0]!r} is not an ordinal from 1st to 5th"
+                )
+            fixed.update(range_values("day", expression, part))
+        return cls(frozenset(fixed), last_day, tuple(ordinals))
+
+    def days_in(self, year: int, month: int) -> set[int]:
+        """Return the days of the given month this spec allows."""
+        first_weekday, length = calendar.monthrange(year, month)
+        days = {day for day in self.fixed_days if day <= length}
+        if self.last_day:
+            days.add(length)
+        for ordinal, weekday in self.weekday_ordinals:
+            first = 1 + (weekday - first_weekday) % 7
+            if ordinal == -1:
+                days.add(first + (length - first) // 7 * 7)
+            else:
+                day = first + (ordinal - 1) * 7
+                if day <= length:
+                    days.add(day)
+        return days
+
+
+def weekday_days(year: int, month: int, weekdays: Iterable[int]) -> set[int]:
+    """Return the days of the month falling on any of ``weekdays`` (0 = Monday)."""
+    first_weekday, length = calendar.monthrange(year, month)
+    allowed = set(weekdays)
+    return {day for day in range(1, length + 1) if (first_weekday + day - 1) % 7 in allowed}
+
+
+def iso_week_days(year: int, month: int, weeks: Iterable[int]) -> set[int]:
+    """Return the days of the month whose ISO week number is in ``weeks``."""
+    length = calendar.monthrange(year, month)[1]
+    allowed = set(weeks)
+    return {
+        day for day in range(1, length + 1) if date(year, month, day).isocalendar()[1] in allowed
+    }
