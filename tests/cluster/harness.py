@@ -29,12 +29,27 @@ REPOSITORY = Path(__file__).resolve().parents[2]
 
 
 @dataclass
+class ClusterSetup:
+    """What a backend module's ``open_cluster(namespace)`` yields for the multi-process tests."""
+
+    store_url: str
+    broker_url: str | None
+    nodes: int
+    schedules: int
+    seconds: int
+    #: breaks the processes' connections for real; None if there are none to break
+    fault: Callable[[], Awaitable[None]] | None = None
+
+
+@dataclass
 class ClusterResult:
     expected: set[tuple[str, str]]
     runs: Counter[tuple[str, str]]
     runs_by_node: Counter[str]
     outcomes: dict[str, str]  # job id -> outcome (last one seen; releases are unique)
     abandoned_job_nodes: set[str]
+    #: (schedule id, fire time) of every job released as abandoned
+    abandoned_fires: set[tuple[str, str]]
     killed_node: str | None
     stderr: dict[str, str] = field(default_factory=dict)
 
@@ -169,11 +184,17 @@ def _collect(
             node_of_job[run["job_id"]] = run["node"]
 
     outcomes: dict[str, str] = {}
+    abandoned_fires: set[tuple[str, str]] = set()
     for path in output.glob("events-*.jsonl"):
         for line in path.read_text().splitlines():
             if line.endswith("}"):
                 event = json.loads(line)
                 outcomes[event["job_id"]] = event["outcome"]
+                if event["outcome"] == JobOutcome.abandoned.value:
+                    fire_time = datetime.fromisoformat(event["scheduled_fire_time"])
+                    abandoned_fires.add(
+                        (event["schedule_id"], fire_time.astimezone(timezone.utc).isoformat())
+                    )
 
     abandoned_nodes = {
         node_of_job.get(job_id, "?")
@@ -186,6 +207,7 @@ def _collect(
         runs_by_node=runs_by_node,
         outcomes=outcomes,
         abandoned_job_nodes=abandoned_nodes,
+        abandoned_fires=abandoned_fires,
         killed_node=killed,
         stderr=stderr,
     )

@@ -75,9 +75,7 @@ class TestIntervalTrigger:
         ]
         autumn = IntervalTrigger(hours=1, start_time="2026-10-25 01:30", timezone=BERLIN)
         instants = [value.astimezone(UTC) for value in islice(autumn, 4)]
-        assert [b - a for a, b in pairwise(instants)] == [
-            timedelta(hours=1)
-        ] * 3
+        assert [b - a for a, b in pairwise(instants)] == [timedelta(hours=1)] * 3
         # the repeated wall-clock hour is fired in both passes
         assert [value.strftime("%H:%M%z") for value in islice(autumn, 4)] == [
             "01:30+0200",
