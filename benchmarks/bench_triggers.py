@@ -59,12 +59,7 @@ def _best_of(repeat: int, count: int, run: Callable[[], None]) -> float:
 
 
 def asched_side(repeat: int) -> dict[str, float | None]:
-    from asched.triggers import CronTrigger, IntervalTrigger
-
-    try:
-        from asched.triggers import CalendarIntervalTrigger  # type: ignore[attr-defined]
-    except ImportError:
-        CalendarIntervalTrigger = None
+    from asched.triggers import CalendarIntervalTrigger, CronTrigger, IntervalTrigger
 
     results: dict[str, float | None] = {}
     for label, kind, kwargs, count in CASES:
@@ -72,11 +67,8 @@ def asched_side(repeat: int) -> dict[str, float | None]:
             trigger: Any = CronTrigger(**kwargs, start_time=START, timezone=ZONE)
         elif kind == "interval":
             trigger = IntervalTrigger(**kwargs, start_time=START, timezone=ZONE)
-        elif CalendarIntervalTrigger is not None:
-            trigger = CalendarIntervalTrigger(**kwargs, start_date=START.date(), timezone=ZONE)
         else:
-            results[label] = None
-            continue
+            trigger = CalendarIntervalTrigger(**kwargs, start_date=START.date(), timezone=ZONE)
 
         def run(trigger: Any = trigger, count: int = count) -> None:
             fire_time = None

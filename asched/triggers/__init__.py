@@ -5,14 +5,33 @@ from __future__ import annotations
 from typing import Any
 
 from .base import Trigger
+from .calendarinterval import CalendarIntervalTrigger
+from .combining import AndTrigger, OrTrigger
 from .cron import CronTrigger
 from .date import DateTrigger
 from .interval import IntervalTrigger
 
-__all__ = ["CronTrigger", "DateTrigger", "IntervalTrigger", "Trigger", "trigger_from_dict"]
+__all__ = [
+    "AndTrigger",
+    "CalendarIntervalTrigger",
+    "CronTrigger",
+    "DateTrigger",
+    "IntervalTrigger",
+    "OrTrigger",
+    "Trigger",
+    "trigger_from_dict",
+]
 
 _TRIGGER_TYPES: dict[str, type[Trigger]] = {
-    cls.type_name: cls for cls in (CronTrigger, DateTrigger, IntervalTrigger)
+    cls.type_name: cls
+    for cls in (
+        AndTrigger,
+        CalendarIntervalTrigger,
+        CronTrigger,
+        DateTrigger,
+        IntervalTrigger,
+        OrTrigger,
+    )
 }
 
 

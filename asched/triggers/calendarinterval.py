@@ -1,0 +1,217 @@
+"""CalendarIntervalTrigger: fire every so many calendar days, weeks, months or years."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, time, tzinfo
+from datetime import timezone as dt_timezone
+from typing import Any
+
+import attrs
+
+from .._converters import as_timezone, localize, timezone_key, utc_now
+from .base import Trigger
+
+_UNITS = ("years", "months", "weeks", "days")
+_UTC = dt_timezone.utc
+_AVERAGE_MONTH_DAYS = 365.2425 / 12
+
+
+def _as_date(value: date | str | None, field: str) -> date | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    if isinstance(value, str):
+        try:
+            return date.fromisoformat(value.strip()[:10])
+        except ValueError:
+            raise ValueError(
+                f"CalendarIntervalTrigger: {field}: {value!r} is not an ISO 8601 date "
+                "(expected e.g. '2026-04-30')"
+            ) from None
+    raise TypeError(
+        f"CalendarIntervalTrigger: {field}: expected a date or a string, got {value!r}"
+    )
+
+
+@attrs.define(frozen=True, init=False)
+class CalendarIntervalTrigger(Trigger):
+    """Fire at a wall-clock time on ``start_date`` and every calendar interval after it.
+
+    The n-th fire date is ``start_date`` plus n times (``years``, ``months``, ``weeks``,
+    ``days``), computed from ``start_date`` each time so month ends never drift. A date that
+    does not exist (January 31st plus one month) is skipped, not clamped. The time of day
+    follows the wall clock across DST changes: a time in a DST gap fires shifted forward by
+    the gap, an ambiguous time fires once, at its first occurrence.
+
+    :param hour: hour of the day to fire at (0-23)
+    :param minute: minute of the hour (0-59)
+    :param second: second of the minute (0-59)
+    :param start_date: the first date (default: today in ``timezone``)
+    :param end_date: the last possible date (inclusive)
+    :param timezone: zone of the wall clock (default: the local zone)
+    :raises ValueError: on an all-zero or negative interval, a time out of range, or
+        ``end_date`` before ``start_date``
+    """
+
+    type_name = "calendarinterval"
+
+    years: int
+    months: int
+    weeks: int
+    days: int
+    hour: int
+    minute: int
+    second: int
+    start_date: date
+    end_date: date | None
+    timezone: tzinfo
+
+    def __init__(
+        self,
+        *,
+        years: int = 0,
+        months: int = 0,
+        weeks: int = 0,
+        days: int = 0,
+        hour: int = 0,
+        minute: int = 0,
+        second: int = 0,
+        start_date: date | str | None = None,
+        end_date: date | str | None = None,
+        timezone: str | tzinfo | None = None,
+    ) -> None:
+        for name, value in zip(_UNITS, (years, months, weeks, days), strict=True):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"CalendarIntervalTrigger: {name} must be an int, got {value!r}")
+            if value < 0:
+                raise ValueError(
+                    f"CalendarIntervalTrigger: {name} must not be negative, got {value!r}"
+                )
+        if not (years or months or weeks or days):
+            raise ValueError(
+                "CalendarIntervalTrigger: the interval must be longer than zero "
+                "(give at least one of years, months, weeks, days)"
+            )
+        for name, value, high in (
+            ("hour", hour, 23),
+            ("minute", minute, 59),
+            ("second", second, 59),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= high:
+                raise ValueError(
+                    f"CalendarIntervalTrigger: invalid value {value!r} for {name!r} "
+                    f"(expected 0-{high})"
+                )
+
+        tz = as_timezone(timezone, field="CalendarIntervalTrigger: timezone")
+        start = _as_date(start_date, "start_date") or utc_now().astimezone(tz).date()
+        end = _as_date(end_date, "end_date")
+        if end is not None and end < start:
+            raise ValueError(
+                f"CalendarIntervalTrigger: end_date ({end}) is before start_date ({start})"
+            )
+        self.__attrs_init__(years, months, weeks, days, hour, minute, second, start, end, tz)
+
+    def _date_at(self, step: int) -> date | None:
+        """Return the date ``step`` intervals after start_date, or None if it doesn't exist."""
+        month_index = self.start_date.month - 1 + (self.years * 12 + self.months) * step
+        year, month = self.start_date.year + month_index // 12, month_index % 12 + 1
+        if year > 9999:
+            return None
+        try:
+            shifted = self.start_date.replace(year=year, month=month)
+        except ValueError:
+            return None  # the day does not exist in that month: skipped
+        return date.fromordinal(shifted.toordinal() + (self.weeks * 7 + self.days) * step)
+
+    def _fire_time_at(self, step: int) -> datetime | None:
+        fire_date = self._date_at(step)
+        if fire_date is None:
+            return None
+        wall = datetime.combine(fire_date, time(self.hour, self.minute, self.second))
+        return localize(wall, self.timezone)
+
+    def next_fire_time(self, after: datetime | None = None) -> datetime | None:
+        """Return the first fire time later than ``after`` (the first one if ``None``)."""
+        # Estimate the step from the calendar distance, then walk: a step that lands on a
+        # missing date (Feb 30) is skipped, never clamped
+        step = 0
+        after_utc = after.astimezone(_UTC) if after is not None else None
+        if after is not None:
+            # Cumulative month lengths stay within a few days of the average, so starting
+            # two steps early never overshoots a fire time
+            span_days = (after.astimezone(self.timezone).date() - self.start_date).days
+            average_step_days = (
+                (self.years * 12 + self.months) * _AVERAGE_MONTH_DAYS + self.weeks * 7 + self.days
+            )
+            step = max(0, int(span_days / average_step_days) - 2)
+
+        # Bounded: a run of missing dates is at most a few steps long (Feb 29 every 4 years
+        # with years=1 skips 3 of 4)
+        misses = 0
+        while misses < 48:
+            fire_date = self._date_at(step)
+            if fire_date is not None and self.end_date is not None and fire_date > self.end_date:
+                return None
+            if fire_date is None and self._past_the_end(step):
+                return None
+            fire_time = self._fire_time_at(step)
+            step += 1
+            if fire_time is None:
+                misses += 1
+                continue
+            misses = 0
+            # compared as UTC instants: same-tzinfo comparisons ignore the DST fold
+            if after_utc is None or fire_time.astimezone(_UTC) > after_utc:
+                return fire_time
+        return None
+
+    def _past_the_end(self, step: int) -> bool:
+        month_index = self.start_date.month - 1 + (self.years * 12 + self.months) * step
+        year = self.start_date.year + month_index // 12
+        if year > 9999:
+            return True
+        if self.end_date is None:
+            return False
+        return (year, month_index % 12 + 1) > (self.end_date.year, self.end_date.month)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-safe dict describing this trigger."""
+        data: dict[str, Any] = {"type": self.type_name}
+        data.update({name: getattr(self, name) for name in _UNITS if getattr(self, name)})
+        data.update(hour=self.hour, minute=self.minute, second=self.second)
+        data["start_date"] = self.start_date.isoformat()
+        data["end_date"] = self.end_date.isoformat() if self.end_date else None
+        data["timezone"] = timezone_key(self.timezone)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CalendarIntervalTrigger:
+        """Rebuild the trigger from :meth:`to_dict` output."""
+        return cls(
+            **{name: data[name] for name in _UNITS if name in data},
+            hour=data.get("hour", 0),
+            minute=data.get("minute", 0),
+            second=data.get("second", 0),
+            start_date=data["start_date"],
+            end_date=data.get("end_date"),
+            timezone=data["timezone"],
+        )
+
+    def _argument_text(self) -> list[str]:
+        arguments = [f"{name}={getattr(self, name)}" for name in _UNITS if getattr(self, name)]
+        arguments.append(f"time='{self.hour:02}:{self.minute:02}:{self.second:02}'")
+        arguments.append(f"start_date='{self.start_date}'")
+        if self.end_date is not None:
+            arguments.append(f"end_date='{self.end_date}'")
+        return arguments
+
+    def __str__(self) -> str:
+        return f"calendarinterval[{', '.join(self._argument_text())}]"
+
+    def __repr__(self) -> str:
+        arguments = [*self._argument_text(), f"timezone={timezone_key(self.timezone)!r}"]
+        return f"CalendarIntervalTrigger({', '.join(arguments)})"

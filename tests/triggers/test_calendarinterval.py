@@ -1,0 +1,163 @@
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta, timezone
+from itertools import islice, pairwise
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from asched.triggers import CalendarIntervalTrigger, trigger_from_dict
+
+UTC = timezone.utc
+
+
+def dates(trigger: CalendarIntervalTrigger, count: int) -> list[str]:
+    return [value.date().isoformat() for value in islice(trigger, count)]
+
+
+def test_monthly_at_a_wall_clock_time() -> None:
+    trigger = CalendarIntervalTrigger(
+        months=1, hour=9, minute=30, start_date="2026-01-15", timezone="Europe/Berlin"
+    )
+    assert [value.isoformat() for value in islice(trigger, 3)] == [
+        "2026-01-15T09:30:00+01:00",
+        "2026-02-15T09:30:00+01:00",
+        "2026-03-15T09:30:00+01:00",
+    ]
+
+
+def test_missing_month_ends_are_skipped_not_clamped() -> None:
+    trigger = CalendarIntervalTrigger(months=1, start_date="2026-01-31", timezone="UTC")
+    assert dates(trigger, 4) == ["2026-01-31", "2026-03-31", "2026-05-31", "2026-07-31"]
+
+
+def test_leap_day_yearly_fires_in_leap_years_only() -> None:
+    trigger = CalendarIntervalTrigger(years=1, start_date="2028-02-29", timezone="UTC")
+    assert dates(trigger, 3) == ["2028-02-29", "2032-02-29", "2036-02-29"]
+
+
+def test_weeks_and_days() -> None:
+    trigger = CalendarIntervalTrigger(weeks=1, days=1, start_date="2026-01-01", timezone="UTC")
+    assert dates(trigger, 3) == ["2026-01-01", "2026-01-09", "2026-01-17"]
+
+
+def test_after_between_fire_times() -> None:
+    trigger = CalendarIntervalTrigger(months=2, hour=8, start_date="2026-01-10", timezone="UTC")
+    after = datetime(2027, 6, 1, tzinfo=UTC)
+    assert trigger.next_fire_time(after) == datetime(2027, 7, 10, 8, tzinfo=UTC)
+    assert trigger.next_fire_time(datetime(2027, 7, 10, 8, tzinfo=UTC)) == datetime(
+        2027, 9, 10, 8, tzinfo=UTC
+    )
+
+
+def test_end_date_is_inclusive() -> None:
+    trigger = CalendarIntervalTrigger(
+        days=1, start_date="2026-01-01", end_date="2026-01-03", timezone="UTC"
+    )
+    assert dates(trigger, 10) == ["2026-01-01", "2026-01-02", "2026-01-03"]
+
+
+def test_default_start_date_is_today() -> None:
+    trigger = CalendarIntervalTrigger(days=1, timezone="UTC")
+    assert trigger.start_date in {
+        datetime.now(UTC).date(),
+        (datetime.now(UTC) - timedelta(seconds=5)).date(),
+    }
+
+
+class TestDaylightSaving:
+    def test_berlin_gap_shifts_forward(self) -> None:
+        trigger = CalendarIntervalTrigger(
+            days=1, hour=2, minute=30, start_date="2026-03-28", timezone="Europe/Berlin"
+        )
+        assert [value.isoformat() for value in islice(trigger, 3)] == [
+            "2026-03-28T02:30:00+01:00",
+            "2026-03-29T03:30:00+02:00",
+            "2026-03-30T02:30:00+02:00",
+        ]
+
+    def test_new_york_overlap_fires_first_occurrence(self) -> None:
+        trigger = CalendarIntervalTrigger(
+            days=1, hour=1, minute=30, start_date="2026-10-31", timezone="America/New_York"
+        )
+        assert [value.isoformat() for value in islice(trigger, 3)] == [
+            "2026-10-31T01:30:00-04:00",
+            "2026-11-01T01:30:00-04:00",
+            "2026-11-02T01:30:00-05:00",
+        ]
+
+    def test_lord_howe_half_hour_gap(self) -> None:
+        trigger = CalendarIntervalTrigger(
+            days=1, hour=2, minute=15, start_date="2026-10-03", timezone="Australia/Lord_Howe"
+        )
+        assert [value.isoformat() for value in islice(trigger, 2)] == [
+            "2026-10-03T02:15:00+10:30",
+            "2026-10-04T02:45:00+11:00",
+        ]
+
+    def test_after_in_the_second_pass_of_an_overlap(self) -> None:
+        trigger = CalendarIntervalTrigger(
+            days=1, hour=2, minute=50, start_date="2026-10-20", timezone="Europe/Berlin"
+        )
+        # 02:45 CET is the second pass; 02:50 CEST (first pass) was an hour earlier
+        after = datetime(2026, 10, 25, 1, 45, tzinfo=UTC)
+        assert trigger.next_fire_time(after) == datetime.fromisoformat("2026-10-26T02:50:00+01:00")
+
+
+@given(
+    months=st.integers(0, 14),
+    days=st.integers(0, 40),
+    start=st.dates(min_value=date(2000, 1, 1), max_value=date(2040, 12, 31)),
+    hour=st.integers(0, 23),
+)
+def test_fire_times_increase_and_follow_the_wall_clock(
+    months: int, days: int, start: date, hour: int
+) -> None:
+    if not (months or days):
+        months = 1
+    trigger = CalendarIntervalTrigger(
+        months=months, days=days, hour=hour, start_date=start, timezone="Europe/Berlin"
+    )
+    values = list(islice(trigger, 12))
+    assert values[0].date() == start
+    assert all(a.astimezone(UTC) < b.astimezone(UTC) for a, b in pairwise(values))
+    # a fire time is at the wall-clock hour unless that hour fell into a DST gap
+    assert all(value.hour in (hour, hour + 1) and value.minute == 0 for value in values)
+    # chaining from any fire time gives the next one
+    for previous, following in pairwise(values):
+        assert trigger.next_fire_time(previous) == following
+
+
+def test_round_trip_and_text() -> None:
+    trigger = CalendarIntervalTrigger(
+        months=1, hour=9, start_date="2026-01-31", end_date="2027-01-01", timezone="UTC"
+    )
+    assert trigger_from_dict(trigger.to_dict()) == trigger
+    assert str(trigger) == (
+        "calendarinterval[months=1, time='09:00:00', start_date='2026-01-31', "
+        "end_date='2027-01-01']"
+    )
+    assert repr(trigger).endswith("timezone='UTC')")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({}, ValueError, "the interval must be longer than zero"),
+        ({"months": -1}, ValueError, "months must not be negative"),
+        ({"days": 1.5}, TypeError, "days must be an int"),
+        ({"days": 1, "hour": 24}, ValueError, r"invalid value 24 for 'hour' \(expected 0-23\)"),
+        ({"days": 1, "minute": 60}, ValueError, "invalid value 60 for 'minute'"),
+        ({"days": 1, "start_date": "soon"}, ValueError, "start_date: 'soon' is not an ISO"),
+        (
+            {"days": 1, "start_date": "2026-02-01", "end_date": "2026-01-01"},
+            ValueError,
+            r"end_date \(2026-01-01\) is before start_date \(2026-02-01\)",
+        ),
+        ({"days": 1, "timezone": "Nowhere/City"}, ValueError, "unknown time zone"),
+    ],
+)
+def test_bad_input(kwargs: dict[str, object], error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message):
+        CalendarIntervalTrigger(**kwargs)  # type: ignore[arg-type]
