@@ -108,14 +108,17 @@ def localize(naive: datetime, tz: tzinfo) -> datetime:
     A time inside a DST gap (it never happens on the wall clock) moves forward by the length
     of the gap; an ambiguous time (it happens twice) resolves to its first occurrence.
     """
-    candidate = naive.replace(tzinfo=tz, fold=0)
-    roundtrip = candidate.astimezone(timezone.utc).astimezone(tz)
-    if roundtrip.replace(tzinfo=None) == naive:
+    candidate = naive.replace(tzinfo=tz)
+    # Outside transitions both folds agree; in an overlap fold 0 (the default) is the first
+    # occurrence, and its offset is the larger one
+    offset = candidate.utcoffset()
+    later_offset = candidate.replace(fold=1).utcoffset()
+    if offset is None or later_offset is None or later_offset <= offset:
         return candidate
 
-    # The wall time does not exist: fold=0 uses the offset from before the gap, which lands
-    # the instant after the gap by exactly the gap's length, as the design requires
-    return roundtrip
+    # In a gap, fold 0 uses the offset from before the gap: that instant, shown on the wall
+    # clock after the gap, is the time shifted forward by the gap's length
+    return (naive - offset).replace(tzinfo=timezone.utc).astimezone(tz)
 
 
 def as_timedelta(value: timedelta | float | None, *, field: str) -> timedelta | None:

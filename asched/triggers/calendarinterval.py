@@ -68,6 +68,7 @@ class CalendarIntervalTrigger(Trigger):
     start_date: date
     end_date: date | None
     timezone: tzinfo
+    _time_of_day: time = attrs.field(eq=False, repr=False, alias="_time_of_day")
 
     def __init__(
         self,
@@ -113,7 +114,19 @@ class CalendarIntervalTrigger(Trigger):
             raise ValueError(
                 f"CalendarIntervalTrigger: end_date ({end}) is before start_date ({start})"
             )
-        self.__attrs_init__(years, months, weeks, days, hour, minute, second, start, end, tz)
+        self.__attrs_init__(
+            years,
+            months,
+            weeks,
+            days,
+            hour,
+            minute,
+            second,
+            start,
+            end,
+            tz,
+            time(hour, minute, second),
+        )
 
     def _date_at(self, step: int) -> date | None:
         """Return the date ``step`` intervals after start_date, or None if it doesn't exist."""
@@ -127,47 +140,60 @@ class CalendarIntervalTrigger(Trigger):
             return None  # the day does not exist in that month: skipped
         return date.fromordinal(shifted.toordinal() + (self.weeks * 7 + self.days) * step)
 
-    def _fire_time_at(self, step: int) -> datetime | None:
-        fire_date = self._date_at(step)
-        if fire_date is None:
-            return None
-        wall = datetime.combine(fire_date, time(self.hour, self.minute, self.second))
-        return localize(wall, self.timezone)
-
     def next_fire_time(self, after: datetime | None = None) -> datetime | None:
         """Return the first fire time later than ``after`` (the first one if ``None``)."""
         # Estimate the step from the calendar distance, then walk: a step that lands on a
         # missing date (Feb 30) is skipped, never clamped
         step = 0
-        after_utc = after.astimezone(_UTC) if after is not None else None
+        after_utc = after_date = after_wall = None
         if after is not None:
-            # Cumulative month lengths stay within a few days of the average, so starting
-            # two steps early never overshoots a fire time
-            span_days = (after.astimezone(self.timezone).date() - self.start_date).days
-            average_step_days = (
-                (self.years * 12 + self.months) * _AVERAGE_MONTH_DAYS + self.weeks * 7 + self.days
-            )
-            step = max(0, int(span_days / average_step_days) - 2)
+            after_utc = after.astimezone(_UTC)
+            after_local = after.astimezone(self.timezone)
+            after_date = after_local.date()
+            # outside a DST overlap's second pass, a fire time equal to ``after`` on the wall
+            # clock is ``after`` itself (the common case: ``after`` is the previous fire time)
+            after_wall = after_local.replace(tzinfo=None) if not after_local.fold else None
+            step = self._step_near(after_date)
 
-        # Bounded: a run of missing dates is at most a few steps long (Feb 29 every 4 years
-        # with years=1 skips 3 of 4)
+        # A run of missing dates is short (a yearly Feb 29 skips 3 steps of 4): bounded
         misses = 0
         while misses < 48:
             fire_date = self._date_at(step)
-            if fire_date is not None and self.end_date is not None and fire_date > self.end_date:
-                return None
-            if fire_date is None and self._past_the_end(step):
-                return None
-            fire_time = self._fire_time_at(step)
             step += 1
-            if fire_time is None:
+            if fire_date is None:
+                if self._past_the_end(step - 1):
+                    return None
                 misses += 1
                 continue
+            if self.end_date is not None and fire_date > self.end_date:
+                return None
             misses = 0
+            if after_date is not None and fire_date < after_date:
+                continue  # certainly not later than ``after``: no need to localize it
+            wall = datetime.combine(fire_date, self._time_of_day)
+            if wall == after_wall:
+                continue
+            fire_time = localize(wall, self.timezone)
             # compared as UTC instants: same-tzinfo comparisons ignore the DST fold
             if after_utc is None or fire_time.astimezone(_UTC) > after_utc:
                 return fire_time
         return None
+
+    def _step_near(self, local_date: date) -> int:
+        """Return the step to search from: no later fire date than ``local_date``'s is skipped."""
+        months = self.years * 12 + self.months
+        step_days = self.weeks * 7 + self.days
+        if not step_days:
+            month_span = (local_date.year - self.start_date.year) * 12 + (
+                local_date.month - self.start_date.month
+            )
+            return max(0, month_span // months)
+        span_days = (local_date - self.start_date).days
+        if not months:
+            return max(0, span_days // step_days)
+        # Cumulative month lengths stay within a few days of the average, so two steps early
+        # never overshoots
+        return max(0, int(span_days / (months * _AVERAGE_MONTH_DAYS + step_days)) - 2)
 
     def _past_the_end(self, step: int) -> bool:
         month_index = self.start_date.month - 1 + (self.years * 12 + self.months) * step
