@@ -19,6 +19,7 @@ from collections.abc import Iterable, Sequence
 from contextlib import AsyncExitStack
 from datetime import datetime, timedelta
 from logging import Logger, getLogger
+from typing import Any
 from uuid import UUID
 
 import anyio
@@ -32,7 +33,8 @@ from tenacity import (
 )
 
 from .._clock import Clock
-from .._enums import ConflictPolicy
+from .._enums import ConflictPolicy, JobOutcome
+from .._exceptions import SerializationError
 from .._structures import Job, JobResult, Schedule, ScheduleUpdate, Task
 from ..eventbrokers.base import EventBroker
 from ..events import JobReleased
@@ -281,6 +283,22 @@ def job_released_event(scheduler_id: str, job: Job, result: JobResult) -> JobRel
             traceback.format_exception(exc_type, exception, exception.__traceback__)
         ),
     )
+
+
+def marshal_job_result(
+    serializer: Serializer, result: JobResult
+) -> tuple[JobResult, dict[str, Any]]:
+    """Return the result a persistent store keeps for ``result``, and its record.
+
+    A return value the serializer cannot handle turns the result into outcome ``error`` with
+    the :class:`~asched.SerializationError` as its exception, so a release never fails over
+    serialization (see :meth:`DataStore.release_jobs`).
+    """
+    try:
+        return result, result.marshal(serializer)
+    except SerializationError as exc:
+        failed = attrs.evolve(result, outcome=JobOutcome.error, return_value=None, exception=exc)
+        return failed, failed.marshal(serializer)
 
 
 @attrs.define(frozen=True, kw_only=True)
