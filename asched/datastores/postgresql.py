@@ -209,6 +209,8 @@ class PostgreSQLDataStore(BaseExternalDataStore):
                 TimeoutError,
                 asyncpg.PostgresConnectionError,
                 asyncpg.InterfaceError,
+                # a connection broken mid-operation can be left in an unusable state
+                asyncpg.InternalClientError,
                 asyncpg.CannotConnectNowError,
                 asyncpg.AdminShutdownError,
                 asyncpg.CrashShutdownError,

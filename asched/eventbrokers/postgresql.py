@@ -119,7 +119,9 @@ class PostgreSQLEventBroker(BaseExternalEventBroker):
                             payloads,
                         )
                         break
-                    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    except Exception as exc:  # any failure: this loop must not die
+                        if connection is not None:
+                            connection.terminate()
                         connection = None
                         if delay is None:
                             self._logger.error(
@@ -171,7 +173,7 @@ class PostgreSQLEventBroker(BaseExternalEventBroker):
                 await self._listen_until_closed(reconnected=attempt > 0)
                 attempt = 0
                 self._logger.warning("Event broker lost its listening connection; reconnecting")
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except Exception as exc:  # any failure: this loop must not die
                 self._logger.warning("Event broker cannot listen (%r); retrying", exc)
             await anyio.sleep(_RECONNECT_DELAYS[min(attempt, len(_RECONNECT_DELAYS) - 1)])
             attempt += 1

@@ -47,6 +47,7 @@ class ClusterResult:
     runs: Counter[tuple[str, str]]
     runs_by_node: Counter[str]
     outcomes: dict[str, str]  # job id -> outcome (last one seen; releases are unique)
+    #: the nodes that held the lease of a job released as abandoned
     abandoned_job_nodes: set[str]
     #: (schedule id, fire time) of every job released as abandoned
     abandoned_fires: set[tuple[str, str]]
@@ -184,6 +185,7 @@ def _collect(
             node_of_job[run["job_id"]] = run["node"]
 
     outcomes: dict[str, str] = {}
+    abandoned_nodes: set[str] = set()
     abandoned_fires: set[tuple[str, str]] = set()
     for path in output.glob("events-*.jsonl"):
         for line in path.read_text().splitlines():
@@ -191,16 +193,12 @@ def _collect(
                 event = json.loads(line)
                 outcomes[event["job_id"]] = event["outcome"]
                 if event["outcome"] == JobOutcome.abandoned.value:
+                    abandoned_nodes.add(event["scheduler_id"])
                     fire_time = datetime.fromisoformat(event["scheduled_fire_time"])
                     abandoned_fires.add(
                         (event["schedule_id"], fire_time.astimezone(timezone.utc).isoformat())
                     )
 
-    abandoned_nodes = {
-        node_of_job.get(job_id, "?")
-        for job_id, outcome in outcomes.items()
-        if outcome == JobOutcome.abandoned.value
-    }
     return ClusterResult(
         expected=expected,
         runs=runs,

@@ -9,6 +9,7 @@ survive a SIGKILL): ``runs-<identity>.jsonl`` gets a line for every job this pro
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -82,14 +83,16 @@ def main() -> None:
         stream=sys.stderr,
         format=f"%(asctime)s {args.identity} pid={os.getpid()} %(levelname)s %(name)s %(message)s",
     )
-    global _runs, _identity
     output = Path(args.output)
-    _identity = args.identity
+    # Jobs reference "tests.cluster.node:record_fire", a second copy of this module when it
+    # runs as __main__: set the globals there
+    job_module = importlib.import_module("tests.cluster.node")
+    setattr(job_module, "_identity", args.identity)  # noqa: B010
     with (
         (output / f"runs-{args.identity}.jsonl").open("a", buffering=1) as runs,
         (output / f"events-{args.identity}.jsonl").open("a", buffering=1) as events,
     ):
-        _runs = runs
+        setattr(job_module, "_runs", runs)  # noqa: B010
         anyio.run(run, args, events)
 
 
