@@ -180,7 +180,8 @@ class PostgreSQLDataStore(BaseExternalDataStore):
         self._dsn: str | None = None
         if isinstance(dsn_or_pool, str):
             self._dsn, options = split_dsn(dsn_or_pool)
-            schema = schema or options.get("schema")
+            if schema is None:
+                schema = options.get("schema")
         elif isinstance(dsn_or_pool, asyncpg.Pool):
             self._pool = dsn_or_pool
         else:
@@ -188,7 +189,7 @@ class PostgreSQLDataStore(BaseExternalDataStore):
                 f"PostgreSQLDataStore: expected a postgresql:// URL or an asyncpg pool, got "
                 f"{dsn_or_pool!r}"
             )
-        self.schema = schema or "asched"
+        self.schema = "asched" if schema is None else schema
         self._schema = _quoted_identifier(self.schema, "schema")
         self._pool_size = pool_size
         self._clock = Clock()
