@@ -450,9 +450,10 @@ class AsyncScheduler:
         task_status.started()
         wakeup = self._schedules_wakeup
         failures = 0
+        idle_seconds = min(MAX_IDLE_SECONDS, self.data_store.polling_interval or MAX_IDLE_SECONDS)
         while self._running():
             if self._paused:
-                await wakeup.sleep(self.clock, MAX_IDLE_SECONDS)
+                await wakeup.sleep(self.clock, idle_seconds)
                 continue
 
             wakeup.pending = False
@@ -491,10 +492,10 @@ class AsyncScheduler:
                 continue
 
             if next_run_time is None:
-                await wakeup.sleep(self.clock, MAX_IDLE_SECONDS)
+                await wakeup.sleep(self.clock, idle_seconds)
             else:
                 seconds = (next_run_time - self.clock.now()).total_seconds()
-                await wakeup.sleep(self.clock, min(seconds, MAX_IDLE_SECONDS), next_run_time)
+                await wakeup.sleep(self.clock, min(seconds, idle_seconds), next_run_time)
 
     async def _clean_up_periodically(self, interval: timedelta) -> None:
         while self._running():

@@ -60,6 +60,7 @@ class Worker:
         resolve_job_runtime: JobRuntimeResolver,
     ):
         self._data_store = data_store
+        self._idle_seconds = min(MAX_IDLE_SECONDS, data_store.polling_interval or MAX_IDLE_SECONDS)
         self._identity = identity
         self._lease_duration = lease_duration
         self._max_concurrent_jobs = max_concurrent_jobs
@@ -114,7 +115,7 @@ class Worker:
         while not self._stopping:
             free_slots = self._max_concurrent_jobs - self._jobs_in_progress
             if self.paused or free_slots <= 0:
-                await wakeup.sleep(self._clock, MAX_IDLE_SECONDS)
+                await wakeup.sleep(self._clock, self._idle_seconds)
                 continue
 
             wakeup.pending = False
@@ -134,7 +135,7 @@ class Worker:
                 self._dispatch(jobs)
                 if len(jobs) == free_slots:
                     continue
-            await wakeup.sleep(self._clock, MAX_IDLE_SECONDS)
+            await wakeup.sleep(self._clock, self._idle_seconds)
 
     async def _host_runners(
         self,

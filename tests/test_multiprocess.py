@@ -65,7 +65,8 @@ async def test_killed_process_and_dropped_connections(
             nodes=setup.nodes,
             schedules=setup.schedules,
             seconds=setup.seconds,
-            kill_node_after=setup.seconds / 2,
+            # mid-second: every schedule fires on the second and its job holds for 0.2 s
+            kill_node_after=setup.seconds // 2 + 0.1,
             fault=setup.fault,
         )
 

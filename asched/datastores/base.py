@@ -51,6 +51,11 @@ class DataStore(ABC):
     ``JobAcquired`` and ``JobReleased`` as described on each method.
     """
 
+    #: Seconds between polls of an idle scheduler or worker. Stores whose event broker tells
+    #: other processes about changes can leave it ``None`` (schedulers then poll rarely, as a
+    #: safety net); stores with no such broker (SQLite) set it to bound the delay.
+    polling_interval: float | None = None
+
     @abstractmethod
     async def start(
         self,

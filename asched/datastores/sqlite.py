@@ -1,0 +1,922 @@
+"""SQLiteDataStore: schedules, jobs and results in one SQLite file (the embedded persistent store).
+
+The standard library's sqlite3 runs in a worker thread: each store instance owns one
+connection, and every operation is one function run in that thread as one transaction (one
+thread hop per batch). Writing transactions start with ``BEGIN IMMEDIATE``, which takes the
+database's write lock at once, so schedulers in several processes on one file acquire each
+schedule and job exactly once; the file is in WAL mode so readers never wait for writers.
+A locked database (another process holds the write lock past ``busy_timeout``) is retried.
+
+SQLite has no way to notify other processes: they notice new schedules and jobs when they
+next poll the store, every ``polling_interval`` seconds while idle.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AsyncExitStack
+from datetime import datetime, timedelta, timezone
+from logging import Logger
+from pathlib import Path
+from typing import Any, TypeVar
+from uuid import UUID
+
+import anyio
+import attrs
+
+from .._clock import Clock
+from .._enums import ConflictPolicy, JobOutcome
+from .._exceptions import ConflictingIdError, DeserializationError, TaskLookupError
+from .._structures import Job, JobResult, Schedule, ScheduleUpdate, Task
+from ..eventbrokers.base import EventBroker
+from ..events import (
+    Event,
+    JobAcquired,
+    JobAdded,
+    JobDeserializationFailed,
+    ScheduleAdded,
+    ScheduleDeserializationFailed,
+    ScheduleRemoved,
+    ScheduleUpdated,
+    TaskAdded,
+    TaskRemoved,
+    TaskUpdated,
+)
+from ..serializers.base import Serializer
+from .base import BaseExternalDataStore, RetrySettings, job_released_event, marshal_job_result
+
+#: bumped whenever the tables change; a store refuses a file of another version
+SCHEMA_VERSION = 1
+
+_T = TypeVar("_T")
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MICROSECOND = timedelta(microseconds=1)
+
+_SCHEDULE_COLUMNS = (
+    "id",
+    "task_id",
+    "trigger",
+    "args",
+    "kwargs",
+    "name",
+    "paused",
+    "coalesce",
+    "misfire_grace_time",
+    "max_jitter",
+    "max_running_jobs",
+    "job_executor",
+    "job_result_expiration_time",
+    "metadata",
+    "next_fire_time",
+    "next_run_time",
+    "last_fire_time",
+    "acquired_by",
+    "acquired_until",
+)
+_JOB_COLUMNS = (
+    "id",
+    "task_id",
+    "args",
+    "kwargs",
+    "schedule_id",
+    "scheduled_fire_time",
+    "jitter",
+    "start_deadline",
+    "job_executor",
+    "result_expiration_time",
+    "created_at",
+    "acquired_by",
+    "acquired_until",
+)
+_RESULT_COLUMNS = (
+    "job_id",
+    "outcome",
+    "return_value",
+    "exception",
+    "started_at",
+    "finished_at",
+    "expires_at",
+)
+_SCHEDULE_TIMES = ("next_fire_time", "next_run_time", "last_fire_time", "acquired_until")
+_JOB_TIMES = ("scheduled_fire_time", "start_deadline", "created_at", "acquired_until")
+_RESULT_TIMES = ("started_at", "finished_at", "expires_at")
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS metadata (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tasks (
+    id TEXT PRIMARY KEY, func_ref TEXT, job_executor TEXT NOT NULL, max_running_jobs INTEGER,
+    misfire_grace_time REAL, metadata TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS schedules (
+    id TEXT PRIMARY KEY, task_id TEXT NOT NULL, trigger TEXT NOT NULL, args BLOB NOT NULL,
+    kwargs BLOB NOT NULL, name TEXT, paused INTEGER NOT NULL, coalesce TEXT NOT NULL,
+    misfire_grace_time REAL, max_jitter REAL, max_running_jobs INTEGER, job_executor TEXT,
+    job_result_expiration_time REAL NOT NULL, metadata TEXT NOT NULL,
+    next_fire_time INTEGER, next_run_time INTEGER, last_fire_time INTEGER,
+    acquired_by TEXT, acquired_until INTEGER
+);
+CREATE INDEX IF NOT EXISTS schedules_due
+    ON schedules (next_run_time) WHERE NOT paused AND next_run_time IS NOT NULL;
+CREATE TABLE IF NOT EXISTS jobs (
+    sequence INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, task_id TEXT NOT NULL,
+    args BLOB NOT NULL, kwargs BLOB NOT NULL, schedule_id TEXT, scheduled_fire_time INTEGER,
+    jitter REAL NOT NULL, start_deadline INTEGER, job_executor TEXT,
+    result_expiration_time REAL NOT NULL, created_at INTEGER NOT NULL, acquired_by TEXT,
+    acquired_until INTEGER
+);
+CREATE INDEX IF NOT EXISTS jobs_queued ON jobs (sequence) WHERE acquired_by IS NULL;
+CREATE INDEX IF NOT EXISTS jobs_running ON jobs (task_id, schedule_id)
+    WHERE acquired_by IS NOT NULL;
+CREATE TABLE IF NOT EXISTS job_results (
+    job_id TEXT PRIMARY KEY, outcome TEXT NOT NULL, return_value BLOB, exception BLOB,
+    started_at INTEGER, finished_at INTEGER NOT NULL, expires_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS job_results_expiry ON job_results (expires_at);
+"""
+
+
+def _to_db(value: datetime | None) -> int | None:
+    """Aware datetime -> microseconds since the epoch (sortable, exact)."""
+    return None if value is None else (value - _EPOCH) // _MICROSECOND
+
+
+def _from_db(value: int | None) -> datetime | None:
+    return None if value is None else _EPOCH + timedelta(microseconds=value)
+
+
+def _placeholders(count: int) -> str:
+    return ", ".join("?" * count)
+
+
+class SQLiteDataStore(BaseExternalDataStore):
+    """Keeps tasks, schedules, jobs and results in an SQLite file.
+
+    :param path: the database file (created with its tables when missing), or a
+        ``sqlite:///relative/path`` / ``sqlite:////absolute/path`` URL
+    :param serializer: turns job arguments, return values and exceptions into bytes
+    :param retry_settings: how to retry when the database stays locked
+    :param busy_timeout: how long one attempt waits for another process's write lock
+    :param polling_interval: seconds between polls of idle schedulers and workers, which is
+        how soon other processes notice new schedules and jobs
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        serializer: Serializer | None = None,
+        retry_settings: RetrySettings | None = None,
+        busy_timeout: timedelta = timedelta(seconds=5),
+        polling_interval: float = 1.0,
+    ) -> None:
+        super().__init__(serializer=serializer, retry_settings=retry_settings)
+        if isinstance(path, str) and path.startswith("sqlite://"):
+            path = path[len("sqlite:///") :] if path.startswith("sqlite:///") else ""
+            if not path:
+                raise ValueError(
+                    "SQLiteDataStore: expected 'sqlite:///relative/path' or "
+                    "'sqlite:////absolute/path'"
+                )
+        if not isinstance(path, (str, Path)) or not str(path):
+            raise TypeError(f"SQLiteDataStore: expected a file path, got {path!r}")
+        self.path = Path(path)
+        if polling_interval <= 0:
+            raise ValueError(
+                f"SQLiteDataStore: polling_interval must be positive, got {polling_interval!r}"
+            )
+        self.polling_interval = polling_interval
+        self._busy_timeout = busy_timeout
+        self._connection: sqlite3.Connection | None = None
+        self._limiter = anyio.CapacityLimiter(1)
+        self._clock = Clock()
+        self._event_broker: EventBroker | None = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.path)!r})"
+
+    def _is_transient(self, exc: BaseException) -> bool:
+        # "database is locked" / "database is busy": another process held the write lock
+        return isinstance(exc, sqlite3.OperationalError) and (
+            "locked" in str(exc) or "busy" in str(exc)
+        )
+
+    async def start(
+        self,
+        exit_stack: AsyncExitStack,
+        event_broker: EventBroker,
+        logger: Logger,
+        clock: Clock,
+    ) -> None:
+        """Open the file and create the tables if needed; see :meth:`DataStore.start`.
+
+        :raises RuntimeError: if the file holds tables of another asched version
+        """
+        self._event_broker = event_broker
+        self._logger = logger
+        self._clock = clock
+        self._connection = await anyio.to_thread.run_sync(self._connect, limiter=self._limiter)
+        exit_stack.push_async_callback(self._close)
+        version = await self._create_schema()
+        if version != str(SCHEMA_VERSION):
+            raise RuntimeError(
+                f"SQLiteDataStore: {self.path} has schema version {version}, this asched uses "
+                f"version {SCHEMA_VERSION}; migrate it or use another file"
+            )
+
+    def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        connection = sqlite3.connect(
+            self.path,
+            timeout=self._busy_timeout.total_seconds(),
+            isolation_level=None,  # transactions are explicit: BEGIN IMMEDIATE ... COMMIT
+            check_same_thread=False,  # used from worker threads, one at a time (the limiter)
+        )
+        connection.row_factory = sqlite3.Row
+        connection.execute("PRAGMA journal_mode = WAL")
+        connection.execute("PRAGMA synchronous = NORMAL")
+        return connection
+
+    async def _close(self) -> None:
+        if self._connection is not None:
+            connection, self._connection = self._connection, None
+            await anyio.to_thread.run_sync(connection.close, limiter=self._limiter)
+
+    async def _create_schema(self) -> str:
+        def create(connection: sqlite3.Connection) -> str:
+            # executescript commits first, so the script carries its own transaction
+            connection.executescript(
+                f"BEGIN IMMEDIATE; {_DDL} INSERT OR IGNORE INTO metadata (key, value) "
+                f"VALUES ('schema_version', '{SCHEMA_VERSION}'); COMMIT;"
+            )
+            row = connection.execute(
+                "SELECT value FROM metadata WHERE key = 'schema_version'"
+            ).fetchone()
+            return str(row[0])
+
+        async for attempt in self._retrying():
+            with attempt:
+                assert self._connection is not None
+                return await anyio.to_thread.run_sync(
+                    create, self._connection, limiter=self._limiter
+                )
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _run(self, operation: Callable[..., _T], *args: Any) -> _T:
+        """Run ``operation(connection, *args)`` in the store's thread as one transaction."""
+        async for attempt in self._retrying():
+            with attempt:
+                return await anyio.to_thread.run_sync(
+                    self._in_transaction, operation, args, limiter=self._limiter
+                )
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _in_transaction(self, operation: Callable[..., _T], args: tuple[Any, ...]) -> _T:
+        connection = self._connection
+        if connection is None:
+            raise RuntimeError("SQLiteDataStore: the store has not been started")
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            result = operation(connection, *args)
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
+        return result
+
+    async def _publish(self, events: Iterable[Event]) -> None:
+        if self._event_broker is not None:
+            for event in events:
+                await self._event_broker.publish(event)
+
+    #
+    # Records
+    #
+
+    def _schedule_row(self, schedule: Schedule) -> tuple[Any, ...]:
+        record = schedule.marshal(self.serializer)
+        record["trigger"] = json.dumps(record["trigger"])
+        record["metadata"] = json.dumps(record["metadata"])
+        for name in _SCHEDULE_TIMES:
+            record[name] = _to_db(record[name])
+        return tuple(record[name] for name in _SCHEDULE_COLUMNS)
+
+    async def _schedules_from_rows(self, rows: Iterable[sqlite3.Row]) -> list[Schedule]:
+        schedules: list[Schedule] = []
+        events: list[Event] = []
+        for row in rows:
+            record = dict(zip(_SCHEDULE_COLUMNS, row, strict=False))
+            try:
+                record["trigger"] = json.loads(record["trigger"])
+                record["metadata"] = json.loads(record["metadata"])
+                for name in _SCHEDULE_TIMES:
+                    record[name] = _from_db(record[name])
+                schedules.append(Schedule.unmarshal(self.serializer, record))
+            except (DeserializationError, ValueError) as exc:
+                self._logger.error("Cannot restore schedule %r: %s", record["id"], exc)
+                events.append(
+                    ScheduleDeserializationFailed(schedule_id=record["id"], error=str(exc))
+                )
+        await self._publish(events)
+        return schedules
+
+    def _job_row(self, job: Job) -> tuple[Any, ...]:
+        record = job.marshal(self.serializer)
+        record["id"] = str(record["id"])
+        for name in _JOB_TIMES:
+            record[name] = _to_db(record[name])
+        return tuple(record[name] for name in _JOB_COLUMNS)
+
+    async def _jobs_from_rows(self, rows: Iterable[sqlite3.Row]) -> list[Job]:
+        jobs: list[Job] = []
+        events: list[Event] = []
+        for row in rows:
+            record = dict(zip(_JOB_COLUMNS, row, strict=False))
+            record["id"] = UUID(record["id"])
+            for name in _JOB_TIMES:
+                record[name] = _from_db(record[name])
+            try:
+                jobs.append(Job.unmarshal(self.serializer, record))
+            except DeserializationError as exc:
+                self._logger.error("Cannot restore job %s: %s", record["id"], exc)
+                events.append(JobDeserializationFailed(job_id=record["id"], error=str(exc)))
+        await self._publish(events)
+        return jobs
+
+    @staticmethod
+    def _result_row(record: dict[str, Any]) -> tuple[Any, ...]:
+        record = {**record, "job_id": str(record["job_id"])}
+        for name in _RESULT_TIMES:
+            record[name] = _to_db(record[name])
+        return tuple(record[name] for name in _RESULT_COLUMNS)
+
+    def _insert_results(
+        self, connection: sqlite3.Connection, records: list[dict[str, Any]]
+    ) -> None:
+        connection.executemany(
+            f"INSERT OR IGNORE INTO job_results ({', '.join(_RESULT_COLUMNS)}) "
+            f"VALUES ({_placeholders(len(_RESULT_COLUMNS))})",
+            [self._result_row(record) for record in records],
+        )
+
+    def _insert_jobs(self, connection: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+        connection.executemany(
+            f"INSERT OR IGNORE INTO jobs ({', '.join(_JOB_COLUMNS)}) "
+            f"VALUES ({_placeholders(len(_JOB_COLUMNS))})",
+            rows,
+        )
+
+    #
+    # Tasks
+    #
+
+    async def add_task(self, task: Task) -> None:
+        """Add or replace a task; see :meth:`DataStore.add_task`."""
+        record = task.marshal()
+
+        def operation(connection: sqlite3.Connection) -> bool:
+            exists = connection.execute("SELECT 1 FROM tasks WHERE id = ?", (task.id,)).fetchone()
+            connection.execute(
+                "INSERT OR REPLACE INTO tasks (id, func_ref, job_executor, max_running_jobs, "
+                "misfire_grace_time, metadata) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    record["id"],
+                    record["func_ref"],
+                    record["job_executor"],
+                    record["max_running_jobs"],
+                    record["misfire_grace_time"],
+                    json.dumps(record["metadata"]),
+                ),
+            )
+            return exists is None
+
+        inserted = await self._run(operation)
+        event_class = TaskAdded if inserted else TaskUpdated
+        await self._publish([event_class(task_id=task.id)])
+
+    async def remove_task(self, task_id: str) -> None:
+        """Remove a task; see :meth:`DataStore.remove_task`."""
+
+        def operation(connection: sqlite3.Connection) -> int:
+            return connection.execute("DELETE FROM tasks WHERE id = ?", (task_id,)).rowcount
+
+        if not await self._run(operation):
+            raise TaskLookupError(task_id)
+        await self._publish([TaskRemoved(task_id=task_id)])
+
+    @staticmethod
+    def _task_from_row(row: sqlite3.Row) -> Task:
+        return Task.unmarshal({**dict(row), "metadata": json.loads(row["metadata"])})
+
+    async def get_task(self, task_id: str) -> Task:
+        """Return a task; see :meth:`DataStore.get_task`."""
+
+        def operation(connection: sqlite3.Connection) -> sqlite3.Row | None:
+            row: sqlite3.Row | None = connection.execute(
+                "SELECT * FROM tasks WHERE id = ?", (task_id,)
+            ).fetchone()
+            return row
+
+        row = await self._run(operation)
+        if row is None:
+            raise TaskLookupError(task_id)
+        return self._task_from_row(row)
+
+    async def get_tasks(self) -> list[Task]:
+        """Return all tasks sorted by id."""
+
+        def operation(connection: sqlite3.Connection) -> list[sqlite3.Row]:
+            return connection.execute("SELECT * FROM tasks ORDER BY id").fetchall()
+
+        return [self._task_from_row(row) for row in await self._run(operation)]
+
+    #
+    # Schedules
+    #
+
+    async def add_schedule(self, schedule: Schedule, conflict_policy: ConflictPolicy) -> None:
+        """Add a schedule; see :meth:`DataStore.add_schedule`."""
+        row = self._schedule_row(attrs.evolve(schedule, acquired_by=None, acquired_until=None))
+
+        def operation(connection: sqlite3.Connection) -> bool | None:
+            exists = connection.execute(
+                "SELECT 1 FROM schedules WHERE id = ?", (schedule.id,)
+            ).fetchone()
+            if exists is not None and conflict_policy is not ConflictPolicy.replace:
+                return None
+            connection.execute(
+                f"INSERT OR REPLACE INTO schedules ({', '.join(_SCHEDULE_COLUMNS)}) "
+                f"VALUES ({_placeholders(len(_SCHEDULE_COLUMNS))})",
+                row,
+            )
+            return exists is None
+
+        inserted = await self._run(operation)
+        if inserted is None:
+            if conflict_policy is ConflictPolicy.exception:
+                raise ConflictingIdError(schedule.id)
+            return
+        event_class = ScheduleAdded if inserted else ScheduleUpdated
+        await self._publish(
+            [
+                event_class(
+                    schedule_id=schedule.id,
+                    task_id=schedule.task_id,
+                    next_fire_time=schedule.next_fire_time,
+                )
+            ]
+        )
+
+    async def remove_schedules(self, ids: Iterable[str], *, finished: bool = False) -> None:
+        """Remove schedules; see :meth:`DataStore.remove_schedules`."""
+        id_list = list(ids)
+
+        def operation(connection: sqlite3.Connection) -> list[sqlite3.Row]:
+            removed: list[sqlite3.Row] = []
+            for schedule_id in id_list:
+                removed.extend(
+                    connection.execute(
+                        "DELETE FROM schedules WHERE id = ? RETURNING id, task_id", (schedule_id,)
+                    ).fetchall()
+                )
+            return removed
+
+        rows = await self._run(operation)
+        await self._publish(
+            ScheduleRemoved(schedule_id=row["id"], task_id=row["task_id"], finished=finished)
+            for row in rows
+        )
+
+    async def get_schedules(self, ids: Iterable[str] | None = None) -> list[Schedule]:
+        """Return schedules sorted by id; see :meth:`DataStore.get_schedules`."""
+        id_list = None if ids is None else list(set(ids))
+        columns = ", ".join(_SCHEDULE_COLUMNS)
+
+        def operation(connection: sqlite3.Connection) -> list[sqlite3.Row]:
+            if id_list is None:
+                return connection.execute(
+                    f"SELECT {columns} FROM schedules ORDER BY id"
+                ).fetchall()
+            return connection.execute(
+                f"SELECT {columns} FROM schedules WHERE id IN (SELECT value FROM json_each(?)) "
+                "ORDER BY id",
+                (json.dumps(id_list),),
+            ).fetchall()
+
+        return await self._schedules_from_rows(await self._run(operation))
+
+    async def acquire_schedules(
+        self, scheduler_id: str, lease_duration: timedelta, limit: int
+    ) -> list[Schedule]:
+        """Lease due schedules; see :meth:`DataStore.acquire_schedules`."""
+        now = _to_db(self._clock.now())
+        until = _to_db(self._clock.now() + lease_duration)
+        columns = ", ".join(_SCHEDULE_COLUMNS)
+
+        def operation(connection: sqlite3.Connection) -> list[sqlite3.Row]:
+            return connection.execute(
+                f"""
+                UPDATE schedules SET acquired_by = ?, acquired_until = ?
+                WHERE id IN (
+                    SELECT id FROM schedules
+                    WHERE NOT paused AND next_run_time <= ?
+                      AND (acquired_until IS NULL OR acquired_until <= ?)
+                    ORDER BY next_run_time, id LIMIT ?
+                )
+                RETURNING {columns}
+                """,
+                (scheduler_id, until, now, now, limit),
+            ).fetchall()
+
+        schedules = await self._schedules_from_rows(await self._run(operation))
+        schedules.sort(key=lambda schedule: (schedule.next_run_time, schedule.id))
+        return schedules
+
+    async def release_schedules(
+        self, scheduler_id: str, updates: Sequence[ScheduleUpdate]
+    ) -> None:
+        """Apply scheduler decisions; see :meth:`DataStore.release_schedules`."""
+        if not updates:
+            return
+        by_id = {update.schedule_id: update for update in updates}
+        now = self._clock.now()
+        job_rows = {
+            update.schedule_id: [self._job_row(job) for job in update.jobs] for update in updates
+        }
+        missed = {
+            update.schedule_id: [
+                (job, JobResult.for_job(job, JobOutcome.missed_start_deadline, finished_at=now))
+                for job in update.missed_jobs
+            ]
+            for update in updates
+        }
+
+        def operation(connection: sqlite3.Connection) -> dict[str, str]:
+            owned: dict[str, str] = {}
+            for schedule_id, update in by_id.items():
+                row = connection.execute(
+                    "SELECT task_id FROM schedules WHERE id = ? AND acquired_by = ?",
+                    (schedule_id, scheduler_id),
+                ).fetchone()
+                if row is None:
+                    continue
+                owned[schedule_id] = row["task_id"]
+                self._insert_jobs(connection, job_rows[schedule_id])
+                kept = [
+                    result.marshal(self.serializer)
+                    for job, result in missed[schedule_id]
+                    if job.result_expiration_time > timedelta(0)
+                ]
+                self._insert_results(connection, kept)
+                if update.next_fire_time is None:
+                    connection.execute("DELETE FROM schedules WHERE id = ?", (schedule_id,))
+                else:
+                    connection.execute(
+                        "UPDATE schedules SET next_fire_time = ?, next_run_time = ?, "
+                        "last_fire_time = ?, acquired_by = NULL, acquired_until = NULL "
+                        "WHERE id = ?",
+                        (
+                            _to_db(update.next_fire_time),
+                            _to_db(update.next_run_time),
+                            _to_db(update.last_fire_time),
+                            schedule_id,
+                        ),
+                    )
+            return owned
+
+        owned = await self._run(operation)
+        events: list[Event] = []
+        for schedule_id, task_id in owned.items():
+            update = by_id[schedule_id]
+            events.extend(
+                JobAdded(job_id=job.id, task_id=job.task_id, schedule_id=job.schedule_id)
+                for job in update.jobs
+            )
+            events.extend(
+                job_released_event(scheduler_id, job, result)
+                for job, result in missed[schedule_id]
+            )
+            if update.next_fire_time is None:
+                events.append(
+                    ScheduleRemoved(schedule_id=schedule_id, task_id=task_id, finished=True)
+                )
+            else:
+                events.append(
+                    ScheduleUpdated(
+                        schedule_id=schedule_id,
+                        task_id=task_id,
+                        next_fire_time=update.next_fire_time,
+                    )
+                )
+        await self._publish(events)
+
+    async def get_next_schedule_run_time(self) -> datetime | None:
+        """Return the earliest time a schedule may be acquired; see the base class."""
+
+        def operation(connection: sqlite3.Connection) -> int | None:
+            row = connection.execute(
+                """
+                SELECT
+                    (SELECT min(next_run_time) FROM schedules
+                     WHERE NOT paused AND next_run_time IS NOT NULL AND acquired_by IS NULL),
+                    (SELECT min(acquired_until) FROM schedules
+                     WHERE acquired_by IS NOT NULL AND NOT paused)
+                """
+            ).fetchone()
+            values = [value for value in row if value is not None]
+            return min(values) if values else None
+
+        return _from_db(await self._run(operation))
+
+    #
+    # Jobs
+    #
+
+    async def add_jobs(self, jobs: Sequence[Job]) -> None:
+        """Queue jobs; see :meth:`DataStore.add_jobs`."""
+        if not jobs:
+            return
+        rows = [self._job_row(job) for job in jobs]
+        await self._run(self._insert_jobs, rows)
+        await self._publish(
+            JobAdded(job_id=job.id, task_id=job.task_id, schedule_id=job.schedule_id)
+            for job in jobs
+        )
+
+    async def get_jobs(self, ids: Iterable[UUID] | None = None) -> list[Job]:
+        """Return queued and running jobs in creation order; see the base class."""
+        id_list = None if ids is None else [str(job_id) for job_id in ids]
+        columns = ", ".join(_JOB_COLUMNS)
+
+        def operation(connection: sqlite3.Connection) -> list[sqlite3.Row]:
+            if id_list is None:
+                return connection.execute(
+                    f"SELECT {columns} FROM jobs ORDER BY sequence"
+                ).fetchall()
+            return connection.execute(
+                f"SELECT {columns} FROM jobs WHERE id IN (SELECT value FROM json_each(?)) "
+                "ORDER BY sequence",
+                (json.dumps(id_list),),
+            ).fetchall()
+
+        return await self._jobs_from_rows(await self._run(operation))
+
+    async def acquire_jobs(
+        self, scheduler_id: str, lease_duration: timedelta, limit: int
+    ) -> list[Job]:
+        """Lease queued jobs, oldest first; see :meth:`DataStore.acquire_jobs`."""
+        now = self._clock.now()
+        until = _to_db(now + lease_duration)
+
+        def operation(
+            connection: sqlite3.Connection,
+        ) -> tuple[list[sqlite3.Row], list[sqlite3.Row]]:
+            return self._acquire_jobs(connection, scheduler_id, _to_db(now), until, limit)
+
+        acquired_rows, missed_rows = await self._run(operation)
+        jobs = await self._jobs_from_rows(acquired_rows)
+        missed = await self._jobs_from_rows(missed_rows)
+        events: list[Event] = [
+            JobAcquired(
+                timestamp=now,
+                job_id=job.id,
+                scheduler_id=scheduler_id,
+                task_id=job.task_id,
+                schedule_id=job.schedule_id,
+            )
+            for job in jobs
+        ]
+        events.extend(
+            job_released_event(
+                scheduler_id,
+                job,
+                JobResult.for_job(job, JobOutcome.missed_start_deadline, finished_at=now),
+            )
+            for job in missed
+        )
+        await self._publish(events)
+        return [attrs.evolve(job, acquired_by=None, acquired_until=None) for job in jobs]
+
+    def _acquire_jobs(
+        self,
+        connection: sqlite3.Connection,
+        scheduler_id: str,
+        now: int | None,
+        until: int | None,
+        limit: int,
+    ) -> tuple[list[sqlite3.Row], list[sqlite3.Row]]:
+        # The write lock (BEGIN IMMEDIATE) makes this whole function atomic across processes
+        running_by_task: dict[str, int] = {}
+        running_by_schedule: dict[str, int] = {}
+        for row in connection.execute(
+            "SELECT task_id, schedule_id, count(*) FROM jobs WHERE acquired_by IS NOT NULL "
+            "GROUP BY task_id, schedule_id"
+        ):
+            running_by_task[row[0]] = running_by_task.get(row[0], 0) + row[2]
+            if row[1] is not None:
+                running_by_schedule[row[1]] = running_by_schedule.get(row[1], 0) + row[2]
+        task_limits = {
+            row[0]: row[1]
+            for row in connection.execute(
+                "SELECT id, max_running_jobs FROM tasks WHERE max_running_jobs IS NOT NULL"
+            )
+        }
+        saturated_tasks = [
+            task_id
+            for task_id, task_limit in task_limits.items()
+            if running_by_task.get(task_id, 0) >= task_limit
+        ]
+        saturated_schedules = [
+            row[0]
+            for row in connection.execute(
+                "SELECT id, max_running_jobs FROM schedules WHERE max_running_jobs IS NOT NULL "
+                "AND id IN (SELECT value FROM json_each(?))",
+                (json.dumps(list(running_by_schedule)),),
+            )
+            if running_by_schedule[row[0]] >= row[1]
+        ]
+
+        candidates = connection.execute(
+            """
+            SELECT j.id, j.task_id, j.schedule_id, j.start_deadline,
+                   s.max_running_jobs AS schedule_limit
+            FROM jobs j LEFT JOIN schedules s ON s.id = j.schedule_id
+            WHERE j.acquired_by IS NULL
+              AND j.task_id NOT IN (SELECT value FROM json_each(?))
+              AND (j.schedule_id IS NULL
+                   OR j.schedule_id NOT IN (SELECT value FROM json_each(?)))
+            ORDER BY j.sequence
+            LIMIT ?
+            """,
+            (json.dumps(saturated_tasks), json.dumps(saturated_schedules), limit * 4),
+        ).fetchall()
+
+        chosen: list[str] = []
+        missed: list[str] = []
+        for row in candidates:
+            if len(chosen) >= limit:
+                break
+            if row["start_deadline"] is not None and row["start_deadline"] < now:
+                missed.append(row["id"])
+                continue
+            task_id, schedule_id = row["task_id"], row["schedule_id"]
+            task_limit = task_limits.get(task_id)
+            if task_limit is not None and running_by_task.get(task_id, 0) >= task_limit:
+                continue
+            schedule_limit = row["schedule_limit"]
+            if (
+                schedule_id is not None
+                and schedule_limit is not None
+                and running_by_schedule.get(schedule_id, 0) >= schedule_limit
+            ):
+                continue
+            running_by_task[task_id] = running_by_task.get(task_id, 0) + 1
+            if schedule_id is not None:
+                running_by_schedule[schedule_id] = running_by_schedule.get(schedule_id, 0) + 1
+            chosen.append(row["id"])
+
+        columns = ", ".join(_JOB_COLUMNS)
+        acquired = connection.execute(
+            f"UPDATE jobs SET acquired_by = ?, acquired_until = ? "
+            f"WHERE id IN (SELECT value FROM json_each(?)) RETURNING {columns}, sequence",
+            (scheduler_id, until, json.dumps(chosen)),
+        ).fetchall()
+        acquired.sort(key=lambda row: row["sequence"])
+        missed_rows = self._delete_jobs(connection, missed)
+        self._keep_results(connection, missed_rows, JobOutcome.missed_start_deadline, now)
+        return acquired, missed_rows
+
+    @staticmethod
+    def _delete_jobs(connection: sqlite3.Connection, ids: list[str]) -> list[sqlite3.Row]:
+        if not ids:
+            return []
+        return connection.execute(
+            f"DELETE FROM jobs WHERE id IN (SELECT value FROM json_each(?)) "
+            f"RETURNING {', '.join(_JOB_COLUMNS)}",
+            (json.dumps(ids),),
+        ).fetchall()
+
+    def _keep_results(
+        self,
+        connection: sqlite3.Connection,
+        job_rows: Sequence[sqlite3.Row],
+        outcome: JobOutcome,
+        now: int | None,
+    ) -> None:
+        finished_at = _from_db(now)
+        assert finished_at is not None
+        records = [
+            JobResult(
+                job_id=UUID(row["id"]),
+                outcome=outcome,
+                finished_at=finished_at,
+                expires_at=finished_at + timedelta(seconds=row["result_expiration_time"]),
+            ).marshal(self.serializer)
+            for row in job_rows
+            if row["result_expiration_time"] > 0
+        ]
+        self._insert_results(connection, records)
+
+    async def release_jobs(self, scheduler_id: str, results: Sequence[JobResult]) -> None:
+        """Finish acquired jobs; see :meth:`DataStore.release_jobs`."""
+        if not results:
+            return
+        marshalled = {
+            str(result.job_id): marshal_job_result(self.serializer, result) for result in results
+        }
+
+        def operation(connection: sqlite3.Connection) -> list[sqlite3.Row]:
+            rows = connection.execute(
+                f"DELETE FROM jobs WHERE id IN (SELECT value FROM json_each(?)) "
+                f"AND acquired_by = ? RETURNING {', '.join(_JOB_COLUMNS)}",
+                (json.dumps(list(marshalled)), scheduler_id),
+            ).fetchall()
+            kept = [marshalled[row["id"]][1] for row in rows if row["result_expiration_time"] > 0]
+            self._insert_results(connection, kept)
+            return rows
+
+        rows = await self._run(operation)
+        jobs = await self._jobs_from_rows(rows)
+        await self._publish(
+            job_released_event(scheduler_id, job, marshalled[str(job.id)][0]) for job in jobs
+        )
+
+    async def get_job_result(self, job_id: UUID) -> JobResult | None:
+        """Return a kept, unexpired result; see :meth:`DataStore.get_job_result`."""
+        now = _to_db(self._clock.now())
+
+        def operation(connection: sqlite3.Connection) -> sqlite3.Row | None:
+            row: sqlite3.Row | None = connection.execute(
+                f"SELECT {', '.join(_RESULT_COLUMNS)} FROM job_results "
+                "WHERE job_id = ? AND expires_at > ?",
+                (str(job_id), now),
+            ).fetchone()
+            return row
+
+        row = await self._run(operation)
+        if row is None:
+            return None
+        record = dict(zip(_RESULT_COLUMNS, row, strict=True))
+        record["job_id"] = UUID(record["job_id"])
+        for name in _RESULT_TIMES:
+            record[name] = _from_db(record[name])
+        return JobResult.unmarshal(self.serializer, record)
+
+    async def extend_acquired_leases(
+        self, scheduler_id: str, job_ids: Iterable[UUID], lease_duration: timedelta
+    ) -> None:
+        """Extend job leases; see :meth:`DataStore.extend_acquired_leases`."""
+        id_list = [str(job_id) for job_id in job_ids]
+        if not id_list:
+            return
+        until = _to_db(self._clock.now() + lease_duration)
+
+        def operation(connection: sqlite3.Connection) -> None:
+            connection.execute(
+                "UPDATE jobs SET acquired_until = ? "
+                "WHERE id IN (SELECT value FROM json_each(?)) AND acquired_by = ?",
+                (until, json.dumps(id_list), scheduler_id),
+            )
+
+        await self._run(operation)
+
+    async def cleanup(self) -> None:
+        """Expire results, release abandoned and overdue jobs; see the base class."""
+        now = self._clock.now()
+        now_db = _to_db(now)
+        columns = ", ".join(_JOB_COLUMNS)
+
+        def operation(
+            connection: sqlite3.Connection,
+        ) -> tuple[list[sqlite3.Row], list[sqlite3.Row]]:
+            connection.execute("DELETE FROM job_results WHERE expires_at <= ?", (now_db,))
+            abandoned = connection.execute(
+                f"DELETE FROM jobs WHERE acquired_by IS NOT NULL AND acquired_until <= ? "
+                f"RETURNING {columns}",
+                (now_db,),
+            ).fetchall()
+            self._keep_results(connection, abandoned, JobOutcome.abandoned, now_db)
+            overdue = connection.execute(
+                f"DELETE FROM jobs WHERE acquired_by IS NULL AND start_deadline < ? "
+                f"RETURNING {columns}",
+                (now_db,),
+            ).fetchall()
+            self._keep_results(connection, overdue, JobOutcome.missed_start_deadline, now_db)
+            return abandoned, overdue
+
+        abandoned, overdue = await self._run(operation)
+        events: list[Event] = []
+        for job in await self._jobs_from_rows(abandoned):
+            self._logger.warning(
+                "Job %s (task %r) was abandoned: the lease of %s on it expired",
+                job.id,
+                job.task_id,
+                job.acquired_by,
+            )
+            result = JobResult.for_job(job, JobOutcome.abandoned, finished_at=now)
+            events.append(job_released_event(job.acquired_by or "cleanup", job, result))
+        for job in await self._jobs_from_rows(overdue):
+            result = JobResult.for_job(job, JobOutcome.missed_start_deadline, finished_at=now)
+            events.append(job_released_event("cleanup", job, result))
+        await self._publish(events)
