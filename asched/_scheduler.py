@@ -1123,6 +1123,10 @@ class AsyncScheduler:
 
         jobs = await self.data_store.get_jobs([job_id])
         if not jobs:
+            # It may have finished between the two reads (another process ran it)
+            result = await self.data_store.get_job_result(job_id)
+            if result is not None:
+                return result
             raise JobLookupError(job_id, "no such job, and no kept result")
         if not wait:
             raise JobResultNotReady(job_id)

@@ -1,0 +1,139 @@
+"""Redis specifics: key prefixes, real connection kills, broker resubscription."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import AsyncExitStack
+from datetime import timedelta
+
+import anyio
+import pytest
+import redis.asyncio as aioredis
+
+from asched import AsyncScheduler
+from asched._enums import ConflictPolicy
+from asched._structures import Job, Schedule, Task
+from asched.datastores.redis import RedisDataStore
+from asched.eventbrokers import LocalEventBroker
+from asched.eventbrokers.redis import RedisEventBroker
+from asched.events import Event, JobReleased
+from asched.triggers import IntervalTrigger
+from tests.backends.redis import delete_keys, kill_connections, url_for
+from tests.clock import FakeClock
+from tests.datastores.test_postgresql import released_event
+from tests.services import REDIS_URL, require_redis
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # redis-py's client runs on asyncio only
+
+
+@pytest.fixture(autouse=True)
+async def _redis(namespace: str) -> object:
+    require_redis()
+    yield
+    await delete_keys(namespace)
+    await delete_keys(f"{namespace}_other")
+
+
+async def started_store(stack: AsyncExitStack, url: str, clock: FakeClock) -> RedisDataStore:
+    store = RedisDataStore(url)
+    broker = LocalEventBroker()
+    await broker.start(stack, logging.getLogger("test"))
+    await store.start(stack, broker, logging.getLogger("test"), clock)
+    return store
+
+
+async def test_prefixes_are_isolated(namespace: str, clock: FakeClock) -> None:
+    async with AsyncExitStack() as stack:
+        first = await started_store(stack, url_for(namespace), clock)
+        second = await started_store(stack, url_for(f"{namespace}_other"), clock)
+        await first.add_schedule(
+            Schedule(
+                id="mine",
+                task_id="task",
+                trigger=IntervalTrigger(seconds=1, start_time=clock.now()),
+                next_fire_time=clock.now(),
+                next_run_time=clock.now(),
+            ),
+            ConflictPolicy.exception,
+        )
+        assert [schedule.id for schedule in await first.get_schedules()] == ["mine"]
+        assert await second.get_schedules() == []
+        assert await second.acquire_schedules("other", timedelta(seconds=5), 10) == []
+
+    client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        keys = {key.decode() async for key in client.scan_iter(match=f"{namespace}:*")}
+    finally:
+        await client.aclose()
+    assert keys
+    assert all(key.startswith(f"{namespace}:") for key in keys)
+
+
+@pytest.mark.parametrize("prefix", ["", "has space"])
+async def test_prefix_must_be_usable(prefix: str) -> None:
+    with pytest.raises(ValueError, match="prefix must be a non-empty string without spaces"):
+        RedisDataStore(REDIS_URL, prefix=prefix)
+
+
+async def test_operations_survive_killed_connections_without_duplicates(
+    namespace: str, clock: FakeClock
+) -> None:
+    async with AsyncExitStack() as stack:
+        store = await started_store(stack, url_for(namespace), clock)
+        await store.add_task(Task(id="task", job_executor="async"))
+        added: list[Job] = []
+        for _ in range(20):
+            # kill the store's connections, for real, while it works
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(kill_connections, namespace)
+                batch = [Job(task_id="task", created_at=clock.now()) for _ in range(5)]
+                await store.add_jobs(batch)
+                added.extend(batch)
+
+        jobs = await store.get_jobs()
+        assert sorted(job.id for job in jobs) == sorted(job.id for job in added)
+        assert await kill_connections(namespace) >= 1
+        acquired = await store.acquire_jobs("worker", timedelta(minutes=1), 1000)
+        assert len({job.id for job in acquired}) == len(added)
+        assert await store.acquire_jobs("worker", timedelta(minutes=1), 1000) == []
+
+
+async def test_broker_resubscribes_after_its_connection_is_killed(namespace: str) -> None:
+    received: list[Event] = []
+    arrived = anyio.Event()
+
+    def on_event(event: Event) -> None:
+        received.append(event)
+        arrived.set()
+
+    async with AsyncExitStack() as stack:
+        sender = RedisEventBroker(REDIS_URL, channel=namespace)
+        listener = RedisEventBroker(REDIS_URL, channel=namespace)
+        for broker in (sender, listener):
+            await broker.start(stack, logging.getLogger("test"))
+        listener.subscribe(on_event, [JobReleased])
+
+        assert await kill_connections(namespace) >= 2
+        event = released_event("y" * 50_000)
+        with anyio.fail_after(20):
+            while not arrived.is_set():
+                await sender.publish(event)
+                with anyio.move_on_after(0.5):
+                    await arrived.wait()
+
+    assert received[0] == event
+
+
+async def test_scheduler_on_a_redis_url_runs_a_job(namespace: str) -> None:
+    async def double(value: int) -> int:
+        return value * 2
+
+    async with AsyncScheduler(url_for(namespace)) as scheduler:
+        await scheduler.start_in_background()
+        with anyio.fail_after(20):
+            assert await scheduler.run_job(double, args=[21]) == 42
