@@ -1,0 +1,174 @@
+"""SQLite specifics: persistence across restarts, versioning, URLs, a locked database."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from contextlib import AsyncExitStack
+from datetime import timedelta
+from pathlib import Path
+
+import anyio
+import pytest
+
+from asched import AsyncScheduler
+from asched._enums import ConflictPolicy, JobOutcome
+from asched._structures import Job, JobResult, Schedule, Task
+from asched.datastores.sqlite import SCHEMA_VERSION, SQLiteDataStore
+from asched.eventbrokers import LocalEventBroker
+from asched.triggers import CronTrigger
+from tests.clock import FakeClock
+
+pytestmark = pytest.mark.anyio
+
+
+async def started_store(
+    stack: AsyncExitStack, path: Path | str, clock: FakeClock
+) -> SQLiteDataStore:
+    store = SQLiteDataStore(path)
+    broker = LocalEventBroker()
+    await broker.start(stack, logging.getLogger("test"))
+    await store.start(stack, broker, logging.getLogger("test"), clock)
+    return store
+
+
+async def test_everything_survives_a_restart(tmp_path: Path, clock: FakeClock) -> None:
+    path = tmp_path / "jobs.sqlite"
+    trigger = CronTrigger(hour=17, minute="*/5", timezone="Europe/Berlin", start_time=clock.now())
+    queued = Job(task_id="task", args=(1, "two"), kwargs={"three": 3.0}, created_at=clock.now())
+    finished = Job(
+        task_id="task", result_expiration_time=timedelta(hours=1), created_at=clock.now()
+    )
+    async with AsyncExitStack() as stack:
+        store = await started_store(stack, path, clock)
+        await store.add_task(Task(id="task", job_executor="async", max_running_jobs=3))
+        await store.add_schedule(
+            Schedule(
+                id="report",
+                task_id="task",
+                trigger=trigger,
+                args=("a",),
+                next_fire_time=clock.now(),
+                next_run_time=clock.now(),
+            ),
+            ConflictPolicy.exception,
+        )
+        await store.add_jobs([finished, queued])
+        [acquired] = await store.acquire_jobs("worker", timedelta(minutes=1), 1)
+        assert acquired.id == finished.id
+        await store.release_jobs(
+            "worker",
+            [
+                JobResult.for_job(
+                    acquired, JobOutcome.success, finished_at=clock.now(), return_value=42
+                )
+            ],
+        )
+
+    async with AsyncExitStack() as stack:
+        reopened = await started_store(stack, f"sqlite:///{path}", clock)
+        [task] = await reopened.get_tasks()
+        assert task.max_running_jobs == 3
+        [schedule] = await reopened.get_schedules()
+        assert schedule.trigger == trigger
+        assert schedule.args == ("a",)
+        assert await reopened.get_jobs() == [queued]
+        result = await reopened.get_job_result(finished.id)
+        assert result is not None
+        assert result.return_value == 42
+
+
+async def test_a_file_of_another_version_is_refused(tmp_path: Path, clock: FakeClock) -> None:
+    path = tmp_path / "jobs.sqlite"
+    async with AsyncExitStack() as stack:
+        await started_store(stack, path, clock)
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("SELECT value FROM metadata").fetchone() == (
+            str(SCHEMA_VERSION),
+        )
+        connection.execute("UPDATE metadata SET value = '999'")
+
+    async with AsyncExitStack() as stack:
+        broker = LocalEventBroker()
+        await broker.start(stack, logging.getLogger("test"))
+        store = SQLiteDataStore(path)
+        with pytest.raises(RuntimeError, match="has schema version 999"):
+            await store.start(stack, broker, logging.getLogger("test"), clock)
+
+
+async def test_a_write_lock_held_by_another_process_is_waited_out(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    path = tmp_path / "jobs.sqlite"
+    async with AsyncExitStack() as stack:
+        store = await started_store(stack, path, clock)
+        store._busy_timeout = timedelta(milliseconds=50)  # so that attempts fail and retry
+        store._connection.execute("PRAGMA busy_timeout = 50")  # type: ignore[union-attr]
+
+        locked = threading.Event()
+        release = threading.Event()
+
+        def hold_write_lock() -> None:
+            connection = sqlite3.connect(path, isolation_level=None)
+            connection.execute("BEGIN IMMEDIATE")
+            locked.set()
+            release.wait(10)
+            connection.execute("COMMIT")
+            connection.close()
+
+        retried = threading.Event()
+
+        class RetryWatcher(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                if "transient error" in record.getMessage():
+                    retried.set()
+
+        watcher = RetryWatcher()
+        logging.getLogger("test").addHandler(watcher)
+        holder = threading.Thread(target=hold_write_lock)
+        holder.start()
+        assert locked.wait(10)
+        try:
+            async with anyio.create_task_group() as task_group:
+
+                async def add() -> None:
+                    await store.add_task(Task(id="task", job_executor="async"))
+
+                task_group.start_soon(add)
+                # an attempt fails on the lock and is retried; then the lock goes away
+                assert await anyio.to_thread.run_sync(retried.wait, 10)
+                release.set()
+        finally:
+            release.set()
+            holder.join()
+            logging.getLogger("test").removeHandler(watcher)
+        assert [task.id for task in await store.get_tasks()] == ["task"]
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("sqlite:///relative/jobs.sqlite", "relative/jobs.sqlite"),
+        ("sqlite:////abs/x.db", "/abs/x.db"),
+    ],
+)
+async def test_urls(url: str, expected: str) -> None:
+    assert SQLiteDataStore(url).path == Path(expected)
+
+
+async def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="expected 'sqlite:///relative/path'"):
+        SQLiteDataStore("sqlite://")
+    with pytest.raises(ValueError, match="polling_interval must be positive, got 0"):
+        SQLiteDataStore("x.sqlite", polling_interval=0)
+
+
+async def test_scheduler_on_a_sqlite_url_runs_a_job(tmp_path: Path) -> None:
+    async def double(value: int) -> int:
+        return value * 2
+
+    async with AsyncScheduler(f"sqlite:///{tmp_path / 'jobs.sqlite'}") as scheduler:
+        await scheduler.start_in_background()
+        with anyio.fail_after(20):
+            assert await scheduler.run_job(double, args=[21]) == 42
