@@ -53,9 +53,9 @@ async def throughput(spec: dict[str, Any]) -> dict[str, Any]:
 
     store = spec.get("store")
     async with AsyncScheduler(store, max_concurrent_jobs=spec.get("workers", 100)) as scheduler:
+        await scheduler.start_in_background()
         await scheduler.run_job(func)  # registers the task and warms up the executor
         scheduler.subscribe(on_release, JobReleased)
-        await scheduler.start_in_background()
         start = time.perf_counter()
         for _ in range(count):
             await scheduler.add_job(func, result_expiration_time=expiration)

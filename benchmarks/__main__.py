@@ -1,0 +1,187 @@
+"""Scheduler benchmarks, asched beside APScheduler 3.11 and 4.0a6 in one run.
+
+    python -m benchmarks.vendor                 # once: installs the competitors
+    python -m benchmarks [throughput|lateness|scale|postgresql|all] [--quick] [--million]
+
+Every case runs in a fresh interpreter (the two APScheduler versions are both the package
+``apscheduler``, each from its own folder in ``benchmarks/.vendor``) and prints markdown
+tables. ``--quick`` runs smaller sizes; ``--million`` adds 1M schedules to the scale case.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+VENDOR = Path(__file__).resolve().parent / ".vendor"
+POSTGRESQL_URL = os.environ.get(
+    "ASCHED_TEST_POSTGRESQL_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+SIDES = {
+    "asched": ("benchmarks.asched_cases", None),
+    "APScheduler 3.11": ("benchmarks.apscheduler3_cases", "ap3"),
+    "APScheduler 4.0a6": ("benchmarks.apscheduler4_cases", "ap4"),
+}
+# a number no task ever reaches: "no per-task limit" in APScheduler 4
+UNLIMITED = 1_000_000
+
+
+def run_case(side: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """Run one case of one side in a fresh interpreter and return its JSON result."""
+    module, vendor = SIDES[side]
+    env = dict(os.environ)
+    if vendor is not None:
+        path = VENDOR / vendor
+        if not path.is_dir():
+            sys.exit(f"{path} is missing: run `python -m benchmarks.vendor` first")
+        env["PYTHONPATH"] = os.pathsep.join([str(path), env.get("PYTHONPATH", "")])
+    completed = subprocess.run(
+        [sys.executable, "-m", module, json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1800,
+        check=False,
+    )
+    if completed.returncode != 0:
+        print(f"  {side} {spec} failed:\n{completed.stderr[-2000:]}", file=sys.stderr)
+        return {}
+    return json.loads(completed.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def _number(value: float | None, digits: int = 0) -> str:
+    return "n/a" if value is None else f"{value:,.{digits}f}"
+
+
+def throughput(jobs: int) -> None:
+    print(f"\n### One-off no-op jobs, memory store ({jobs:,} jobs, end to end)\n")
+    floor = run_case("asched", {"case": "floor", "jobs": jobs}).get("jobs_per_second")
+    print("| system | kind | jobs/s | vs floor |")
+    print("|---|---|---:|---:|")
+    print(
+        f"| anyio task group spawning no-op tasks (the floor) | async | {_number(floor)} | 1.00 |"
+    )
+    rows: list[tuple[str, str, dict[str, Any]]] = []
+    for kind in ("async", "sync"):
+        base = {"case": "throughput", "jobs": jobs, "kind": kind}
+        rows.append(("asched (memory)", kind, run_case("asched", base)))
+        rows.append(
+            ("APScheduler 3.11 (MemoryJobStore)", kind, run_case("APScheduler 3.11", base))
+        )
+        if kind == "async":
+            rows.append(
+                (
+                    "APScheduler 4.0a6 (MemoryDataStore, defaults)",
+                    kind,
+                    run_case("APScheduler 4.0a6", base),
+                )
+            )
+        rows.append(
+            (
+                "APScheduler 4.0a6 (MemoryDataStore, no per-task limit)",
+                kind,
+                run_case("APScheduler 4.0a6", {**base, "max_running_jobs": UNLIMITED}),
+            )
+        )
+    for name, kind, result in rows:
+        rate = result.get("jobs_per_second")
+        ratio = f"{rate / floor:.2f}" if rate and floor else "n/a"
+        print(f"| {name} | {kind} | {_number(rate)} | {ratio} |")
+
+
+def postgresql(jobs: int, competitor_jobs: int) -> None:
+    print(
+        f"\n### One-off no-op async jobs on PostgreSQL (asched: {jobs:,} jobs; "
+        f"APScheduler: {competitor_jobs:,})\n"
+    )
+    print("| system | jobs/s |")
+    print("|---|---:|")
+    asched_url = f"{POSTGRESQL_URL}?schema=asched_bench"
+    base = {"case": "throughput", "kind": "async"}
+    result = run_case("asched", {**base, "jobs": jobs, "store": asched_url})
+    print(
+        f"| asched PostgreSQLDataStore + LISTEN/NOTIFY broker | "
+        f"{_number(result.get('jobs_per_second'))} |"
+    )
+    result = run_case(
+        "APScheduler 4.0a6",
+        {**base, "jobs": competitor_jobs, "store": "postgresql", "max_running_jobs": UNLIMITED},
+    )
+    print(
+        f"| APScheduler 4.0a6 SQLAlchemyDataStore (asyncpg), no per-task limit | "
+        f"{_number(result.get('jobs_per_second'))} |"
+    )
+    result = run_case("APScheduler 3.11", {**base, "jobs": competitor_jobs, "store": "postgresql"})
+    print(
+        f"| APScheduler 3.11 SQLAlchemyJobStore (psycopg2) | "
+        f"{_number(result.get('jobs_per_second'))} |"
+    )
+
+
+def lateness(schedules: int, seconds: int) -> None:
+    print(
+        f"\n### Fire lateness: {schedules:,} schedules firing every second for {seconds} s, "
+        "memory store\n"
+    )
+    print("| system | fires/s | p50 ms | p99 ms | max ms |")
+    print("|---|---:|---:|---:|---:|")
+    spec = {"case": "lateness", "schedules": schedules, "seconds": seconds}
+    for side, extra in (
+        ("asched", {}),
+        ("APScheduler 3.11", {}),
+        ("APScheduler 4.0a6", {"max_running_jobs": UNLIMITED}),
+    ):
+        result = run_case(side, {**spec, **extra})
+        print(
+            f"| {side} | {_number(result.get('fires_per_second'))} | "
+            f"{_number(result.get('p50_ms'), 1)} | {_number(result.get('p99_ms'), 1)} | "
+            f"{_number(result.get('max_ms'), 1)} |"
+        )
+
+
+def scale(sizes: list[int], competitor_sizes: list[int]) -> None:
+    print("\n### Scale: far-future schedules in the memory store\n")
+    print(
+        "| system | schedules | add µs/schedule | RSS bytes/schedule | due one fires late (ms) |"
+    )
+    print("|---|---:|---:|---:|---:|")
+    for side in SIDES:
+        for count in sizes if side == "asched" else competitor_sizes:
+            result = run_case(side, {"case": "scale", "schedules": count})
+            print(
+                f"| {side} | {count:,} | {_number(result.get('add_microseconds_per_schedule'), 1)}"
+                f" | {_number(result.get('rss_bytes_per_schedule'))}"
+                f" | {_number(result.get('due_lateness_ms'), 1)} |"
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "case",
+        nargs="?",
+        default="all",
+        choices=["throughput", "lateness", "scale", "postgresql", "all"],
+    )
+    parser.add_argument("--quick", action="store_true", help="smaller sizes")
+    parser.add_argument("--million", action="store_true", help="add 1M schedules to scale")
+    args = parser.parse_args()
+    quick = args.quick
+    if args.case in ("throughput", "all"):
+        throughput(2_000 if quick else 10_000)
+    if args.case in ("postgresql", "all"):
+        postgresql(2_000 if quick else 10_000, 500 if quick else 2_000)
+    if args.case in ("lateness", "all"):
+        lateness(200 if quick else 1_000, 5 if quick else 10)
+    if args.case in ("scale", "all"):
+        sizes = [10_000] if quick else [10_000, 100_000]
+        scale([*sizes, 1_000_000] if args.million else sizes, sizes)
+
+
+if __name__ == "__main__":
+    main()

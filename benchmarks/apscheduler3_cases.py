@@ -1,0 +1,173 @@
+"""APScheduler 3.11's side of the scheduler benchmarks (run with benchmarks/.vendor/ap3 first
+on the path): ``python -m benchmarks.apscheduler3_cases '<json spec>'`` prints one JSON object.
+
+Same cases and output as :mod:`benchmarks.asched_cases`, with AsyncIOScheduler and its
+MemoryJobStore (or SQLAlchemyJobStore on PostgreSQL when ``store`` is ``"postgresql"``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, EVENT_JOB_MISSED
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from benchmarks.measures import lateness_summary, rss_bytes
+
+POSTGRESQL_URL = os.environ.get(
+    "ASCHED_TEST_POSTGRESQL_URL", "postgresql://postgres@127.0.0.1:5432/test"
+).replace("postgresql://", "postgresql+psycopg2://", 1)
+
+
+async def noop() -> None:
+    pass
+
+
+def sync_noop() -> None:
+    pass
+
+
+def _scheduler(spec: dict[str, Any]) -> AsyncIOScheduler:
+    scheduler = AsyncIOScheduler(timezone="UTC")
+    if spec.get("store") == "postgresql":
+        from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+
+        scheduler.add_jobstore(SQLAlchemyJobStore(url=POSTGRESQL_URL, tablename="ap3_bench"))
+    if spec.get("kind") == "sync":
+        from apscheduler.executors.pool import ThreadPoolExecutor
+
+        scheduler.add_executor(ThreadPoolExecutor(spec.get("workers", 100)), "default")
+    return scheduler
+
+
+def _drop_table(spec: dict[str, Any]) -> None:
+    if spec.get("store") == "postgresql":
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(POSTGRESQL_URL)
+        with engine.begin() as connection:
+            connection.execute(sqlalchemy.text("DROP TABLE IF EXISTS ap3_bench"))
+        engine.dispose()
+
+
+async def throughput(spec: dict[str, Any]) -> dict[str, Any]:
+    count = spec["jobs"]
+    func = noop if spec["kind"] == "async" else sync_noop
+    done = asyncio.Event()
+    finished = 0
+    failed = 0
+
+    def on_event(event: Any) -> None:
+        nonlocal finished, failed
+        finished += 1
+        failed += event.code != EVENT_JOB_EXECUTED
+        if finished == count:
+            done.set()
+
+    _drop_table(spec)
+    scheduler = _scheduler(spec)
+    scheduler.add_listener(on_event, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MISSED)
+    scheduler.start()
+    start = time.perf_counter()
+    for _ in range(count):
+        # no trigger: run once, now; no misfire grace limit so that none is dropped as late
+        scheduler.add_job(func, misfire_grace_time=None)
+    added = time.perf_counter()
+    await asyncio.wait_for(done.wait(), 600)
+    elapsed = time.perf_counter() - start
+    scheduler.shutdown(wait=False)
+    _drop_table(spec)
+    return {
+        "jobs_per_second": count / elapsed,
+        "add_seconds": added - start,
+        "seconds": elapsed,
+        "failed": failed,
+    }
+
+
+_latenesses: list[float] = []
+
+
+async def measure_lateness(scheduled: float) -> None:
+    # APScheduler 3 does not tell a job its fire time: each schedule fires every whole
+    # second plus its offset, passed in, so the lateness is taken against that
+    now = time.time()
+    _latenesses.append((now - scheduled) % 1.0)
+
+
+async def lateness(spec: dict[str, Any]) -> dict[str, Any]:
+    count, seconds = spec["schedules"], spec["seconds"]
+    start = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=2)
+    scheduler = _scheduler(spec)
+    for index in range(count):
+        offset = index / count
+        first = start + timedelta(seconds=offset)
+        scheduler.add_job(
+            measure_lateness,
+            "interval",
+            seconds=1,
+            start_date=first,
+            end_date=first + timedelta(seconds=seconds - 1),
+            args=[first.timestamp()],
+            misfire_grace_time=None,
+        )
+    scheduler.start()
+    await asyncio.sleep((start - datetime.now(timezone.utc)).total_seconds() + seconds + 1)
+    for _ in range(600):
+        if len(_latenesses) >= count * seconds:
+            break
+        await asyncio.sleep(0.1)
+    scheduler.shutdown(wait=False)
+    return {"fires_per_second": len(_latenesses) / seconds, **lateness_summary(_latenesses)}
+
+
+async def scale(spec: dict[str, Any]) -> dict[str, Any]:
+    count = spec["schedules"]
+    rng = random.Random(42)
+    now = datetime.now(timezone.utc)
+    base_rss = rss_bytes()
+    scheduler = _scheduler(spec)
+    scheduler.start()
+    start = time.perf_counter()
+    for index in range(count):
+        run_time = now + timedelta(days=30 + rng.random() * 3650)
+        scheduler.add_job(noop, "date", run_date=run_time, id=f"s{index}")
+    add_seconds = time.perf_counter() - start
+    rss_per_schedule = (rss_bytes() - base_rss) / count
+
+    fired = asyncio.Event()
+    fire_times: list[float] = []
+
+    async def due() -> None:
+        fire_times.append(time.time())
+        fired.set()
+
+    due_at = datetime.now(timezone.utc) + timedelta(seconds=1)
+    scheduler.add_job(due, "date", run_date=due_at, id="due")
+    await asyncio.wait_for(fired.wait(), 120)
+    scheduler.shutdown(wait=False)
+    return {
+        "add_seconds": add_seconds,
+        "add_microseconds_per_schedule": add_seconds / count * 1e6,
+        "rss_bytes_per_schedule": rss_per_schedule,
+        "due_lateness_ms": (fire_times[0] - due_at.timestamp()) * 1000,
+    }
+
+
+CASES = {"throughput": throughput, "lateness": lateness, "scale": scale}
+
+
+def main() -> None:
+    spec = json.loads(sys.argv[1])
+    print(json.dumps(asyncio.run(CASES[spec["case"]](spec))))
+
+
+if __name__ == "__main__":
+    main()
