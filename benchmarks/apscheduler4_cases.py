@@ -134,6 +134,16 @@ async def lateness(spec: dict[str, Any]) -> dict[str, Any]:
     return {"fires_per_second": len(_latenesses) / seconds, **lateness_summary(_latenesses)}
 
 
+_fired: list[anyio.Event] = []
+_fire_times: list[float] = []
+
+
+async def due() -> None:
+    """The schedule due among the far-future ones (APScheduler 4 needs a module function)."""
+    _fire_times.append(time.time())
+    _fired[0].set()
+
+
 async def scale(spec: dict[str, Any]) -> dict[str, Any]:
     count = spec["schedules"]
     rng = random.Random(42)
@@ -149,17 +159,14 @@ async def scale(spec: dict[str, Any]) -> dict[str, Any]:
         rss_per_schedule = (rss_bytes() - base_rss) / count
 
         fired = anyio.Event()
-        fire_times: list[float] = []
-
-        async def due() -> None:
-            fire_times.append(time.time())
-            fired.set()
+        _fired.append(fired)
 
         due_at = datetime.now(timezone.utc) + timedelta(seconds=1)
         await scheduler.add_schedule(due, DateTrigger(due_at), id="due")
         with anyio.fail_after(120):
             await fired.wait()
         await scheduler.stop()
+        fire_times = _fire_times
 
     return {
         "add_seconds": add_seconds,

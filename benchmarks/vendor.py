@@ -16,7 +16,7 @@ from pathlib import Path
 VENDOR = Path(__file__).resolve().parent / ".vendor"
 COMPETITORS = {
     "ap3": ["apscheduler==3.11.0", "sqlalchemy>=2", "psycopg2-binary"],
-    "ap4": ["apscheduler[asyncpg]==4.0.0a6", "sqlalchemy>=2", "asyncpg"],
+    "ap4": ["apscheduler[asyncpg]==4.0.0a6", "sqlalchemy[asyncio]>=2", "asyncpg"],
 }
 
 

@@ -37,7 +37,14 @@ from .._enums import ConflictPolicy, JobOutcome
 from .._exceptions import SerializationError
 from .._structures import Job, JobResult, Schedule, ScheduleUpdate, Task
 from ..eventbrokers.base import EventBroker
-from ..events import JobReleased
+from ..events import (
+    Event,
+    JobAcquired,
+    JobAdded,
+    JobReleased,
+    ScheduleRemoved,
+    ScheduleUpdated,
+)
 from ..serializers.base import Serializer
 from ..serializers.pickle import PickleSerializer
 
@@ -288,6 +295,86 @@ def job_released_event(scheduler_id: str, job: Job, result: JobResult) -> JobRel
             traceback.format_exception(exc_type, exception, exception.__traceback__)
         ),
     )
+
+
+def schedule_release_events(
+    scheduler_id: str,
+    update: ScheduleUpdate,
+    task_id: str,
+    missed: Iterable[tuple[Job, JobResult]],
+) -> list[Event]:
+    """Return the events of applying ``update`` (see :meth:`DataStore.release_schedules`)."""
+    events: list[Event] = [
+        JobAdded(job_id=job.id, task_id=job.task_id, schedule_id=job.schedule_id)
+        for job in update.jobs
+    ]
+    events.extend(job_released_event(scheduler_id, job, result) for job, result in missed)
+    if update.next_fire_time is None:
+        events.append(
+            ScheduleRemoved(schedule_id=update.schedule_id, task_id=task_id, finished=True)
+        )
+    else:
+        events.append(
+            ScheduleUpdated(
+                schedule_id=update.schedule_id,
+                task_id=task_id,
+                next_fire_time=update.next_fire_time,
+            )
+        )
+    return events
+
+
+def job_acquisition_events(
+    scheduler_id: str, now: datetime, acquired: Iterable[Job], missed: Iterable[Job]
+) -> list[Event]:
+    """Return the events of an acquisition.
+
+    ``JobAcquired`` for each job handed out, ``JobReleased`` (``missed_start_deadline``) for
+    each job found past its start deadline.
+    """
+    events: list[Event] = [
+        JobAcquired(
+            timestamp=now,
+            job_id=job.id,
+            scheduler_id=scheduler_id,
+            task_id=job.task_id,
+            schedule_id=job.schedule_id,
+        )
+        for job in acquired
+    ]
+    events.extend(
+        job_released_event(
+            scheduler_id,
+            job,
+            JobResult.for_job(job, JobOutcome.missed_start_deadline, finished_at=now),
+        )
+        for job in missed
+    )
+    return events
+
+
+def cleanup_events(
+    now: datetime, abandoned: Iterable[Job], overdue: Iterable[Job], logger: Logger
+) -> list[Event]:
+    """Return (and log) the events of a cleanup.
+
+    Abandoned jobs and queued jobs whose start deadline passed (see :meth:`DataStore.cleanup`).
+    """
+    events: list[Event] = []
+    for job in abandoned:
+        owner = job.acquired_by or "cleanup"
+        logger.warning(
+            "Job %s (task %r) was abandoned: the lease of %s on it expired",
+            job.id,
+            job.task_id,
+            owner,
+        )
+        result = JobResult.for_job(job, JobOutcome.abandoned, finished_at=now)
+        events.append(job_released_event(owner, job, result))
+    for job in overdue:
+        result = JobResult.for_job(job, JobOutcome.missed_start_deadline, finished_at=now)
+        events.append(job_released_event("cleanup", job, result))
+    return events
 
 
 def marshal_job_result(

@@ -30,7 +30,6 @@ from .._structures import Job, JobResult, Schedule, ScheduleUpdate, Task
 from ..eventbrokers.base import EventBroker
 from ..events import (
     Event,
-    JobAcquired,
     JobAdded,
     JobDeserializationFailed,
     ScheduleAdded,
@@ -42,7 +41,15 @@ from ..events import (
     TaskUpdated,
 )
 from ..serializers.base import Serializer
-from .base import BaseExternalDataStore, RetrySettings, job_released_event, marshal_job_result
+from .base import (
+    BaseExternalDataStore,
+    RetrySettings,
+    cleanup_events,
+    job_acquisition_events,
+    job_released_event,
+    marshal_job_result,
+    schedule_release_events,
+)
 
 #: bumped whenever the tables change; a store refuses a schema of another version
 SCHEMA_VERSION = 1
@@ -274,6 +281,14 @@ class PostgreSQLDataStore(BaseExternalDataStore):
             self._pool = None
 
     @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """Lend a pooled connection in autocommit mode: one statement, one round trip."""
+        if self._pool is None:
+            raise RuntimeError("PostgreSQLDataStore: the store has not been started")
+        async with self._pool.acquire() as connection:
+            yield connection
+
+    @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[asyncpg.Connection]:
         if self._pool is None:
             raise RuntimeError("PostgreSQLDataStore: the store has not been started")
@@ -297,7 +312,7 @@ class PostgreSQLDataStore(BaseExternalDataStore):
         record = task.marshal()
         async for attempt in self._retrying():
             with attempt:
-                async with self._transaction() as connection:
+                async with self._connection() as connection:
                     inserted = await connection.fetchval(
                         f"""
                         INSERT INTO {self._schema}.tasks
@@ -325,7 +340,7 @@ class PostgreSQLDataStore(BaseExternalDataStore):
         """Remove a task; see :meth:`DataStore.remove_task`."""
         async for attempt in self._retrying():
             with attempt:
-                async with self._transaction() as connection:
+                async with self._connection() as connection:
                     removed = await connection.fetchval(
                         f"DELETE FROM {self._schema}.tasks WHERE id = $1 RETURNING id", task_id
                     )
@@ -341,7 +356,7 @@ class PostgreSQLDataStore(BaseExternalDataStore):
         """Return a task; see :meth:`DataStore.get_task`."""
         async for attempt in self._retrying():
             with attempt:
-                async with self._transaction() as connection:
+                async with self._connection() as connection:
                     row = await connection.fetchrow(
                         f"SELECT * FROM {self._schema}.tasks WHERE id = $1", task_id
                     )
@@ -353,7 +368,7 @@ class PostgreSQLDataStore(BaseExternalDataStore):
         """Return all tasks sorted by id."""
         async for attempt in self._retrying():
             with attempt:
-                async with self._transaction() as connection:
+                async with self._connection() as connection:
                     rows = await connection.fetch(
                         f"SELECT * FROM {self._schema}.tasks ORDER BY id"
                     )
@@ -406,7 +421,7 @@ class PostgreSQLDataStore(BaseExternalDataStore):
 
         async for attempt in self._retrying():
             with attempt:
-                async with self._transaction() as connection:
+                async with self._connection() as connection:
                     inserted = await connection.fetchval(statement, *values)
 
         event: Event
@@ -433,7 +448,7 @@ class PostgreSQLDataStore(BaseExternalDataStore):
         id_list = list(ids)
         async for attempt in self._retrying():
             with attempt:
-                async with self._transaction() as connection:
+                async with self._connection() as connection:
                     rows = await connection.fetch(
                         f"DELETE FROM {self._schema}.schedules WHERE id = ANY($1::text[]) "
                         "RETURNING id, task_id",
@@ -448,7 +463,7 @@ class PostgreSQLDataStore(BaseExternalDataStore):
         """Return schedules sorted by id; see :meth:`DataStore.get_schedules`."""
         async for attempt in self._retrying():
             with attempt:
-                async with self._transaction() as connection:
+                async with self._connection() as connection:
                     if ids is None:
                         rows = await connection.fetch(
                             f"SELECT {_SCHEDULE_COLUMNS} FROM {self._schema}.schedules ORDER BY id"
@@ -468,7 +483,7 @@ class PostgreSQLDataStore(BaseExternalDataStore):
         now = self._now()
         async for attempt in self._retrying():
             with attempt:
-                async with self._transaction() as connection:
+                async with self._connection() as connection:
                     rows = await connection.fetch(
                         f"""
                         UPDATE {self._schema}.schedules SET acquired_by = $1, acquired_until = $2
@@ -566,35 +581,19 @@ class PostgreSQLDataStore(BaseExternalDataStore):
             self._logger.debug("Dropped the updates of schedules %s: leases lost", sorted(dropped))
         events: list[Event] = []
         for schedule_id, task_id in owned.items():
-            update = by_id[schedule_id]
-            events.extend(
-                JobAdded(job_id=job.id, task_id=job.task_id, schedule_id=job.schedule_id)
-                for job in update.jobs
+            events += schedule_release_events(
+                scheduler_id,
+                by_id[schedule_id],
+                task_id,
+                ((job, result) for owner, job, result in missed if owner == schedule_id),
             )
-            events.extend(
-                job_released_event(scheduler_id, job, result)
-                for missed_schedule_id, job, result in missed
-                if missed_schedule_id == schedule_id
-            )
-            if update.next_fire_time is None:
-                events.append(
-                    ScheduleRemoved(schedule_id=schedule_id, task_id=task_id, finished=True)
-                )
-            else:
-                events.append(
-                    ScheduleUpdated(
-                        schedule_id=schedule_id,
-                        task_id=task_id,
-                        next_fire_time=update.next_fire_time,
-                    )
-                )
         await self._publish(events)
 
     async def get_next_schedule_run_time(self) -> datetime | None:
         """Return the earliest time a schedule may be acquired; see the base class."""
         async for attempt in self._retrying():
             with attempt:
-                async with self._transaction() as connection:
+                async with self._connection() as connection:
                     value: datetime | None = await connection.fetchval(
                         f"""
                         SELECT least(
@@ -652,7 +651,7 @@ class PostgreSQLDataStore(BaseExternalDataStore):
         rows = [self._job_values(job) for job in jobs]
         async for attempt in self._retrying():
             with attempt:
-                async with self._transaction() as connection:
+                async with self._connection() as connection:
                     await self._insert_jobs(connection, rows)
         await self._publish(
             JobAdded(job_id=job.id, task_id=job.task_id, schedule_id=job.schedule_id)
@@ -675,7 +674,7 @@ class PostgreSQLDataStore(BaseExternalDataStore):
         """Return queued and running jobs in creation order; see the base class."""
         async for attempt in self._retrying():
             with attempt:
-                async with self._transaction() as connection:
+                async with self._connection() as connection:
                     if ids is None:
                         rows = await connection.fetch(
                             f"SELECT {_JOB_COLUMNS} FROM {self._schema}.jobs ORDER BY sequence"
@@ -702,24 +701,7 @@ class PostgreSQLDataStore(BaseExternalDataStore):
 
         jobs = await self._jobs_from_rows(acquired_rows)
         missed = await self._jobs_from_rows(missed_rows)
-        events: list[Event] = [
-            JobAcquired(
-                timestamp=now,
-                job_id=job.id,
-                scheduler_id=scheduler_id,
-                task_id=job.task_id,
-                schedule_id=job.schedule_id,
-            )
-            for job in jobs
-        ]
-        events.extend(
-            job_released_event(
-                scheduler_id,
-                job,
-                JobResult.for_job(job, JobOutcome.missed_start_deadline, finished_at=now),
-            )
-            for job in missed
-        )
+        events = job_acquisition_events(scheduler_id, now, jobs, missed)
         await self._publish(events)
         return [attrs.evolve(job, acquired_by=None, acquired_until=None) for job in jobs]
 
@@ -891,23 +873,34 @@ class PostgreSQLDataStore(BaseExternalDataStore):
         }
         async for attempt in self._retrying():
             with attempt:
-                async with self._transaction() as connection:
+                async with self._connection() as connection:
+                    # one statement: delete what this worker holds, keep the results of
+                    # those among them that keep one
                     rows = await connection.fetch(
                         f"""
-                        DELETE FROM {self._schema}.jobs
-                        WHERE id = ANY($1::uuid[]) AND acquired_by = $2
-                        RETURNING {_JOB_COLUMNS}
+                        WITH released AS (
+                            DELETE FROM {self._schema}.jobs
+                            WHERE id = ANY($1::uuid[]) AND acquired_by = $2
+                            RETURNING {_JOB_COLUMNS}
+                        ), kept AS (
+                            INSERT INTO {self._schema}.job_results ({_RESULT_COLUMNS})
+                            SELECT r.* FROM unnest(
+                                $1::uuid[], $3::text[], $4::bytea[], $5::bytea[],
+                                $6::timestamptz[], $7::timestamptz[], $8::timestamptz[]
+                            ) AS r({_RESULT_COLUMNS})
+                            JOIN released ON released.id = r.job_id
+                            WHERE released.result_expiration_time > 0
+                            ON CONFLICT (job_id) DO NOTHING
+                        )
+                        SELECT * FROM released
                         """,
                         list(marshalled),
                         scheduler_id,
+                        *[
+                            [marshalled[job_id][1][name] for job_id in marshalled]
+                            for name in _RESULT_COLUMNS.split(", ")[1:]
+                        ],
                     )
-                    kept = [
-                        marshalled[row["id"]][1]
-                        for row in rows
-                        if row["result_expiration_time"] > 0
-                    ]
-                    if kept:
-                        await self._insert_results(connection, kept)
 
         ignored = len(results) - len(rows)
         if ignored:
@@ -923,7 +916,7 @@ class PostgreSQLDataStore(BaseExternalDataStore):
         """Return a kept, unexpired result; see :meth:`DataStore.get_job_result`."""
         async for attempt in self._retrying():
             with attempt:
-                async with self._transaction() as connection:
+                async with self._connection() as connection:
                     row = await connection.fetchrow(
                         f"SELECT {_RESULT_COLUMNS} FROM {self._schema}.job_results "
                         "WHERE job_id = $1 AND expires_at > $2",
@@ -942,7 +935,7 @@ class PostgreSQLDataStore(BaseExternalDataStore):
         until = self._now() + lease_duration
         async for attempt in self._retrying():
             with attempt:
-                async with self._transaction() as connection:
+                async with self._connection() as connection:
                     await connection.execute(
                         f"UPDATE {self._schema}.jobs SET acquired_until = $1 "
                         "WHERE id = ANY($2::uuid[]) AND acquired_by = $3",
@@ -981,18 +974,10 @@ class PostgreSQLDataStore(BaseExternalDataStore):
                         connection, overdue, JobOutcome.missed_start_deadline, now
                     )
 
-        events: list[Event] = []
-        for row in abandoned:
-            self._logger.warning(
-                "Job %s (task %r) was abandoned: the lease of %s on it expired",
-                row["id"],
-                row["task_id"],
-                row["acquired_by"],
-            )
-        for job in await self._jobs_from_rows(abandoned):
-            result = JobResult.for_job(job, JobOutcome.abandoned, finished_at=now)
-            events.append(job_released_event(job.acquired_by or "cleanup", job, result))
-        for job in await self._jobs_from_rows(overdue):
-            result = JobResult.for_job(job, JobOutcome.missed_start_deadline, finished_at=now)
-            events.append(job_released_event("cleanup", job, result))
+        events = cleanup_events(
+            now,
+            await self._jobs_from_rows(abandoned),
+            await self._jobs_from_rows(overdue),
+            self._logger,
+        )
         await self._publish(events)

@@ -41,7 +41,6 @@ from .._structures import Job, JobResult, Schedule, ScheduleUpdate, Task
 from ..eventbrokers.base import EventBroker
 from ..events import (
     Event,
-    JobAcquired,
     JobAdded,
     JobDeserializationFailed,
     ScheduleAdded,
@@ -53,7 +52,15 @@ from ..events import (
     TaskUpdated,
 )
 from ..serializers.base import Serializer
-from .base import BaseExternalDataStore, RetrySettings, job_released_event, marshal_job_result
+from .base import (
+    BaseExternalDataStore,
+    RetrySettings,
+    cleanup_events,
+    job_acquisition_events,
+    job_released_event,
+    marshal_job_result,
+    schedule_release_events,
+)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MICROSECOND = timedelta(microseconds=1)
@@ -654,27 +661,15 @@ class RedisDataStore(BaseExternalDataStore):
                     "Dropped the update of schedule %r: its lease was lost", update.schedule_id
                 )
                 continue
-            task_id = owned[update.schedule_id]
-            events.extend(
-                JobAdded(job_id=job.id, task_id=job.task_id, schedule_id=job.schedule_id)
-                for job in update.jobs
-            )
-            for job in update.missed_jobs:
-                result = JobResult.for_job(job, JobOutcome.missed_start_deadline, finished_at=now)
+            missed = [
+                (job, JobResult.for_job(job, JobOutcome.missed_start_deadline, finished_at=now))
+                for job in update.missed_jobs
+            ]
+            for job, result in missed:
                 await self._keep_result(result, job)
-                events.append(job_released_event(scheduler_id, job, result))
-            if update.next_fire_time is None:
-                events.append(
-                    ScheduleRemoved(schedule_id=update.schedule_id, task_id=task_id, finished=True)
-                )
-            else:
-                events.append(
-                    ScheduleUpdated(
-                        schedule_id=update.schedule_id,
-                        task_id=task_id,
-                        next_fire_time=update.next_fire_time,
-                    )
-                )
+            events += schedule_release_events(
+                scheduler_id, update, owned[update.schedule_id], missed
+            )
         await self._publish(events)
 
     async def get_next_schedule_run_time(self) -> datetime | None:
@@ -756,20 +751,12 @@ class RedisDataStore(BaseExternalDataStore):
             "acquire_jobs", _to_db(now), _to_db(now + lease_duration), limit, scheduler_id
         )
         jobs = await self._jobs_from_records(acquired_records)
-        events: list[Event] = [
-            JobAcquired(
-                timestamp=now,
-                job_id=job.id,
-                scheduler_id=scheduler_id,
-                task_id=job.task_id,
-                schedule_id=job.schedule_id,
+        missed = await self._jobs_from_records(missed_records)
+        for job in missed:
+            await self._keep_result(
+                JobResult.for_job(job, JobOutcome.missed_start_deadline, finished_at=now), job
             )
-            for job in jobs
-        ]
-        for job in await self._jobs_from_records(missed_records):
-            result = JobResult.for_job(job, JobOutcome.missed_start_deadline, finished_at=now)
-            await self._keep_result(result, job)
-            events.append(job_released_event(scheduler_id, job, result))
+        events = job_acquisition_events(scheduler_id, now, jobs, missed)
         await self._publish(events)
         return jobs
 
@@ -827,25 +814,21 @@ class RedisDataStore(BaseExternalDataStore):
         """Release abandoned and overdue jobs; see the base class (results expire by TTL)."""
         now = self._clock.now()
         abandoned, overdue = await self._call("cleanup", _to_db(now))
-        events: list[Event] = []
-        for owner, record in abandoned:
-            (job,) = await self._jobs_from_records([record]) or (None,)
-            if job is None:
-                continue
-            scheduler_id = owner.decode() or "cleanup"
-            self._logger.warning(
-                "Job %s (task %r) was abandoned: the lease of %s on it expired",
-                job.id,
-                job.task_id,
-                scheduler_id,
+        abandoned_jobs = [
+            attrs.evolve(job, acquired_by=_text(owner) or None)
+            for owner, record in abandoned
+            for job in await self._jobs_from_records([record])
+        ]
+        overdue_jobs = await self._jobs_from_records(overdue)
+        for job in abandoned_jobs:
+            await self._keep_result(
+                JobResult.for_job(job, JobOutcome.abandoned, finished_at=now), job
             )
-            result = JobResult.for_job(job, JobOutcome.abandoned, finished_at=now)
-            await self._keep_result(result, job)
-            events.append(job_released_event(scheduler_id, job, result))
-        for job in await self._jobs_from_records(overdue):
-            result = JobResult.for_job(job, JobOutcome.missed_start_deadline, finished_at=now)
-            await self._keep_result(result, job)
-            events.append(job_released_event("cleanup", job, result))
+        for job in overdue_jobs:
+            await self._keep_result(
+                JobResult.for_job(job, JobOutcome.missed_start_deadline, finished_at=now), job
+            )
+        events = cleanup_events(now, abandoned_jobs, overdue_jobs, self._logger)
         await self._publish(events)
 
 

@@ -33,7 +33,6 @@ from .._structures import Job, JobResult, Schedule, ScheduleUpdate, Task
 from ..eventbrokers.base import EventBroker
 from ..events import (
     Event,
-    JobAcquired,
     JobAdded,
     JobDeserializationFailed,
     ScheduleAdded,
@@ -45,7 +44,15 @@ from ..events import (
     TaskUpdated,
 )
 from ..serializers.base import Serializer
-from .base import BaseExternalDataStore, RetrySettings, job_released_event, marshal_job_result
+from .base import (
+    BaseExternalDataStore,
+    RetrySettings,
+    cleanup_events,
+    job_acquisition_events,
+    job_released_event,
+    marshal_job_result,
+    schedule_release_events,
+)
 
 #: bumped whenever the tables change; a store refuses a file of another version
 SCHEMA_VERSION = 1
@@ -588,27 +595,9 @@ class SQLiteDataStore(BaseExternalDataStore):
         owned = await self._run(operation)
         events: list[Event] = []
         for schedule_id, task_id in owned.items():
-            update = by_id[schedule_id]
-            events.extend(
-                JobAdded(job_id=job.id, task_id=job.task_id, schedule_id=job.schedule_id)
-                for job in update.jobs
+            events += schedule_release_events(
+                scheduler_id, by_id[schedule_id], task_id, missed[schedule_id]
             )
-            events.extend(
-                job_released_event(scheduler_id, job, result)
-                for job, result in missed[schedule_id]
-            )
-            if update.next_fire_time is None:
-                events.append(
-                    ScheduleRemoved(schedule_id=schedule_id, task_id=task_id, finished=True)
-                )
-            else:
-                events.append(
-                    ScheduleUpdated(
-                        schedule_id=schedule_id,
-                        task_id=task_id,
-                        next_fire_time=update.next_fire_time,
-                    )
-                )
         await self._publish(events)
 
     async def get_next_schedule_run_time(self) -> datetime | None:
@@ -677,24 +666,7 @@ class SQLiteDataStore(BaseExternalDataStore):
         acquired_rows, missed_rows = await self._run(operation)
         jobs = await self._jobs_from_rows(acquired_rows)
         missed = await self._jobs_from_rows(missed_rows)
-        events: list[Event] = [
-            JobAcquired(
-                timestamp=now,
-                job_id=job.id,
-                scheduler_id=scheduler_id,
-                task_id=job.task_id,
-                schedule_id=job.schedule_id,
-            )
-            for job in jobs
-        ]
-        events.extend(
-            job_released_event(
-                scheduler_id,
-                job,
-                JobResult.for_job(job, JobOutcome.missed_start_deadline, finished_at=now),
-            )
-            for job in missed
-        )
+        events = job_acquisition_events(scheduler_id, now, jobs, missed)
         await self._publish(events)
         return [attrs.evolve(job, acquired_by=None, acquired_until=None) for job in jobs]
 
@@ -906,17 +878,10 @@ class SQLiteDataStore(BaseExternalDataStore):
             return abandoned, overdue
 
         abandoned, overdue = await self._run(operation)
-        events: list[Event] = []
-        for job in await self._jobs_from_rows(abandoned):
-            self._logger.warning(
-                "Job %s (task %r) was abandoned: the lease of %s on it expired",
-                job.id,
-                job.task_id,
-                job.acquired_by,
-            )
-            result = JobResult.for_job(job, JobOutcome.abandoned, finished_at=now)
-            events.append(job_released_event(job.acquired_by or "cleanup", job, result))
-        for job in await self._jobs_from_rows(overdue):
-            result = JobResult.for_job(job, JobOutcome.missed_start_deadline, finished_at=now)
-            events.append(job_released_event("cleanup", job, result))
+        events = cleanup_events(
+            now,
+            await self._jobs_from_rows(abandoned),
+            await self._jobs_from_rows(overdue),
+            self._logger,
+        )
         await self._publish(events)

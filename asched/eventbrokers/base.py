@@ -11,8 +11,18 @@ from logging import Logger, getLogger
 from typing import Any, TypeVar
 from uuid import uuid4
 
-from anyio import create_task_group
+from anyio import (
+    BrokenResourceError,
+    ClosedResourceError,
+    WouldBlock,
+    create_memory_object_stream,
+    create_task_group,
+    fail_after,
+    sleep,
+)
+from anyio import Event as Event_
 from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ..events import Event, Subscription, event_from_dict
 
@@ -170,17 +180,98 @@ class BaseEventBroker(EventBroker):
             )
 
 
+_RELAY_QUEUE_SIZE = 100_000
+_RELAY_BATCH_SIZE = 500
+#: waits between attempts to relay a batch, and between reconnections of a listener
+RECONNECT_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
+
+
 class BaseExternalEventBroker(BaseEventBroker):
     """Shared by brokers that relay events between processes as JSON.
 
-    Each broker instance tags what it sends with an origin id, so that events it published
-    (already delivered locally by :meth:`publish`) are not delivered a second time when they
-    come back from the server.
+    :meth:`publish` delivers locally at once and queues the event; a sender task relays the
+    queue in batches with :meth:`_send_batch` (retried on failure), and
+    :meth:`_listen_forever` receives the other processes' events. Each broker instance tags
+    what it sends with an origin id, so that events it published are not delivered a second
+    time when they come back from the server.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self._origin = uuid4().hex
+        self._relay: MemoryObjectSendStream[str] | None = None
+        self._listening = Event_()
+
+    async def start(self, exit_stack: AsyncExitStack, logger: Logger) -> None:
+        """Start the sender and the listener; see :meth:`EventBroker.start`.
+
+        :raises TimeoutError: if the listener cannot start listening within 30 s
+        """
+        await super().start(exit_stack, logger)
+        send, receive = create_memory_object_stream[str](_RELAY_QUEUE_SIZE)
+        self._relay = send
+        exit_stack.push_async_callback(self._close_sender)
+        exit_stack.callback(receive.close)
+        exit_stack.callback(send.close)
+        task_group = await exit_stack.enter_async_context(create_task_group())
+        exit_stack.callback(task_group.cancel_scope.cancel)
+        task_group.start_soon(self._listen_forever)
+        task_group.start_soon(self._relay_forever, receive)
+        with fail_after(30):
+            await self._listening.wait()
+
+    async def publish(self, event: Event) -> None:
+        """Deliver locally, then queue the event for other processes; never raises."""
+        self.publish_local(event)
+        if self._relay is None:
+            return
+        try:
+            self._relay.send_nowait(self.encode_event(event))
+        except WouldBlock:
+            self._logger.warning("Event relay queue full: %s not sent to other processes", event)
+        except (ClosedResourceError, BrokenResourceError):
+            pass
+
+    async def _relay_forever(self, receive: MemoryObjectReceiveStream[str]) -> None:
+        async for message in receive:
+            batch = [message]
+            while len(batch) < _RELAY_BATCH_SIZE:
+                try:
+                    batch.append(receive.receive_nowait())
+                except WouldBlock:
+                    break
+            for delay in (*RECONNECT_DELAYS, None):
+                try:
+                    await self._send_batch(batch)
+                    break
+                except Exception as exc:  # any failure: the relay must not die
+                    if delay is None:
+                        self._logger.error(
+                            "Could not relay %d events to other processes: %r", len(batch), exc
+                        )
+                        break
+                    await sleep(delay)
+
+    async def _close_sender(self) -> None:
+        """Close what :meth:`_send_batch` opened (called once the relay has stopped)."""
+
+    @abstractmethod
+    async def _send_batch(self, messages: list[str]) -> None:
+        """Send encoded events to the other processes in one round trip (raise on failure)."""
+
+    @abstractmethod
+    async def _listen_forever(self) -> None:
+        """Receive other processes' events, reconnecting after drops, until cancelled.
+
+        Sets ``self._listening`` once it listens, and hands each payload to
+        :meth:`deliver_remote`.
+        """
+
+    def deliver_remote(self, payload: str | bytes) -> None:
+        """Deliver an event received from another process to this process's subscribers."""
+        event = self.decode_event(payload)
+        if event is not None:
+            self.publish_local(event)
 
     def encode_event(self, event: Event) -> str:
         """Return ``event`` as a JSON text tagged with this broker's origin."""

@@ -11,25 +11,19 @@ from __future__ import annotations
 
 import math
 import re
-from contextlib import AsyncExitStack
-from logging import Logger
 from typing import Any
 from uuid import uuid4
 
 import anyio
 import asyncpg
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ..datastores.postgresql import split_dsn
-from ..events import Event
-from .base import BaseExternalEventBroker
+from .base import RECONNECT_DELAYS, BaseExternalEventBroker
 
 _CHANNEL = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 # JSON from json.dumps is ASCII, so characters are bytes; stay well under NOTIFY's 8,000
 _CHUNK_SIZE = 7_000
 _CHUNK_PREFIX = "#chunk "
-_MAX_BATCH = 500
-_RECONNECT_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 
 
 class PostgreSQLEventBroker(BaseExternalEventBroker):
@@ -50,38 +44,11 @@ class PostgreSQLEventBroker(BaseExternalEventBroker):
             raise ValueError(
                 f"PostgreSQLEventBroker: channel must be a plain identifier, got {self.channel!r}"
             )
-        self._send: MemoryObjectSendStream[str] | None = None
         self._chunks: dict[str, list[str | None]] = {}
-        self._listening = anyio.Event()
+        self._sender: asyncpg.Connection | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(channel={self.channel!r})"
-
-    async def start(self, exit_stack: AsyncExitStack, logger: Logger) -> None:
-        """Start listening and sending; see :meth:`EventBroker.start`."""
-        await super().start(exit_stack, logger)
-        send, receive = anyio.create_memory_object_stream[str](100_000)
-        self._send = send
-        exit_stack.callback(receive.close)
-        exit_stack.callback(send.close)
-        task_group = await exit_stack.enter_async_context(anyio.create_task_group())
-        exit_stack.callback(task_group.cancel_scope.cancel)
-        task_group.start_soon(self._listen_forever)
-        task_group.start_soon(self._send_forever, receive)
-        with anyio.fail_after(30):
-            await self._listening.wait()
-
-    async def publish(self, event: Event) -> None:
-        """Deliver locally, then queue the event for other processes; never raises."""
-        self.publish_local(event)
-        if self._send is None:
-            return
-        try:
-            self._send.send_nowait(self.encode_event(event))
-        except anyio.WouldBlock:
-            self._logger.warning("Event relay queue full: %s not sent to other processes", event)
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            pass
 
     #
     # Sending
@@ -98,43 +65,28 @@ class PostgreSQLEventBroker(BaseExternalEventBroker):
             for index in range(count)
         ]
 
-    async def _send_forever(self, receive: MemoryObjectReceiveStream[str]) -> None:
-        connection: asyncpg.Connection | None = None
+    async def _close_sender(self) -> None:
+        if self._sender is not None:
+            with anyio.CancelScope(shield=True):
+                await self._sender.close(timeout=2)
+            self._sender = None
+
+    async def _send_batch(self, messages: list[str]) -> None:
+        payloads = [payload for message in messages for payload in self._payloads(message)]
         try:
-            async for message in receive:
-                batch = [message]
-                while len(batch) < _MAX_BATCH:
-                    try:
-                        batch.append(receive.receive_nowait())
-                    except anyio.WouldBlock:
-                        break
-                payloads = [payload for item in batch for payload in self._payloads(item)]
-                for delay in (*_RECONNECT_DELAYS, None):
-                    try:
-                        if connection is None or connection.is_closed():
-                            connection = await asyncpg.connect(self._dsn)
-                        await connection.execute(
-                            "SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS payload",
-                            self.channel,
-                            payloads,
-                        )
-                        break
-                    except Exception as exc:  # any failure: this loop must not die
-                        if connection is not None:
-                            connection.terminate()
-                        connection = None
-                        if delay is None:
-                            self._logger.error(
-                                "Could not relay %d events to other processes: %r",
-                                len(batch),
-                                exc,
-                            )
-                            break
-                        await anyio.sleep(delay)
-        finally:
-            if connection is not None:
-                with anyio.CancelScope(shield=True):
-                    await connection.close(timeout=2)
+            if self._sender is None or self._sender.is_closed():
+                self._sender = await asyncpg.connect(self._dsn)
+            await self._sender.execute(
+                "SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS payload",
+                self.channel,
+                payloads,
+            )
+        except BaseException:
+            # a broken connection is replaced on the next attempt
+            if self._sender is not None:
+                self._sender.terminate()
+                self._sender = None
+            raise
 
     #
     # Listening
@@ -146,9 +98,7 @@ class PostgreSQLEventBroker(BaseExternalEventBroker):
             if assembled is None:
                 return
             payload = assembled
-        event = self.decode_event(payload)
-        if event is not None:
-            self.publish_local(event)
+        self.deliver_remote(payload)
 
     def _assemble(self, payload: str) -> str | None:
         try:
@@ -175,7 +125,7 @@ class PostgreSQLEventBroker(BaseExternalEventBroker):
                 self._logger.warning("Event broker lost its listening connection; reconnecting")
             except Exception as exc:  # any failure: this loop must not die
                 self._logger.warning("Event broker cannot listen (%r); retrying", exc)
-            await anyio.sleep(_RECONNECT_DELAYS[min(attempt, len(_RECONNECT_DELAYS) - 1)])
+            await anyio.sleep(RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)])
             attempt += 1
 
     async def _listen_until_closed(self, *, reconnected: bool) -> None:
