@@ -108,6 +108,15 @@ def postgresql(jobs: int, competitor_jobs: int) -> None:
         f"| asched PostgreSQLDataStore + LISTEN/NOTIFY broker | "
         f"{_number(result.get('jobs_per_second'))} |"
     )
+    result = run_case("asched", {"case": "backlog", "jobs": jobs, "store": asched_url})
+    print(
+        f"| asched, a backlog run by one worker process (batched acquire/release) | "
+        f"{_number(result.get('jobs_per_second'))} |"
+    )
+    print(
+        f"| asched, adding jobs one `add_job` call at a time, no worker | "
+        f"{_number(result.get('adds_per_second'))} |"
+    )
     result = run_case(
         "APScheduler 4.0a6",
         {**base, "jobs": competitor_jobs, "store": "postgresql", "max_running_jobs": UNLIMITED},

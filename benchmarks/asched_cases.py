@@ -22,7 +22,7 @@ from typing import Any
 
 import anyio
 
-from asched import AsyncScheduler, JobOutcome, current_job
+from asched import AsyncScheduler, JobOutcome, SchedulerRole, current_job
 from asched.events import JobReleased
 from asched.triggers import DateTrigger, IntervalTrigger
 from benchmarks.measures import lateness_summary, rss_bytes
@@ -70,6 +70,36 @@ async def throughput(spec: dict[str, Any]) -> dict[str, Any]:
         "seconds": elapsed,
         "failed": failed,
     }
+
+
+async def backlog(spec: dict[str, Any]) -> dict[str, Any]:
+    """Jobs added by a scheduler-only process first, then run by a worker: the batched path."""
+    count = spec["jobs"]
+    done = anyio.Event()
+    released = 0
+
+    def on_release(event: JobReleased) -> None:
+        nonlocal released
+        released += 1
+        if released == count:
+            done.set()
+
+    store = spec["store"]
+    async with AsyncScheduler(store, role=SchedulerRole.scheduler) as scheduler:
+        start = time.perf_counter()
+        for _ in range(count):
+            await scheduler.add_job(noop)
+        add_seconds = time.perf_counter() - start
+
+    async with AsyncScheduler(store, role=SchedulerRole.worker) as worker:
+        worker.subscribe(on_release, JobReleased)
+        start = time.perf_counter()
+        await worker.start_in_background()
+        with anyio.fail_after(600):
+            await done.wait()
+        run_seconds = time.perf_counter() - start
+
+    return {"jobs_per_second": count / run_seconds, "adds_per_second": count / add_seconds}
 
 
 async def floor(spec: dict[str, Any]) -> dict[str, Any]:
@@ -150,7 +180,13 @@ async def scale(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-CASES = {"throughput": throughput, "floor": floor, "lateness": lateness, "scale": scale}
+CASES = {
+    "throughput": throughput,
+    "backlog": backlog,
+    "floor": floor,
+    "lateness": lateness,
+    "scale": scale,
+}
 
 
 def main() -> None:
