@@ -1,7 +1,7 @@
 """Scheduler benchmarks, asched beside APScheduler 3.11 and 4.0a6 in one run.
 
     python -m benchmarks.vendor                 # once: installs the competitors
-    python -m benchmarks [throughput|lateness|scale|postgresql|all] [--quick] [--million]
+    python -m benchmarks [throughput|postgresql|stores|lateness|scale|all] [--quick] [--million]
 
 Every case runs in a fresh interpreter (the two APScheduler versions are both the package
 ``apscheduler``, each from its own folder in ``benchmarks/.vendor``) and prints markdown
@@ -132,6 +132,77 @@ def postgresql(jobs: int, competitor_jobs: int) -> None:
     )
 
 
+def embedded_and_redis(jobs: int, competitor_jobs: int, schedules: int) -> None:
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="asched-bench-")
+    print(
+        f"\n### SQLite and Redis: one-off no-op async jobs (asched: {jobs:,}; APScheduler "
+        f"3.11: {competitor_jobs:,}) and {schedules:,} far-future schedules\n"
+    )
+    print("| system | end to end jobs/s | backlog jobs/s | add µs/schedule | due one late (ms) |")
+    print("|---|---:|---:|---:|---:|")
+    for label, asched_store, ap3_store in (
+        ("SQLite", f"sqlite:///{folder}/asched-{{case}}.sqlite", f"sqlite:///{folder}/ap3.sqlite"),
+        ("Redis", "redis://127.0.0.1:6379/0?prefix=asched_bench_{case}", "redis://"),
+    ):
+        throughput = run_case(
+            "asched",
+            {"case": "throughput", "kind": "async", "jobs": jobs,
+             "store": asched_store.format(case="t")},
+        )  # fmt: skip
+        backlog = run_case(
+            "asched", {"case": "backlog", "jobs": jobs, "store": asched_store.format(case="b")}
+        )
+        scaled = run_case(
+            "asched",
+            {"case": "scale", "schedules": schedules, "store": asched_store.format(case="s")},
+        )
+        print(
+            f"| asched {label} | {_number(throughput.get('jobs_per_second'))} | "
+            f"{_number(backlog.get('jobs_per_second'))} | "
+            f"{_number(scaled.get('add_microseconds_per_schedule'), 1)} | "
+            f"{_number(scaled.get('due_lateness_ms'), 1)} |"
+        )
+        ap3 = run_case(
+            "APScheduler 3.11",
+            {"case": "throughput", "kind": "async", "jobs": competitor_jobs, "store": ap3_store},
+        )
+        ap3_scaled = run_case(
+            "APScheduler 3.11",
+            {"case": "scale", "schedules": competitor_jobs, "store": ap3_store},
+        )
+        print(
+            f"| APScheduler 3.11 {label} job store | {_number(ap3.get('jobs_per_second'))} | "
+            f"n/a | {_number(ap3_scaled.get('add_microseconds_per_schedule'), 1)} | "
+            f"{_number(ap3_scaled.get('due_lateness_ms'), 1)} |"
+        )
+
+
+def _remove_benchmark_data() -> None:
+    """Drop what asched's benchmark cases left in PostgreSQL and Redis."""
+    import asyncio
+
+    import asyncpg
+    import redis
+
+    client = redis.Redis.from_url("redis://127.0.0.1:6379/0")
+    for case in "tbs":
+        keys = list(client.scan_iter(match=f"{{asched_bench_{case}}}:*", count=1000))
+        for start in range(0, len(keys), 1000):
+            client.delete(*keys[start : start + 1000])
+    client.close()
+
+    async def drop_schema() -> None:
+        connection = await asyncpg.connect(POSTGRESQL_URL)
+        try:
+            await connection.execute("DROP SCHEMA IF EXISTS asched_bench CASCADE")
+        finally:
+            await connection.close()
+
+    asyncio.run(drop_schema())
+
+
 def lateness(schedules: int, seconds: int) -> None:
     print(
         f"\n### Fire lateness: {schedules:,} schedules firing every second for {seconds} s, "
@@ -175,7 +246,7 @@ def main() -> None:
         "case",
         nargs="?",
         default="all",
-        choices=["throughput", "lateness", "scale", "postgresql", "all"],
+        choices=["throughput", "lateness", "scale", "postgresql", "stores", "all"],
     )
     parser.add_argument("--quick", action="store_true", help="smaller sizes")
     parser.add_argument("--million", action="store_true", help="add 1M schedules to scale")
@@ -185,6 +256,10 @@ def main() -> None:
         throughput(2_000 if quick else 10_000)
     if args.case in ("postgresql", "all"):
         postgresql(2_000 if quick else 10_000, 500 if quick else 2_000)
+    if args.case in ("stores", "all"):
+        embedded_and_redis(2_000 if quick else 10_000, 500 if quick else 2_000, 100_000)
+    if args.case in ("postgresql", "stores", "all"):
+        _remove_benchmark_data()
     if args.case in ("lateness", "all"):
         lateness(200 if quick else 1_000, 5 if quick else 10)
     if args.case in ("scale", "all"):

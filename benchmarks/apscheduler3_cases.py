@@ -36,10 +36,21 @@ def sync_noop() -> None:
 
 def _scheduler(spec: dict[str, Any]) -> AsyncIOScheduler:
     scheduler = AsyncIOScheduler(timezone="UTC")
-    if spec.get("store") == "postgresql":
+    store = spec.get("store")
+    if store == "postgresql":
         from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 
         scheduler.add_jobstore(SQLAlchemyJobStore(url=POSTGRESQL_URL, tablename="ap3_bench"))
+    elif store is not None and store.startswith("sqlite:"):
+        from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+
+        scheduler.add_jobstore(SQLAlchemyJobStore(url=store))
+    elif store is not None and store.startswith("redis:"):
+        from apscheduler.jobstores.redis import RedisJobStore
+
+        scheduler.add_jobstore(
+            RedisJobStore(jobs_key="ap3_bench.jobs", run_times_key="ap3_bench.run_times")
+        )
     if spec.get("kind") == "sync":
         from apscheduler.executors.pool import ThreadPoolExecutor
 
@@ -48,6 +59,10 @@ def _scheduler(spec: dict[str, Any]) -> AsyncIOScheduler:
 
 
 def _drop_table(spec: dict[str, Any]) -> None:
+    if str(spec.get("store")).startswith("redis:"):
+        import redis
+
+        redis.Redis().delete("ap3_bench.jobs", "ap3_bench.run_times")
     if spec.get("store") == "postgresql":
         import sqlalchemy
 
@@ -133,6 +148,7 @@ async def scale(spec: dict[str, Any]) -> dict[str, Any]:
     rng = random.Random(42)
     now = datetime.now(timezone.utc)
     base_rss = rss_bytes()
+    _drop_table(spec)
     scheduler = _scheduler(spec)
     scheduler.start()
     start = time.perf_counter()
@@ -153,6 +169,7 @@ async def scale(spec: dict[str, Any]) -> dict[str, Any]:
     scheduler.add_job(due, "date", run_date=due_at, id="due")
     await asyncio.wait_for(fired.wait(), 120)
     scheduler.shutdown(wait=False)
+    _drop_table(spec)
     return {
         "add_seconds": add_seconds,
         "add_microseconds_per_schedule": add_seconds / count * 1e6,

@@ -14,7 +14,9 @@ round trip whatever the batch size: acquiring k schedules or jobs (with their le
 - ``{prefix}:tasks`` and ``{prefix}:task_limits`` hashes; ``{prefix}:result:{id}`` strings
   that expire on their own.
 
-Times are integers of microseconds since the epoch, from the store's clock.
+Every key starts with ``{prefix}`` in braces, a Redis Cluster hash tag: all keys of a store
+share one slot, as the multi-key scripts require. Times are integers of microseconds since
+the epoch, from the store's clock.
 """
 
 from __future__ import annotations
@@ -379,11 +381,14 @@ class RedisDataStore(BaseExternalDataStore):
                 f"{url_or_client!r}"
             )
         self.prefix = "asched" if prefix is None else prefix
-        if not self.prefix or any(character.isspace() for character in self.prefix):
+        if not self.prefix or any(c.isspace() or c in "{}" for c in self.prefix):
             raise ValueError(
-                f"RedisDataStore: prefix must be a non-empty string without spaces, got "
-                f"{self.prefix!r}"
+                f"RedisDataStore: prefix must be a non-empty string without spaces or braces, "
+                f"got {self.prefix!r}"
             )
+        # A hash tag: every key of the store hashes to one Redis Cluster slot, which the
+        # multi-key Lua scripts need
+        self._root = "{" + self.prefix + "}"
         self._clock = Clock()
         self._event_broker: EventBroker | None = None
         self._scripts: dict[str, Any] = {}
@@ -445,7 +450,7 @@ class RedisDataStore(BaseExternalDataStore):
     async def _call(self, script: str, *args: Any) -> Any:
         async for attempt in self._retrying():
             with attempt:
-                return await self._scripts[script](keys=[self.prefix], args=list(args))
+                return await self._scripts[script](keys=[self._root], args=list(args))
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _publish(self, events: Iterable[Event]) -> None:
@@ -454,7 +459,7 @@ class RedisDataStore(BaseExternalDataStore):
                 await self._event_broker.publish(event)
 
     def _key(self, *parts: str) -> str:
-        return ":".join((self.prefix, *parts))
+        return ":".join((self._root, *parts))
 
     #
     # Tasks

@@ -218,12 +218,22 @@ class SQLiteDataStore(BaseExternalDataStore):
     ) -> None:
         """Open the file and create the tables if needed; see :meth:`DataStore.start`.
 
-        :raises RuntimeError: if the file holds tables of another asched version
+        :raises RuntimeError: if the file is not an SQLite database, or holds tables of
+            another asched version
         """
         self._event_broker = event_broker
         self._logger = logger
         self._clock = clock
-        self._connection = await anyio.to_thread.run_sync(self._connect, limiter=self._limiter)
+        try:
+            self._connection = await anyio.to_thread.run_sync(
+                self._connect, limiter=self._limiter
+            )
+        except sqlite3.DatabaseError as exc:
+            if self._is_transient(exc):
+                raise
+            raise RuntimeError(
+                f"SQLiteDataStore: {self.path} is not a usable SQLite database ({exc})"
+            ) from exc
         exit_stack.push_async_callback(self._close)
         version = await self._create_schema()
         if version != str(SCHEMA_VERSION):

@@ -26,7 +26,7 @@ def url_for(namespace: str) -> str:
 async def delete_keys(namespace: str) -> None:
     client = aioredis.Redis.from_url(REDIS_URL)
     try:
-        keys = [key async for key in client.scan_iter(match=f"{namespace}:*", count=1000)]
+        keys = [key async for key in client.scan_iter(match=f"{{{namespace}}}:*", count=1000)]
         for start in range(0, len(keys), 1000):
             await client.delete(*keys[start : start + 1000])
     finally:

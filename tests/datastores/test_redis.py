@@ -67,16 +67,16 @@ async def test_prefixes_are_isolated(namespace: str, clock: FakeClock) -> None:
 
     client = aioredis.Redis.from_url(REDIS_URL)
     try:
-        keys = {key.decode() async for key in client.scan_iter(match=f"{namespace}:*")}
+        keys = {key.decode() async for key in client.scan_iter(match=f"{{{namespace}}}:*")}
     finally:
         await client.aclose()
     assert keys
-    assert all(key.startswith(f"{namespace}:") for key in keys)
+    assert all(key.startswith(f"{{{namespace}}}:") for key in keys)
 
 
-@pytest.mark.parametrize("prefix", ["", "has space"])
+@pytest.mark.parametrize("prefix", ["", "has space", "{tag}"])
 async def test_prefix_must_be_usable(prefix: str) -> None:
-    with pytest.raises(ValueError, match="prefix must be a non-empty string without spaces"):
+    with pytest.raises(ValueError, match="without spaces or braces"):
         RedisDataStore(REDIS_URL, prefix=prefix)
 
 

@@ -3,24 +3,29 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sqlite3
+import sys
 import threading
 from contextlib import AsyncExitStack
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import anyio
 import pytest
 
-from asched import AsyncScheduler
+from asched import AsyncScheduler, SchedulerRole
 from asched._enums import ConflictPolicy, JobOutcome
 from asched._structures import Job, JobResult, Schedule, Task
 from asched.datastores.sqlite import SCHEMA_VERSION, SQLiteDataStore
 from asched.eventbrokers import LocalEventBroker
-from asched.triggers import CronTrigger
+from asched.events import JobReleased
+from asched.triggers import CronTrigger, IntervalTrigger
 from tests.clock import FakeClock
 
 pytestmark = pytest.mark.anyio
+
+REPOSITORY = Path(__file__).resolve().parents[2]
 
 
 async def started_store(
@@ -172,3 +177,70 @@ async def test_scheduler_on_a_sqlite_url_runs_a_job(tmp_path: Path) -> None:
         await scheduler.start_in_background()
         with anyio.fail_after(20):
             assert await scheduler.run_job(double, args=[21]) == 42
+
+
+async def test_a_corrupt_file_is_a_clear_error(tmp_path: Path, clock: FakeClock) -> None:
+    path = tmp_path / "jobs.sqlite"
+    path.write_bytes(b"this is not a database" * 100)
+    async with AsyncExitStack() as stack:
+        broker = LocalEventBroker()
+        await broker.start(stack, logging.getLogger("test"))
+        with pytest.raises(RuntimeError, match="is not a usable SQLite database"):
+            await SQLiteDataStore(path).start(stack, broker, logging.getLogger("test"), clock)
+
+
+async def test_a_killed_process_leaves_a_consistent_file(tmp_path: Path) -> None:
+    """SIGKILL a scheduler process mid-run; a new one finds every schedule and reports the
+    jobs the dead one was running as abandoned."""
+    url = f"sqlite:///{tmp_path / 'jobs.sqlite'}"
+    start = datetime.now(timezone.utc) + timedelta(seconds=1)
+    async with AsyncScheduler(url) as setup:
+        for index in range(50):
+            await setup.add_schedule(
+                "tests.cluster.node:record_fire",
+                IntervalTrigger(seconds=1, start_time=start),
+                id=f"s{index:02}",
+                kwargs={"hold_seconds": 5},
+            )
+
+    until = (datetime.now(timezone.utc) + timedelta(minutes=2)).isoformat()
+    command = [
+        sys.executable, "-m", "tests.cluster.node", "--store", url, "--identity", "doomed",
+        "--output", str(tmp_path), "--until", until,
+    ]  # fmt: skip
+    runs = anyio.Path(tmp_path / "runs-doomed.jsonl")
+    process = await anyio.open_process(command, cwd=REPOSITORY)
+    try:
+        with anyio.fail_after(60):
+            # the jobs hold for 5 s: wait until the process is running some, then kill it
+            # (another process's file: no event crosses the process boundary)
+            while not await runs.exists() or len((await runs.read_text()).splitlines()) < 10:  # noqa: ASYNC110
+                await anyio.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+        await process.wait()
+    finally:
+        if process.returncode is None:
+            process.kill()
+
+    with sqlite3.connect(tmp_path / "jobs.sqlite") as connection:
+        assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+    abandoned: list[JobReleased] = []
+    reported = anyio.Event()
+
+    def on_release(event: JobReleased) -> None:
+        if event.outcome is JobOutcome.abandoned:
+            abandoned.append(event)
+            reported.set()
+
+    async with AsyncScheduler(
+        url, role=SchedulerRole.scheduler, cleanup_interval=0.5
+    ) as restarted:
+        assert len(await restarted.get_schedules()) == 50
+        restarted.subscribe(on_release, JobReleased)
+        await restarted.start_in_background()
+        with anyio.fail_after(30):  # the dead process's leases (3 s) expire, cleanup runs
+            await reported.wait()
+        await restarted.stop()
+
+    assert all(event.scheduler_id == "doomed" for event in abandoned)
