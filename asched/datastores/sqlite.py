@@ -225,9 +225,7 @@ class SQLiteDataStore(BaseExternalDataStore):
         self._logger = logger
         self._clock = clock
         try:
-            self._connection = await anyio.to_thread.run_sync(
-                self._connect, limiter=self._limiter
-            )
+            self._connection = await anyio.to_thread.run_sync(self._connect, limiter=self._limiter)
         except sqlite3.DatabaseError as exc:
             if self._is_transient(exc):
                 raise
