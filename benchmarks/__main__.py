@@ -1,7 +1,8 @@
 """Scheduler benchmarks, asched beside APScheduler 3.11 and 4.0a6 in one run.
 
     python -m benchmarks.vendor                 # once: installs the competitors
-    python -m benchmarks [throughput|postgresql|stores|lateness|scale|all] [--quick] [--million]
+    python -m benchmarks [throughput|postgresql|postgresql-extra|stores|lateness|scale|all]
+                         [--quick] [--million]
 
 Every case runs in a fresh interpreter (the two APScheduler versions are both the package
 ``apscheduler``, each from its own folder in ``benchmarks/.vendor``) and prints markdown
@@ -179,6 +180,46 @@ def embedded_and_redis(jobs: int, competitor_jobs: int, schedules: int) -> None:
         )
 
 
+def postgresql_lateness_and_scale(schedules: int, seconds: int, scale_sizes: list[int]) -> None:
+    asched_url = f"{POSTGRESQL_URL}?schema=asched_bench"
+    print(
+        f"\n### PostgreSQL fire lateness: {schedules:,} schedules firing every second for "
+        f"{seconds} s\n"
+    )
+    print("| system | fires/s | p50 ms | p99 ms | max ms |")
+    print("|---|---:|---:|---:|---:|")
+    spec = {"case": "lateness", "schedules": schedules, "seconds": seconds}
+    for side, extra in (
+        ("asched", {"store": asched_url}),
+        ("APScheduler 3.11", {"store": "postgresql"}),
+        ("APScheduler 4.0a6", {"store": "postgresql", "max_running_jobs": UNLIMITED}),
+    ):
+        result = run_case(side, {**spec, **extra})
+        _remove_benchmark_data()
+        print(
+            f"| {side} | {_number(result.get('fires_per_second'))} | "
+            f"{_number(result.get('p50_ms'), 1)} | {_number(result.get('p99_ms'), 1)} | "
+            f"{_number(result.get('max_ms'), 1)} |"
+        )
+
+    print("\n### PostgreSQL scale: far-future schedules\n")
+    print("| system | schedules | add µs/schedule | due one fires late (ms) |")
+    print("|---|---:|---:|---:|")
+    for side, store, sizes in (
+        ("asched", asched_url, scale_sizes),
+        ("APScheduler 3.11", "postgresql", scale_sizes[:1]),
+        ("APScheduler 4.0a6", "postgresql", scale_sizes[:1]),
+    ):
+        for count in sizes:
+            result = run_case(side, {"case": "scale", "schedules": count, "store": store})
+            _remove_benchmark_data()
+            print(
+                f"| {side} | {count:,} | "
+                f"{_number(result.get('add_microseconds_per_schedule'), 1)} | "
+                f"{_number(result.get('due_lateness_ms'), 1)} |"
+            )
+
+
 def _remove_benchmark_data() -> None:
     """Drop what asched's benchmark cases left in PostgreSQL and Redis."""
     import asyncio
@@ -196,7 +237,9 @@ def _remove_benchmark_data() -> None:
     async def drop_schema() -> None:
         connection = await asyncpg.connect(POSTGRESQL_URL)
         try:
-            await connection.execute("DROP SCHEMA IF EXISTS asched_bench CASCADE")
+            for schema in ("asched_bench", "ap4_bench"):
+                await connection.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+            await connection.execute("DROP TABLE IF EXISTS ap3_bench")
         finally:
             await connection.close()
 
@@ -246,7 +289,15 @@ def main() -> None:
         "case",
         nargs="?",
         default="all",
-        choices=["throughput", "lateness", "scale", "postgresql", "stores", "all"],
+        choices=[
+            "throughput",
+            "lateness",
+            "scale",
+            "postgresql",
+            "postgresql-extra",
+            "stores",
+            "all",
+        ],
     )
     parser.add_argument("--quick", action="store_true", help="smaller sizes")
     parser.add_argument("--million", action="store_true", help="add 1M schedules to scale")
@@ -258,6 +309,8 @@ def main() -> None:
         postgresql(2_000 if quick else 10_000, 500 if quick else 2_000)
     if args.case in ("stores", "all"):
         embedded_and_redis(2_000 if quick else 10_000, 500 if quick else 2_000, 100_000)
+    if args.case in ("postgresql-extra", "all"):
+        postgresql_lateness_and_scale(500, 10, [10_000, 100_000])
     if args.case in ("postgresql", "stores", "all"):
         _remove_benchmark_data()
     if args.case in ("lateness", "all"):

@@ -126,6 +126,8 @@ CREATE TABLE IF NOT EXISTS schedules (
 );
 CREATE INDEX IF NOT EXISTS schedules_due
     ON schedules (next_run_time) WHERE NOT paused AND next_run_time IS NOT NULL;
+CREATE INDEX IF NOT EXISTS schedules_leased
+    ON schedules (acquired_until) WHERE acquired_by IS NOT NULL;
 CREATE TABLE IF NOT EXISTS jobs (
     sequence INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, task_id TEXT NOT NULL,
     args BLOB NOT NULL, kwargs BLOB NOT NULL, schedule_id TEXT, scheduled_fire_time INTEGER,
