@@ -46,6 +46,9 @@ async def terminate_connections(namespace: str) -> int:
         await connection.close()
 
 
+kill_connections = terminate_connections
+
+
 def tagged_url(namespace: str) -> str:
     """The namespace's URL with its application name, so its connections can be found."""
     return f"{url_for(namespace)}&application_name={namespace}"

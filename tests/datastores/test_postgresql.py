@@ -5,19 +5,16 @@ from __future__ import annotations
 import logging
 from contextlib import AsyncExitStack
 from datetime import timedelta
-from uuid import uuid4
 
 import anyio
 import asyncpg
 import pytest
 
 from asched import AsyncScheduler
-from asched._enums import ConflictPolicy, JobOutcome
+from asched._enums import ConflictPolicy
 from asched._structures import Job, Schedule, Task
 from asched.datastores.postgresql import SCHEMA_VERSION, PostgreSQLDataStore
 from asched.eventbrokers import LocalEventBroker
-from asched.eventbrokers.postgresql import PostgreSQLEventBroker
-from asched.events import Event, JobReleased
 from asched.triggers import IntervalTrigger
 from tests.backends.postgresql import drop_schema, tagged_url, terminate_connections
 from tests.clock import FakeClock
@@ -155,48 +152,6 @@ async def test_operations_survive_killed_connections_without_duplicates(
         assert len({job.id for job in acquired}) == len(added)
         await terminate_connections(schema)
         assert await store.acquire_jobs("worker", timedelta(minutes=1), 1000) == []
-
-
-async def test_broker_reconnects_after_its_connection_is_killed(namespace: str) -> None:
-    received: list[Event] = []
-    arrived = anyio.Event()
-
-    def on_event(event: Event) -> None:
-        received.append(event)
-        arrived.set()
-
-    url = tagged_url(namespace)
-    async with AsyncExitStack() as stack:
-        sender = PostgreSQLEventBroker(url, channel=namespace)
-        listener = PostgreSQLEventBroker(url, channel=namespace)
-        for broker in (sender, listener):
-            await broker.start(stack, logging.getLogger("test"))
-        listener.subscribe(on_event, [JobReleased])
-
-        assert await terminate_connections(namespace) >= 2
-        event = released_event("x" * 20_000)  # also larger than NOTIFY's 8,000 bytes
-        with anyio.fail_after(20):
-            # keep publishing until the listener is back (its reconnection takes a moment)
-            while not arrived.is_set():
-                await sender.publish(event)
-                with anyio.move_on_after(0.5):
-                    await arrived.wait()
-
-    assert received[0] == event
-
-
-def released_event(traceback_text: str) -> JobReleased:
-    return JobReleased(
-        job_id=uuid4(),
-        scheduler_id="node",
-        task_id="task",
-        schedule_id=None,
-        scheduled_fire_time=None,
-        outcome=JobOutcome.error,
-        exception_type="builtins.ValueError",
-        exception_message="boom",
-        exception_traceback=traceback_text,
-    )
 
 
 async def test_scheduler_on_a_postgresql_url_runs_a_job(schema: str) -> None:

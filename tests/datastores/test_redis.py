@@ -15,12 +15,9 @@ from asched._enums import ConflictPolicy
 from asched._structures import Job, Schedule, Task
 from asched.datastores.redis import RedisDataStore
 from asched.eventbrokers import LocalEventBroker
-from asched.eventbrokers.redis import RedisEventBroker
-from asched.events import Event, JobReleased
 from asched.triggers import IntervalTrigger
 from tests.backends.redis import delete_keys, kill_connections, url_for
 from tests.clock import FakeClock
-from tests.datastores.test_postgresql import released_event
 from tests.services import REDIS_URL, require_redis
 
 pytestmark = pytest.mark.anyio
@@ -101,32 +98,6 @@ async def test_operations_survive_killed_connections_without_duplicates(
         acquired = await store.acquire_jobs("worker", timedelta(minutes=1), 1000)
         assert len({job.id for job in acquired}) == len(added)
         assert await store.acquire_jobs("worker", timedelta(minutes=1), 1000) == []
-
-
-async def test_broker_resubscribes_after_its_connection_is_killed(namespace: str) -> None:
-    received: list[Event] = []
-    arrived = anyio.Event()
-
-    def on_event(event: Event) -> None:
-        received.append(event)
-        arrived.set()
-
-    async with AsyncExitStack() as stack:
-        sender = RedisEventBroker(REDIS_URL, channel=namespace)
-        listener = RedisEventBroker(REDIS_URL, channel=namespace)
-        for broker in (sender, listener):
-            await broker.start(stack, logging.getLogger("test"))
-        listener.subscribe(on_event, [JobReleased])
-
-        assert await kill_connections(namespace) >= 2
-        event = released_event("y" * 50_000)
-        with anyio.fail_after(20):
-            while not arrived.is_set():
-                await sender.publish(event)
-                with anyio.move_on_after(0.5):
-                    await arrived.wait()
-
-    assert received[0] == event
 
 
 async def test_scheduler_on_a_redis_url_runs_a_job(namespace: str) -> None:

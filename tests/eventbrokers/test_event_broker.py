@@ -249,3 +249,42 @@ async def test_external_event_is_delivered_once_to_each_side(
     await settle(broker_backend)
     assert at_sender.events == [event]
     assert at_receiver.events == [event]
+
+
+async def test_external_broker_recovers_after_its_connections_are_killed(
+    event_brokers: list[EventBroker], broker_backend: ModuleType, namespace: str
+) -> None:
+    """Kill both brokers' server connections for real; events flow again afterwards, a
+    large one (over PostgreSQL's 8,000-byte NOTIFY limit) included."""
+    if not broker_backend.CROSS_PROCESS:
+        pytest.skip("the local broker has no connections to kill")
+    sender, receiver = event_brokers
+    received: list[Event] = []
+    arrived = anyio.Event()
+
+    def on_event(event: Event) -> None:
+        received.append(event)
+        arrived.set()
+
+    receiver.subscribe(on_event, [JobReleased])
+    assert await broker_backend.kill_connections(namespace) >= 1
+    event = JobReleased(
+        job_id=uuid4(),
+        scheduler_id="node",
+        task_id="task",
+        schedule_id=None,
+        scheduled_fire_time=None,
+        outcome=JobOutcome.error,
+        exception_type="builtins.ValueError",
+        exception_message="boom",
+        exception_traceback="x" * 20_000,
+    )
+    with anyio.fail_after(20):
+        # publish until the receiver is back: events sent while it reconnects are lost,
+        # which costs latency only (the store is where schedulers coordinate)
+        while not arrived.is_set():
+            await sender.publish(event)
+            with anyio.move_on_after(0.5):
+                await arrived.wait()
+
+    assert received[0] == event
