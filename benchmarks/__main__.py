@@ -228,7 +228,7 @@ def _remove_benchmark_data() -> None:
     import redis
 
     client = redis.Redis.from_url("redis://127.0.0.1:6379/0")
-    for case in "tbs":
+    for case in "tbsl":
         keys = list(client.scan_iter(match=f"{{asched_bench_{case}}}:*", count=1000))
         for start in range(0, len(keys), 1000):
             client.delete(*keys[start : start + 1000])
@@ -244,6 +244,24 @@ def _remove_benchmark_data() -> None:
             await connection.close()
 
     asyncio.run(drop_schema())
+
+
+def redis_lateness(schedules: int, seconds: int) -> None:
+    print(f"\n### Redis fire lateness: {schedules:,} schedules every second for {seconds} s\n")
+    print("| system | fires/s | p50 ms | p99 ms | max ms |")
+    print("|---|---:|---:|---:|---:|")
+    spec = {"case": "lateness", "schedules": schedules, "seconds": seconds}
+    for side, store in (
+        ("asched", "redis://127.0.0.1:6379/0?prefix=asched_bench_l"),
+        ("APScheduler 3.11", "redis://"),
+    ):
+        result = run_case(side, {**spec, "store": store})
+        _remove_benchmark_data()
+        print(
+            f"| {side} | {_number(result.get('fires_per_second'))} | "
+            f"{_number(result.get('p50_ms'), 1)} | {_number(result.get('p99_ms'), 1)} | "
+            f"{_number(result.get('max_ms'), 1)} |"
+        )
 
 
 def lateness(schedules: int, seconds: int) -> None:
@@ -311,6 +329,8 @@ def main() -> None:
         embedded_and_redis(2_000 if quick else 10_000, 500 if quick else 2_000, 100_000)
     if args.case in ("postgresql-extra", "all"):
         postgresql_lateness_and_scale(500, 10, [10_000, 100_000])
+    if args.case in ("stores", "all"):
+        redis_lateness(500, 10)
     if args.case in ("postgresql", "stores", "all"):
         _remove_benchmark_data()
     if args.case in ("lateness", "all"):

@@ -143,6 +143,16 @@ async def lateness(spec: dict[str, Any]) -> dict[str, Any]:
     return {"fires_per_second": len(_latenesses) / seconds, **lateness_summary(_latenesses)}
 
 
+_fired: list[asyncio.Event] = []
+_fire_times: list[float] = []
+
+
+async def due() -> None:
+    """The job due among the far-future ones (persistent job stores need a module function)."""
+    _fire_times.append(time.time())
+    _fired[0].set()
+
+
 async def scale(spec: dict[str, Any]) -> dict[str, Any]:
     count = spec["schedules"]
     rng = random.Random(42)
@@ -159,11 +169,8 @@ async def scale(spec: dict[str, Any]) -> dict[str, Any]:
     rss_per_schedule = (rss_bytes() - base_rss) / count
 
     fired = asyncio.Event()
-    fire_times: list[float] = []
-
-    async def due() -> None:
-        fire_times.append(time.time())
-        fired.set()
+    _fired.append(fired)
+    fire_times = _fire_times
 
     due_at = datetime.now(timezone.utc) + timedelta(seconds=1)
     scheduler.add_job(due, "date", run_date=due_at, id="due")
