@@ -52,6 +52,8 @@ class ClusterResult:
     #: (schedule id, fire time) of every job released as abandoned
     abandoned_fires: set[tuple[str, str]]
     killed_node: str | None
+    #: how many jobs the killed node had started and not finished when it was killed
+    running_at_kill: int = 0
     stderr: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -121,6 +123,7 @@ async def run_cluster(
             )
 
     killed: str | None = None
+    killed_at: datetime | None = None
     try:
         async with anyio.create_task_group() as task_group:
             if fault is not None:
@@ -139,6 +142,7 @@ async def run_cluster(
                 )
                 killed = "node1"
                 processes[killed].send_signal(signal.SIGKILL)
+                killed_at = datetime.now(timezone.utc)
 
             with anyio.fail_after(60 + seconds):
                 for process in processes.values():
@@ -155,7 +159,28 @@ async def run_cluster(
         if name != killed and process.returncode != 0:
             raise AssertionError(f"{name} exited with {process.returncode}:\n{stderr[name]}")
 
-    return _collect(output, schedules, start, seconds, killed, stderr)
+    result = _collect(output, schedules, start, seconds, killed, stderr)
+    if killed is not None and killed_at is not None:
+        result.running_at_kill = _running_at(
+            output / f"runs-{killed}.jsonl", killed_at, hold_seconds
+        )
+    return result
+
+
+def _running_at(runs: Path, instant: datetime, hold_seconds: float) -> int:
+    """Count the runs in ``runs`` that had started and not finished at ``instant``."""
+    count = 0
+    for line in runs.read_text().splitlines() if runs.exists() else []:
+        if line.endswith("}"):
+            started = datetime.fromisoformat(json.loads(line)["started"])
+            # a margin for the clock read around the kill
+            if (
+                instant - timedelta(seconds=hold_seconds) + timedelta(milliseconds=50)
+                < started
+                < instant - timedelta(milliseconds=50)
+            ):
+                count += 1
+    return count
 
 
 def _collect(
