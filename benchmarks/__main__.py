@@ -27,6 +27,7 @@ SIDES = {
     "asched": ("benchmarks.asched_cases", None),
     "APScheduler 3.11": ("benchmarks.apscheduler3_cases", "ap3"),
     "APScheduler 4.0a6": ("benchmarks.apscheduler4_cases", "ap4"),
+    "arq 0.28": ("benchmarks.arq_cases", "arq"),
 }
 # a number no task ever reaches: "no per-task limit" in APScheduler 4
 UNLIMITED = 1_000_000
@@ -178,6 +179,9 @@ def embedded_and_redis(jobs: int, competitor_jobs: int, schedules: int) -> None:
             f"n/a | {_number(ap3_scaled.get('add_microseconds_per_schedule'), 1)} | "
             f"{_number(ap3_scaled.get('due_lateness_ms'), 1)} |"
         )
+        if label == "Redis":
+            arq = run_case("arq 0.28", {"case": "throughput", "jobs": jobs})
+            print(f"| arq 0.28 | {_number(arq.get('jobs_per_second'))} | n/a | n/a | n/a |")
 
 
 def postgresql_lateness_and_scale(schedules: int, seconds: int, scale_sizes: list[int]) -> None:
@@ -291,7 +295,7 @@ def scale(sizes: list[int], competitor_sizes: list[int]) -> None:
         "| system | schedules | add µs/schedule | RSS bytes/schedule | due one fires late (ms) |"
     )
     print("|---|---:|---:|---:|---:|")
-    for side in SIDES:
+    for side in ("asched", "APScheduler 3.11", "APScheduler 4.0a6"):
         for count in sizes if side == "asched" else competitor_sizes:
             result = run_case(side, {"case": "scale", "schedules": count})
             print(

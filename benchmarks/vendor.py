@@ -17,13 +17,14 @@ VENDOR = Path(__file__).resolve().parent / ".vendor"
 COMPETITORS = {
     "ap3": ["apscheduler==3.11.0", "sqlalchemy>=2", "psycopg2-binary"],
     "ap4": ["apscheduler[asyncpg]==4.0.0a6", "sqlalchemy[asyncio]>=2", "asyncpg"],
+    "arq": ["arq==0.28.*"],
 }
 
 
 def main() -> None:
     for name, requirements in COMPETITORS.items():
         target = VENDOR / name
-        if (target / "apscheduler").is_dir():
+        if (target / name.replace("ap3", "apscheduler").replace("ap4", "apscheduler")).is_dir():
             continue
         subprocess.run(
             [sys.executable, "-m", "pip", "install", "-q", "--target", str(target), *requirements],
