@@ -303,7 +303,8 @@ class AsyncScheduler:
             self.event_broker.subscribe(
                 self._on_schedule_changed, {ScheduleAdded, ScheduleUpdated}
             ),
-            self.event_broker.subscribe(self._on_job_added_or_released, {JobAdded, JobReleased}),
+            self.event_broker.subscribe(self._on_job_added, {JobAdded}),
+            self.event_broker.subscribe(self._on_job_released, {JobReleased}),
             self.event_broker.subscribe(self._on_task_changed, {TaskUpdated, TaskRemoved}),
         ]
         for subscription in subscriptions:
@@ -317,13 +318,20 @@ class AsyncScheduler:
         if wakeup.sleeping_until is None or fire_time < wakeup.sleeping_until:
             wakeup.wake()
 
-    def _on_job_added_or_released(self, event: Event) -> None:
-        # Released jobs may free max_running_jobs slots for jobs waiting in the store
+    def _on_job_added(self, event: JobAdded) -> None:
         if self._worker is not None:
+            self._worker.wakeup.wake()
+
+    def _on_job_released(self, event: JobReleased) -> None:
+        # A release frees a max_running_jobs slot, which matters only to held-back jobs
+        if self._worker is not None and self.data_store.jobs_held_back:
             self._worker.wakeup.wake()
 
     def _on_task_changed(self, event: TaskUpdated | TaskRemoved) -> None:
         self._tasks.pop(event.task_id, None)
+        # a changed limit may let held-back jobs run
+        if self._worker is not None:
+            self._worker.wakeup.wake()
 
     async def start_in_background(self, *, paused: bool = False) -> None:
         """Start processing schedules and jobs in a background task, and return.

@@ -247,9 +247,12 @@ class Worker:
 
     def _finish(self, result: JobResult) -> None:
         self._pending_results.append(result)
-        self._jobs_in_progress -= 1
         self._results_ready.set()
-        self.wakeup.wake()
+        # A full worker stopped acquiring: it has room again. (A worker with room has already
+        # taken all it could; new jobs and released limit slots wake it through events.)
+        if self._jobs_in_progress >= self._max_concurrent_jobs:
+            self.wakeup.wake()
+        self._jobs_in_progress -= 1
 
     async def _release_pending_results(self) -> None:
         results, self._pending_results = self._pending_results, []

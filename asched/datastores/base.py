@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import traceback
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AsyncExitStack
 from datetime import datetime, timedelta
 from logging import Logger, getLogger
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 import anyio
@@ -48,6 +48,8 @@ from ..events import (
 from ..serializers.base import Serializer
 from ..serializers.pickle import PickleSerializer
 
+_T = TypeVar("_T")
+
 
 class DataStore(ABC):
     """Persistence and coordination for tasks, schedules, jobs and job results.
@@ -62,6 +64,17 @@ class DataStore(ABC):
     #: other processes about changes can leave it ``None`` (schedulers then poll rarely, as a
     #: safety net); stores with no such broker (SQLite) set it to bound the delay.
     polling_interval: float | None = None
+
+    @property
+    def jobs_held_back(self) -> bool:
+        """Whether queued jobs may be waiting for a ``max_running_jobs`` slot.
+
+        Workers ask the store for jobs again when a job is released only while this is true
+        (a release is what frees such a slot). It reflects this store object's last
+        :meth:`acquire_jobs` call. The default, always true, is correct for any store; stores
+        that can tell return false when nothing was held back.
+        """
+        return True
 
     @abstractmethod
     async def start(
@@ -468,3 +481,22 @@ class BaseExternalDataStore(DataStore):
             before_sleep=self._log_retry,
             reraise=True,
         )
+
+    async def _with_retries(self, operation: Callable[[], Awaitable[_T]]) -> _T:
+        """Run ``operation`` (one whole transaction), retried like :meth:`_retrying` says.
+
+        For the per-job hot path: the first attempt runs bare, and the tenacity retrier (tens
+        of microseconds to set up) is built only after a transient failure.
+        """
+        try:
+            return await operation()
+        except Exception as exc:
+            if not self._is_transient(exc) or self.retry_settings.attempts < 2:
+                raise
+            first_failure = exc
+        async for attempt in self._retrying():
+            with attempt:
+                if attempt.retry_state.attempt_number == 1:
+                    raise first_failure  # counted (and logged) as the first attempt
+                return await operation()
+        raise AssertionError("unreachable")  # pragma: no cover

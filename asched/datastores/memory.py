@@ -64,6 +64,7 @@ class MemoryDataStore(DataStore):
         self._ready_lanes: list[tuple[int, _LaneKey]] = []
         self._lanes_blocked_by_task: dict[str, set[_LaneKey]] = {}
         self._lanes_blocked_by_schedule: dict[str, set[_LaneKey]] = {}
+        self._jobs_held_back = False
         self._running_jobs_by_task: dict[str, int] = {}
         self._running_jobs_by_schedule: dict[str, int] = {}
         self._results: dict[UUID, JobResult] = {}
@@ -344,6 +345,11 @@ class MemoryDataStore(DataStore):
 
         return jobs
 
+    @property
+    def jobs_held_back(self) -> bool:
+        """Whether the last acquisition left a task's or schedule's jobs waiting for a slot."""
+        return self._jobs_held_back
+
     def _free_slots(self, key: _LaneKey) -> int | None:
         """Return how many more jobs of this lane may run now (``None``: no limit)."""
         task_id, schedule_id = key
@@ -434,6 +440,7 @@ class MemoryDataStore(DataStore):
             else:
                 del self._lanes[key]
 
+        self._jobs_held_back = bool(self._lanes_blocked_by_task or self._lanes_blocked_by_schedule)
         await self._publish(events)
         return acquired
 

@@ -67,6 +67,30 @@ _JOB_COLUMNS = (
 )
 _RESULT_COLUMNS = "job_id, outcome, return_value, exception, started_at, finished_at, expires_at"
 
+
+def _saturated_lanes(schema: str) -> str:
+    """Return the CTEs naming tasks and schedules whose running jobs reach their limit."""
+    return f"""
+    WITH running AS (
+        SELECT task_id, schedule_id, count(*) AS jobs
+        FROM {schema}.jobs WHERE acquired_by IS NOT NULL
+        GROUP BY task_id, schedule_id
+    ), saturated_tasks AS (
+        SELECT t.id FROM {schema}.tasks t
+        JOIN running r ON r.task_id = t.id
+        WHERE t.max_running_jobs IS NOT NULL
+        GROUP BY t.id, t.max_running_jobs
+        HAVING sum(r.jobs) >= t.max_running_jobs
+    ), saturated_schedules AS (
+        SELECT s.id FROM {schema}.schedules s
+        JOIN running r ON r.schedule_id = s.id
+        WHERE s.max_running_jobs IS NOT NULL
+        GROUP BY s.id, s.max_running_jobs
+        HAVING sum(r.jobs) >= s.max_running_jobs
+    )
+    """
+
+
 _DDL = """
 CREATE SCHEMA IF NOT EXISTS {schema};
 CREATE TABLE IF NOT EXISTS {schema}.metadata (
@@ -201,9 +225,15 @@ class PostgreSQLDataStore(BaseExternalDataStore):
         self._pool_size = pool_size
         self._clock = Clock()
         self._event_broker: EventBroker | None = None
+        self._jobs_held_back = True
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(schema={self.schema!r})"
+
+    @property
+    def jobs_held_back(self) -> bool:
+        """Whether the last acquisition found a task or schedule at its running-jobs limit."""
+        return self._jobs_held_back
 
     #
     # Lifecycle
@@ -650,10 +680,12 @@ class PostgreSQLDataStore(BaseExternalDataStore):
         if not jobs:
             return
         rows = [self._job_values(job) for job in jobs]
-        async for attempt in self._retrying():
-            with attempt:
-                async with self._connection() as connection:
-                    await self._insert_jobs(connection, rows)
+
+        async def insert() -> None:
+            async with self._connection() as connection:
+                await self._insert_jobs(connection, rows)
+
+        await self._with_retries(insert)
         await self._publish(
             JobAdded(job_id=job.id, task_id=job.task_id, schedule_id=job.schedule_id)
             for job in jobs
@@ -693,12 +725,14 @@ class PostgreSQLDataStore(BaseExternalDataStore):
     ) -> list[Job]:
         """Lease queued jobs, oldest first; see :meth:`DataStore.acquire_jobs`."""
         now = self._now()
-        async for attempt in self._retrying():
-            with attempt:
-                async with self._transaction() as connection:
-                    acquired_rows, missed_rows = await self._acquire_jobs(
-                        connection, scheduler_id, now, now + lease_duration, limit
-                    )
+
+        async def acquire() -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
+            async with self._transaction() as connection:
+                return await self._acquire_jobs(
+                    connection, scheduler_id, now, now + lease_duration, limit
+                )
+
+        acquired_rows, missed_rows = await self._with_retries(acquire)
 
         jobs = await self._jobs_from_rows(acquired_rows)
         missed = await self._jobs_from_rows(missed_rows)
@@ -719,23 +753,7 @@ class PostgreSQLDataStore(BaseExternalDataStore):
         # already reached (a saturated lane must not starve the ones behind it)
         candidates = await connection.fetch(
             f"""
-            WITH running AS (
-                SELECT task_id, schedule_id, count(*) AS jobs
-                FROM {schema}.jobs WHERE acquired_by IS NOT NULL
-                GROUP BY task_id, schedule_id
-            ), saturated_tasks AS (
-                SELECT t.id FROM {schema}.tasks t
-                JOIN running r ON r.task_id = t.id
-                WHERE t.max_running_jobs IS NOT NULL
-                GROUP BY t.id, t.max_running_jobs
-                HAVING sum(r.jobs) >= t.max_running_jobs
-            ), saturated_schedules AS (
-                SELECT s.id FROM {schema}.schedules s
-                JOIN running r ON r.schedule_id = s.id
-                WHERE s.max_running_jobs IS NOT NULL
-                GROUP BY s.id, s.max_running_jobs
-                HAVING sum(r.jobs) >= s.max_running_jobs
-            )
+            {_saturated_lanes(schema)}
             SELECT j.id, j.task_id, j.schedule_id, j.start_deadline,
                    t.max_running_jobs AS task_limit, s.max_running_jobs AS schedule_limit
             FROM {schema}.jobs j
@@ -750,6 +768,10 @@ class PostgreSQLDataStore(BaseExternalDataStore):
             FOR UPDATE OF j SKIP LOCKED
             """,
             limit,
+        )
+        self._jobs_held_back = len(candidates) < limit and await connection.fetchval(
+            f"{_saturated_lanes(schema)} SELECT EXISTS (SELECT FROM saturated_tasks) "
+            "OR EXISTS (SELECT FROM saturated_schedules)"
         )
         if not candidates:
             return [], []
@@ -766,7 +788,10 @@ class PostgreSQLDataStore(BaseExternalDataStore):
             if row["task_limit"] is not None or row["schedule_limit"] is not None
         ]
         if limited:
-            chosen = await self._within_limits(connection, chosen, limited)
+            allowed = await self._within_limits(connection, chosen, limited)
+            if len(allowed) < len(chosen):
+                self._jobs_held_back = True
+            chosen = allowed
 
         acquired_rows: list[asyncpg.Record] = []
         if chosen:
@@ -872,37 +897,38 @@ class PostgreSQLDataStore(BaseExternalDataStore):
         marshalled = {
             result.job_id: marshal_job_result(self.serializer, result) for result in results
         }
-        async for attempt in self._retrying():
-            with attempt:
-                async with self._connection() as connection:
-                    # one statement: delete what this worker holds, keep the results of
-                    # those among them that keep one
-                    rows = await connection.fetch(
-                        f"""
-                        WITH released AS (
-                            DELETE FROM {self._schema}.jobs
-                            WHERE id = ANY($1::uuid[]) AND acquired_by = $2
-                            RETURNING {_JOB_COLUMNS}
-                        ), kept AS (
-                            INSERT INTO {self._schema}.job_results ({_RESULT_COLUMNS})
-                            SELECT r.* FROM unnest(
-                                $1::uuid[], $3::text[], $4::bytea[], $5::bytea[],
-                                $6::timestamptz[], $7::timestamptz[], $8::timestamptz[]
-                            ) AS r({_RESULT_COLUMNS})
-                            JOIN released ON released.id = r.job_id
-                            WHERE released.result_expiration_time > 0
-                            ON CONFLICT (job_id) DO NOTHING
-                        )
-                        SELECT * FROM released
-                        """,
-                        list(marshalled),
-                        scheduler_id,
-                        *[
-                            [marshalled[job_id][1][name] for job_id in marshalled]
-                            for name in _RESULT_COLUMNS.split(", ")[1:]
-                        ],
-                    )
 
+        async def release() -> list[asyncpg.Record]:
+            async with self._connection() as connection:
+                # one statement: delete what this worker holds, keep the results of
+                # those among them that keep one
+                return await connection.fetch(  # type: ignore[no-any-return]
+                    f"""
+                    WITH released AS (
+                        DELETE FROM {self._schema}.jobs
+                        WHERE id = ANY($1::uuid[]) AND acquired_by = $2
+                        RETURNING {_JOB_COLUMNS}
+                    ), kept AS (
+                        INSERT INTO {self._schema}.job_results ({_RESULT_COLUMNS})
+                        SELECT r.* FROM unnest(
+                            $1::uuid[], $3::text[], $4::bytea[], $5::bytea[],
+                            $6::timestamptz[], $7::timestamptz[], $8::timestamptz[]
+                        ) AS r({_RESULT_COLUMNS})
+                        JOIN released ON released.id = r.job_id
+                        WHERE released.result_expiration_time > 0
+                        ON CONFLICT (job_id) DO NOTHING
+                    )
+                    SELECT * FROM released
+                    """,
+                    list(marshalled),
+                    scheduler_id,
+                    *[
+                        [marshalled[job_id][1][name] for job_id in marshalled]
+                        for name in _RESULT_COLUMNS.split(", ")[1:]
+                    ],
+                )
+
+        rows = await self._with_retries(release)
         ignored = len(results) - len(rows)
         if ignored:
             self._logger.debug(

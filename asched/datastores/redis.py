@@ -176,12 +176,13 @@ end
 return added
 """
 
-# KEYS: prefix. ARGV: now, lease expiry, limit, worker id
+# KEYS: prefix. ARGV: now, lease expiry, limit, worker id. Returns the acquired records, the
+# records of jobs that missed their start deadline, and 1 if a limit held a job back
 _ACQUIRE_JOBS = """
 local p = KEYS[1]
 local now, untl, limit, sid = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local acquired, missed = {}, {}
-local offset, scanned = 0, 0
+local offset, scanned, held = 0, 0, 0
 local budget = limit * 4 + 100
 while #acquired < limit and scanned < budget do
   local ids = redis.call('ZRANGE', p..':queue', offset, offset + limit - 1)
@@ -226,11 +227,13 @@ while #acquired < limit and scanned < budget do
         if #acquired >= limit then break end
       else
         offset = offset + 1
+        held = 1
       end
     end
   end
 end
-return {acquired, missed}
+if scanned >= budget then held = 1 end
+return {acquired, missed, held}
 """
 
 # Frees a job's running slot and deletes it; shared by release and cleanup
@@ -392,6 +395,7 @@ class RedisDataStore(BaseExternalDataStore):
         self._clock = Clock()
         self._event_broker: EventBroker | None = None
         self._scripts: dict[str, Any] = {}
+        self._jobs_held_back = True
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(prefix={self.prefix!r})"
@@ -448,10 +452,9 @@ class RedisDataStore(BaseExternalDataStore):
         return self._client
 
     async def _call(self, script: str, *args: Any) -> Any:
-        async for attempt in self._retrying():
-            with attempt:
-                return await self._scripts[script](keys=[self._root], args=list(args))
-        raise AssertionError("unreachable")  # pragma: no cover
+        run_script = self._scripts[script]
+        keys, arguments = [self._root], list(args)
+        return await self._with_retries(lambda: run_script(keys=keys, args=arguments))
 
     async def _publish(self, events: Iterable[Event]) -> None:
         if self._event_broker is not None:
@@ -747,14 +750,20 @@ class RedisDataStore(BaseExternalDataStore):
             )
         return jobs
 
+    @property
+    def jobs_held_back(self) -> bool:
+        """Whether the last acquisition met a task or schedule at its running-jobs limit."""
+        return self._jobs_held_back
+
     async def acquire_jobs(
         self, scheduler_id: str, lease_duration: timedelta, limit: int
     ) -> list[Job]:
         """Lease queued jobs, oldest first; see :meth:`DataStore.acquire_jobs`."""
         now = self._clock.now()
-        acquired_records, missed_records = await self._call(
+        acquired_records, missed_records, held_back = await self._call(
             "acquire_jobs", _to_db(now), _to_db(now + lease_duration), limit, scheduler_id
         )
+        self._jobs_held_back = bool(held_back)
         jobs = await self._jobs_from_records(acquired_records)
         missed = await self._jobs_from_records(missed_records)
         for job in missed:

@@ -196,6 +196,7 @@ class SQLiteDataStore(BaseExternalDataStore):
                 f"SQLiteDataStore: polling_interval must be positive, got {polling_interval!r}"
             )
         self.polling_interval = polling_interval
+        self._jobs_held_back = True
         self._busy_timeout = busy_timeout
         self._connection: sqlite3.Connection | None = None
         self._limiter = anyio.CapacityLimiter(1)
@@ -661,6 +662,11 @@ class SQLiteDataStore(BaseExternalDataStore):
 
         return await self._jobs_from_rows(await self._run(operation))
 
+    @property
+    def jobs_held_back(self) -> bool:
+        """Whether the last acquisition met a task or schedule at its running-jobs limit."""
+        return self._jobs_held_back
+
     async def acquire_jobs(
         self, scheduler_id: str, lease_duration: timedelta, limit: int
     ) -> list[Job]:
@@ -736,6 +742,8 @@ class SQLiteDataStore(BaseExternalDataStore):
 
         chosen: list[str] = []
         missed: list[str] = []
+        # saturated lanes may hold queued jobs back: a release must make workers look again
+        held_back = bool(saturated_tasks or saturated_schedules)
         for row in candidates:
             if len(chosen) >= limit:
                 break
@@ -745,6 +753,7 @@ class SQLiteDataStore(BaseExternalDataStore):
             task_id, schedule_id = row["task_id"], row["schedule_id"]
             task_limit = task_limits.get(task_id)
             if task_limit is not None and running_by_task.get(task_id, 0) >= task_limit:
+                held_back = True
                 continue
             schedule_limit = row["schedule_limit"]
             if (
@@ -752,6 +761,7 @@ class SQLiteDataStore(BaseExternalDataStore):
                 and schedule_limit is not None
                 and running_by_schedule.get(schedule_id, 0) >= schedule_limit
             ):
+                held_back = True
                 continue
             running_by_task[task_id] = running_by_task.get(task_id, 0) + 1
             if schedule_id is not None:
@@ -767,6 +777,7 @@ class SQLiteDataStore(BaseExternalDataStore):
         acquired.sort(key=lambda row: row["sequence"])
         missed_rows = self._delete_jobs(connection, missed)
         self._keep_results(connection, missed_rows, JobOutcome.missed_start_deadline, now)
+        self._jobs_held_back = held_back
         return acquired, missed_rows
 
     @staticmethod

@@ -662,6 +662,25 @@ async def test_schedule_max_running_jobs_holds_its_jobs_back(
     assert ids_of(await data_store.acquire_jobs("me", LEASE, 10)) == [limited[1].id]
 
 
+async def test_jobs_held_back_tells_whether_a_limit_kept_jobs_waiting(
+    data_store: DataStore, clock: FakeClock
+) -> None:
+    await data_store.add_task(make_task())
+    await data_store.add_task(make_task("limited", max_running_jobs=1))
+    await add_jobs(data_store, clock, 2)
+
+    await data_store.acquire_jobs("me", LEASE, 10)
+    assert not data_store.jobs_held_back
+
+    limited = await add_jobs(data_store, clock, 2, task_id="limited")
+    running = await data_store.acquire_jobs("me", LEASE, 10)
+    assert ids_of(running) == [limited[0].id]
+    assert data_store.jobs_held_back
+
+    await data_store.release_jobs("me", [finish(running[0], clock)])
+    assert ids_of(await data_store.acquire_jobs("me", LEASE, 10)) == [limited[1].id]
+
+
 async def test_max_running_jobs_holds_across_concurrent_workers(
     data_stores: list[DataStore], clock: FakeClock
 ) -> None:
