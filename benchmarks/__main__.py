@@ -28,6 +28,7 @@ SIDES = {
     "APScheduler 3.11": ("benchmarks.apscheduler3_cases", "ap3"),
     "APScheduler 4.0a6": ("benchmarks.apscheduler4_cases", "ap4"),
     "arq 0.28": ("benchmarks.arq_cases", "arq"),
+    "floor": ("benchmarks.floors", None),
 }
 # a number no task ever reaches: "no per-task limit" in APScheduler 4
 UNLIMITED = 1_000_000
@@ -101,35 +102,51 @@ def postgresql(jobs: int, competitor_jobs: int) -> None:
         f"\n### One-off no-op async jobs on PostgreSQL (asched: {jobs:,} jobs; "
         f"APScheduler: {competitor_jobs:,})\n"
     )
-    print("| system | jobs/s |")
-    print("|---|---:|")
+    print("| system | producers | worker | jobs/s |")
+    print("|---|---:|---|---:|")
     asched_url = f"{POSTGRESQL_URL}?schema=asched_bench"
     base = {"case": "throughput", "kind": "async"}
-    result = run_case("asched", {**base, "jobs": jobs, "store": asched_url})
+    for producers, processes in ((1, 0), (10, 0), (10, 1), (10, 2)):
+        result = run_case(
+            "asched",
+            {**base, "jobs": jobs, "store": asched_url, "producers": producers,
+             "processes": processes},
+        )  # fmt: skip
+        worker = f"{processes} worker processes" if processes else "in the same process"
+        print(f"| asched | {producers} | {worker} | {_number(result.get('jobs_per_second'))} |")
+    for processes in (0, 1, 2):
+        result = run_case(
+            "asched",
+            {"case": "backlog", "jobs": jobs, "store": asched_url, "processes": processes},
+        )
+        worker = f"{processes} worker processes" if processes else "a worker-only scheduler"
+        print(
+            f"| asched, a backlog (batched acquire/release) | - | {worker} | "
+            f"{_number(result.get('jobs_per_second'))} |"
+        )
     print(
-        f"| asched PostgreSQLDataStore + LISTEN/NOTIFY broker | "
-        f"{_number(result.get('jobs_per_second'))} |"
-    )
-    result = run_case("asched", {"case": "backlog", "jobs": jobs, "store": asched_url})
-    print(
-        f"| asched, a backlog run by one worker process (batched acquire/release) | "
-        f"{_number(result.get('jobs_per_second'))} |"
-    )
-    print(
-        f"| asched, adding jobs one `add_job` call at a time, no worker | "
+        f"| asched, adding only (`add_job` one call at a time) | 1 | none | "
         f"{_number(result.get('adds_per_second'))} |"
     )
-    result = run_case(
-        "APScheduler 4.0a6",
-        {**base, "jobs": competitor_jobs, "store": "postgresql", "max_running_jobs": UNLIMITED},
-    )
-    print(
-        f"| APScheduler 4.0a6 SQLAlchemyDataStore (asyncpg), no per-task limit | "
-        f"{_number(result.get('jobs_per_second'))} |"
-    )
+    for batch in (1, 100):
+        result = run_case("floor", {"case": "postgresql", "jobs": jobs, "batch": batch})
+        print(
+            f"| floor: bare asyncpg loop, {batch} job(s) per statement | 1 | same loop | "
+            f"{_number(result.get('jobs_per_second'))} |"
+        )
+    for producers in (1, 10):
+        result = run_case(
+            "APScheduler 4.0a6",
+            {**base, "jobs": competitor_jobs, "store": "postgresql", "producers": producers,
+             "max_running_jobs": UNLIMITED},
+        )  # fmt: skip
+        print(
+            f"| APScheduler 4.0a6 SQLAlchemyDataStore (asyncpg), no per-task limit | "
+            f"{producers} | in the same process | {_number(result.get('jobs_per_second'))} |"
+        )
     result = run_case("APScheduler 3.11", {**base, "jobs": competitor_jobs, "store": "postgresql"})
     print(
-        f"| APScheduler 3.11 SQLAlchemyJobStore (psycopg2) | "
+        f"| APScheduler 3.11 SQLAlchemyJobStore (psycopg2) | 1 | in the same process | "
         f"{_number(result.get('jobs_per_second'))} |"
     )
 
@@ -139,31 +156,41 @@ def embedded_and_redis(jobs: int, competitor_jobs: int, schedules: int) -> None:
 
     folder = tempfile.mkdtemp(prefix="asched-bench-")
     print(
-        f"\n### SQLite and Redis: one-off no-op async jobs (asched: {jobs:,}; APScheduler "
-        f"3.11: {competitor_jobs:,}) and {schedules:,} far-future schedules\n"
+        f"\n### SQLite and Redis: one-off no-op async jobs (asched and arq: {jobs:,}; "
+        f"APScheduler 3.11: {competitor_jobs:,}) and {schedules:,} far-future schedules\n"
     )
-    print("| system | end to end jobs/s | backlog jobs/s | add µs/schedule | due one late (ms) |")
-    print("|---|---:|---:|---:|---:|")
+    print(
+        "| system | jobs/s, 1 producer | jobs/s, 10 producers | backlog jobs/s "
+        "| add µs/schedule (10 producers) | Redis bytes/schedule | due one late (ms) |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for label, asched_store, ap3_store in (
         ("SQLite", f"sqlite:///{folder}/asched-{{case}}.sqlite", f"sqlite:///{folder}/ap3.sqlite"),
         ("Redis", "redis://127.0.0.1:6379/0?prefix=asched_bench_{case}", "redis://"),
     ):
-        throughput = run_case(
-            "asched",
-            {"case": "throughput", "kind": "async", "jobs": jobs,
-             "store": asched_store.format(case="t")},
-        )  # fmt: skip
+        rates = [
+            run_case(
+                "asched",
+                {"case": "throughput", "kind": "async", "jobs": jobs, "producers": producers,
+                 "store": asched_store.format(case="t")},
+            ).get("jobs_per_second")
+            for producers in (1, 10)
+        ]  # fmt: skip
+        _remove_benchmark_data()
         backlog = run_case(
             "asched", {"case": "backlog", "jobs": jobs, "store": asched_store.format(case="b")}
         )
         scaled = run_case(
             "asched",
-            {"case": "scale", "schedules": schedules, "store": asched_store.format(case="s")},
-        )
+            {"case": "scale", "schedules": schedules, "producers": 10,
+             "store": asched_store.format(case="s")},
+        )  # fmt: skip
+        _remove_benchmark_data()
         print(
-            f"| asched {label} | {_number(throughput.get('jobs_per_second'))} | "
+            f"| asched {label} | {_number(rates[0])} | {_number(rates[1])} | "
             f"{_number(backlog.get('jobs_per_second'))} | "
             f"{_number(scaled.get('add_microseconds_per_schedule'), 1)} | "
+            f"{_number(scaled.get('redis_bytes_per_schedule'))} | "
             f"{_number(scaled.get('due_lateness_ms'), 1)} |"
         )
         ap3 = run_case(
@@ -171,17 +198,38 @@ def embedded_and_redis(jobs: int, competitor_jobs: int, schedules: int) -> None:
             {"case": "throughput", "kind": "async", "jobs": competitor_jobs, "store": ap3_store},
         )
         ap3_scaled = run_case(
-            "APScheduler 3.11",
-            {"case": "scale", "schedules": competitor_jobs, "store": ap3_store},
+            "APScheduler 3.11", {"case": "scale", "schedules": schedules, "store": ap3_store}
         )
         print(
             f"| APScheduler 3.11 {label} job store | {_number(ap3.get('jobs_per_second'))} | "
-            f"n/a | {_number(ap3_scaled.get('add_microseconds_per_schedule'), 1)} | "
+            f"n/a | n/a | {_number(ap3_scaled.get('add_microseconds_per_schedule'), 1)} "
+            f"(1 producer) | {_number(ap3_scaled.get('redis_bytes_per_schedule'))} | "
             f"{_number(ap3_scaled.get('due_lateness_ms'), 1)} |"
         )
         if label == "Redis":
-            arq = run_case("arq 0.28", {"case": "throughput", "jobs": jobs})
-            print(f"| arq 0.28 | {_number(arq.get('jobs_per_second'))} | n/a | n/a | n/a |")
+            arq_rates = [
+                run_case(
+                    "arq 0.28", {"case": "throughput", "jobs": jobs, "producers": producers}
+                ).get("jobs_per_second")
+                for producers in (1, 10)
+            ]
+            arq_scaled = run_case(
+                "arq 0.28", {"case": "scale", "schedules": schedules, "producers": 10}
+            )
+            print(
+                f"| arq 0.28 (deferred jobs as schedules) | {_number(arq_rates[0])} | "
+                f"{_number(arq_rates[1])} | n/a | "
+                f"{_number(arq_scaled.get('add_microseconds_per_schedule'), 1)} | "
+                f"{_number(arq_scaled.get('redis_bytes_per_schedule'))} | "
+                f"{_number(arq_scaled.get('due_lateness_ms'), 1)} |"
+            )
+            for batch in (1, 100):
+                floor = run_case("floor", {"case": "redis", "jobs": jobs, "batch": batch})
+                print(
+                    f"| floor: bare redis-py loop of the store's scripts, {batch} job(s) per "
+                    f"call | {_number(floor.get('jobs_per_second'))} | n/a | n/a | n/a | n/a "
+                    "| n/a |"
+                )
 
 
 def postgresql_lateness_and_scale(schedules: int, seconds: int, scale_sizes: list[int]) -> None:
@@ -258,6 +306,7 @@ def redis_lateness(schedules: int, seconds: int) -> None:
     for side, store in (
         ("asched", "redis://127.0.0.1:6379/0?prefix=asched_bench_l"),
         ("APScheduler 3.11", "redis://"),
+        ("arq 0.28", None),
     ):
         result = run_case(side, {**spec, "store": store})
         _remove_benchmark_data()

@@ -58,6 +58,16 @@ def _scheduler(spec: dict[str, Any]) -> AsyncIOScheduler:
     return scheduler
 
 
+def _redis_used_memory() -> int:
+    import redis
+
+    client = redis.Redis()
+    try:
+        return int(client.info("memory")["used_memory"])
+    finally:
+        client.close()
+
+
 def _drop_table(spec: dict[str, Any]) -> None:
     if str(spec.get("store")).startswith("redis:"):
         import redis
@@ -159,6 +169,9 @@ async def scale(spec: dict[str, Any]) -> dict[str, Any]:
     now = datetime.now(timezone.utc)
     base_rss = rss_bytes()
     _drop_table(spec)
+    base_redis_memory = (
+        _redis_used_memory() if str(spec.get("store")).startswith("redis:") else None
+    )
     scheduler = _scheduler(spec)
     scheduler.start()
     start = time.perf_counter()
@@ -167,6 +180,9 @@ async def scale(spec: dict[str, Any]) -> dict[str, Any]:
         scheduler.add_job(noop, "date", run_date=run_time, id=f"s{index}")
     add_seconds = time.perf_counter() - start
     rss_per_schedule = (rss_bytes() - base_rss) / count
+    redis_bytes_per_schedule = None
+    if base_redis_memory is not None:
+        redis_bytes_per_schedule = (_redis_used_memory() - base_redis_memory) / count
 
     fired = asyncio.Event()
     _fired.append(fired)
@@ -182,6 +198,7 @@ async def scale(spec: dict[str, Any]) -> dict[str, Any]:
         "add_microseconds_per_schedule": add_seconds / count * 1e6,
         "rss_bytes_per_schedule": rss_per_schedule,
         "due_lateness_ms": (fire_times[0] - due_at.timestamp()) * 1000,
+        "redis_bytes_per_schedule": redis_bytes_per_schedule,
     }
 
 

@@ -86,9 +86,16 @@ async def throughput(spec: dict[str, Any]) -> dict[str, Any]:
         await _configure(scheduler, func, spec)
         scheduler.subscribe(on_release, {JobReleased})
         await scheduler.start_in_background()
+
+        async def produce(jobs: int) -> None:
+            for _ in range(jobs):
+                await scheduler.add_job(func)
+
+        producers = spec.get("producers", 1)  # concurrent adding tasks
         start = time.perf_counter()
-        for _ in range(count):
-            await scheduler.add_job(func)
+        async with anyio.create_task_group() as task_group:
+            for index in range(producers):
+                task_group.start_soon(produce, count // producers + (index < count % producers))
         added = time.perf_counter()
         with anyio.fail_after(900):
             await done.wait()

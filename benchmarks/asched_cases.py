@@ -17,6 +17,8 @@ import json
 import random
 import sys
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -52,13 +54,36 @@ async def throughput(spec: dict[str, Any]) -> dict[str, Any]:
             done.set()
 
     store = spec.get("store")
-    async with AsyncScheduler(store, max_concurrent_jobs=spec.get("workers", 100)) as scheduler:
-        await scheduler.start_in_background()
-        await scheduler.run_job(func)  # registers the task and warms up the executor
+    processes = spec.get("processes", 0)
+    async with AsyncExitStack() as stack:
+        scheduler = await stack.enter_async_context(
+            AsyncScheduler(
+                store,
+                max_concurrent_jobs=spec.get("workers", 100),
+                role=SchedulerRole.scheduler if processes else SchedulerRole.both,
+            )
+        )
+        if processes:
+            # workers in other processes; their JobReleased events come through the broker
+            assert store is not None, "worker processes need a shared store"
+            go = await stack.enter_async_context(worker_processes(store, processes))
+            await scheduler.configure_task(func)
+            await go()
+        else:
+            await scheduler.start_in_background()
+            await scheduler.run_job(func)  # registers the task and warms up the executor
         scheduler.subscribe(on_release, JobReleased)
+
+        async def produce(jobs: int) -> None:
+            for _ in range(jobs):
+                await scheduler.add_job(func, result_expiration_time=expiration)
+
+        # ``producers`` tasks add jobs concurrently, as the requests of a web application would
+        producers = spec.get("producers", 1)
         start = time.perf_counter()
-        for _ in range(count):
-            await scheduler.add_job(func, result_expiration_time=expiration)
+        async with anyio.create_task_group() as task_group:
+            for index in range(producers):
+                task_group.start_soon(produce, count // producers + (index < count % producers))
         added = time.perf_counter()
         with anyio.fail_after(600):
             await done.wait()
@@ -73,7 +98,11 @@ async def throughput(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 async def backlog(spec: dict[str, Any]) -> dict[str, Any]:
-    """Jobs added by a scheduler-only process first, then run by a worker: the batched path."""
+    """Jobs added by a scheduler-only process first, then run by a worker: the batched path.
+
+    With ``processes`` (N ≥ 1), N worker processes run the backlog instead of one in this
+    process (their ``JobReleased`` events reach this one through the store's event broker).
+    """
     count = spec["jobs"]
     done = anyio.Event()
     released = 0
@@ -85,11 +114,21 @@ async def backlog(spec: dict[str, Any]) -> dict[str, Any]:
             done.set()
 
     store = spec["store"]
+    processes = spec.get("processes", 0)
     async with AsyncScheduler(store, role=SchedulerRole.scheduler) as scheduler:
         start = time.perf_counter()
         for _ in range(count):
             await scheduler.add_job(noop)
         add_seconds = time.perf_counter() - start
+        if processes:
+            scheduler.subscribe(on_release, JobReleased)
+            async with worker_processes(store, processes) as go:
+                start = time.perf_counter()
+                await go()
+                with anyio.fail_after(600):
+                    await done.wait()
+                run_seconds = time.perf_counter() - start
+            return {"jobs_per_second": count / run_seconds, "adds_per_second": count / add_seconds}
 
     async with AsyncScheduler(store, role=SchedulerRole.worker) as worker:
         worker.subscribe(on_release, JobReleased)
@@ -100,6 +139,55 @@ async def backlog(spec: dict[str, Any]) -> dict[str, Any]:
         run_seconds = time.perf_counter() - start
 
     return {"jobs_per_second": count / run_seconds, "adds_per_second": count / add_seconds}
+
+
+@asynccontextmanager
+async def worker_processes(store: str, count: int) -> AsyncIterator[Callable[[], Awaitable[None]]]:
+    """Start ``count`` paused worker processes on ``store``; yield a function that resumes them.
+
+    The processes start (interpreter, imports, connections) before the timing starts, and are
+    stopped on exit.
+    """
+    spec = json.dumps({"case": "worker", "store": store})
+    children = [
+        await anyio.open_process(
+            [sys.executable, "-m", "benchmarks.asched_cases", spec], stderr=None
+        )
+        for _ in range(count)
+    ]
+    try:
+        for child in children:
+            assert child.stdout is not None
+            with anyio.fail_after(60):
+                line = await child.stdout.receive()
+            assert line.strip() == b"ready", line
+
+        async def go() -> None:
+            for child in children:
+                assert child.stdin is not None
+                await child.stdin.send(b"go\n")
+
+        yield go
+    finally:
+        for child in children:
+            assert child.stdin is not None
+            await child.stdin.send(b"stop\n")
+        with anyio.fail_after(60):
+            for child in children:
+                await child.wait()
+
+
+async def worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """A paused worker-only scheduler that resumes on a ``go`` line and stops on ``stop``."""
+    async with AsyncScheduler(spec["store"], role=SchedulerRole.worker) as scheduler:
+        await scheduler.start_in_background(paused=True)
+        print("ready", flush=True)
+        for line in ("go", "stop"):
+            received = await anyio.to_thread.run_sync(sys.stdin.readline)
+            assert received.strip() == line, received
+            if line == "go":
+                await scheduler.resume()
+    return {}
 
 
 async def floor(spec: dict[str, Any]) -> dict[str, Any]:
@@ -150,15 +238,27 @@ async def scale(spec: dict[str, Any]) -> dict[str, Any]:
     count = spec["schedules"]
     rng = random.Random(42)
     now = datetime.now(timezone.utc)
-    base_rss = rss_bytes()
-    async with AsyncScheduler(spec.get("store")) as scheduler:
+    run_times = [now + timedelta(days=30 + rng.random() * 3650) for _ in range(count)]
+    base_rss = rss_bytes()  # after the run times: they are the benchmark's, not the store's
+    store = spec.get("store")
+    base_redis_memory = _redis_used_memory(store)
+    async with AsyncScheduler(store) as scheduler:
         await scheduler.start_in_background()
+
+        async def produce(indexes: range) -> None:
+            for index in indexes:
+                trigger = DateTrigger(run_times[index])
+                await scheduler.add_schedule(noop, trigger, id=f"s{index}")
+
+        # ``producers`` concurrent adding tasks, each adding its share of the schedules
+        producers = spec.get("producers", 1)
         start = time.perf_counter()
-        for index in range(count):
-            run_time = now + timedelta(days=30 + rng.random() * 3650)
-            await scheduler.add_schedule(noop, DateTrigger(run_time), id=f"s{index}")
+        async with anyio.create_task_group() as task_group:
+            for index in range(producers):
+                task_group.start_soon(produce, range(index, count, producers))
         add_seconds = time.perf_counter() - start
         rss_per_schedule = (rss_bytes() - base_rss) / count
+        redis_memory = _redis_used_memory(store)
 
         fired = anyio.Event()
         fire_times: list[float] = []
@@ -177,7 +277,25 @@ async def scale(spec: dict[str, Any]) -> dict[str, Any]:
         "add_microseconds_per_schedule": add_seconds / count * 1e6,
         "rss_bytes_per_schedule": rss_per_schedule,
         "due_lateness_ms": (fire_times[0] - due_at.timestamp()) * 1000,
+        "redis_bytes_per_schedule": (
+            None
+            if redis_memory is None or base_redis_memory is None
+            else (redis_memory - base_redis_memory) / count
+        ),
     }
+
+
+def _redis_used_memory(store: str | None) -> int | None:
+    """Return Redis's ``used_memory`` if ``store`` is a Redis URL (``None`` otherwise)."""
+    if store is None or not store.startswith("redis://"):
+        return None
+    import redis
+
+    client = redis.Redis.from_url(store.split("?")[0])
+    try:
+        return int(client.info("memory")["used_memory"])
+    finally:
+        client.close()
 
 
 CASES = {
@@ -186,6 +304,7 @@ CASES = {
     "floor": floor,
     "lateness": lateness,
     "scale": scale,
+    "worker": worker,
 }
 
 

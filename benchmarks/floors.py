@@ -45,7 +45,7 @@ async def redis_floor(spec: dict[str, Any]) -> dict[str, Any]:
     add = client.register_script(redis_store._ADD_JOBS)
     acquire = client.register_script(redis_store._ACQUIRE_JOBS)
     release = client.register_script(redis_store._RELEASE_JOBS)
-    await client.delete(*[f"{prefix}:{name}" for name in ("jobs", "queue", "sequence", "running")])
+    await _delete_keys(client, prefix)
     try:
         start = time.perf_counter()
         for _ in range(count // batch):
@@ -64,11 +64,15 @@ async def redis_floor(spec: dict[str, Any]) -> dict[str, Any]:
             await release(keys=[prefix], args=release_args)
         elapsed = time.perf_counter() - start
     finally:
-        await client.delete(
-            *[f"{prefix}:{name}" for name in ("jobs", "queue", "sequence", "running")]
-        )
+        await _delete_keys(client, prefix)
         await client.aclose()
     return {"jobs_per_second": count / elapsed}
+
+
+async def _delete_keys(client: Any, prefix: str) -> None:
+    keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
+    if keys:
+        await client.delete(*keys)
 
 
 async def postgresql_floor(spec: dict[str, Any]) -> dict[str, Any]:

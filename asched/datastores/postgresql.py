@@ -41,6 +41,7 @@ from ..events import (
     TaskUpdated,
 )
 from ..serializers.base import Serializer
+from ._write_batcher import WriteBatcher
 from .base import (
     BaseExternalDataStore,
     RetrySettings,
@@ -226,6 +227,7 @@ class PostgreSQLDataStore(BaseExternalDataStore):
         self._clock = Clock()
         self._event_broker: EventBroker | None = None
         self._jobs_held_back = True
+        self._job_writer = WriteBatcher(self._write_jobs)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(schema={self.schema!r})"
@@ -679,17 +681,21 @@ class PostgreSQLDataStore(BaseExternalDataStore):
         """Queue jobs; see :meth:`DataStore.add_jobs`."""
         if not jobs:
             return
-        rows = [self._job_values(job) for job in jobs]
+        # marshalled here, so that a job that cannot be serialized fails its own caller only
+        await self._job_writer.submit([self._job_values(job) for job in jobs])
+        await self._publish(
+            JobAdded(job_id=job.id, task_id=job.task_id, schedule_id=job.schedule_id)
+            for job in jobs
+        )
+
+    async def _write_jobs(self, rows: list[list[Any]]) -> None:
+        """Insert the jobs of concurrent :meth:`add_jobs` calls with one statement."""
 
         async def insert() -> None:
             async with self._connection() as connection:
                 await self._insert_jobs(connection, rows)
 
         await self._with_retries(insert)
-        await self._publish(
-            JobAdded(job_id=job.id, task_id=job.task_id, schedule_id=job.schedule_id)
-            for job in jobs
-        )
 
     async def _jobs_from_rows(self, rows: Iterable[asyncpg.Record]) -> list[Job]:
         jobs: list[Job] = []

@@ -54,6 +54,7 @@ from ..events import (
     TaskUpdated,
 )
 from ..serializers.base import Serializer
+from ._write_batcher import WriteBatcher
 from .base import (
     BaseExternalDataStore,
     RetrySettings,
@@ -396,6 +397,7 @@ class RedisDataStore(BaseExternalDataStore):
         self._event_broker: EventBroker | None = None
         self._scripts: dict[str, Any] = {}
         self._jobs_held_back = True
+        self._job_writer = WriteBatcher(self._write_jobs)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(prefix={self.prefix!r})"
@@ -699,12 +701,16 @@ class RedisDataStore(BaseExternalDataStore):
         """Queue jobs; see :meth:`DataStore.add_jobs`."""
         if not jobs:
             return
-        args = [value for job in jobs for value in self._job_args(job)]
-        await self._call("add_jobs", *args)
+        # marshalled here, so that a job that cannot be serialized fails its own caller only
+        await self._job_writer.submit([self._job_args(job) for job in jobs])
         await self._publish(
             JobAdded(job_id=job.id, task_id=job.task_id, schedule_id=job.schedule_id)
             for job in jobs
         )
+
+    async def _write_jobs(self, job_args: list[list[Any]]) -> None:
+        """Add the jobs of concurrent :meth:`add_jobs` calls with one script call."""
+        await self._call("add_jobs", *[value for args in job_args for value in args])
 
     async def _jobs_from_records(self, records: Iterable[Any]) -> list[Job]:
         jobs: list[Job] = []

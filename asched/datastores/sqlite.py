@@ -44,6 +44,7 @@ from ..events import (
     TaskUpdated,
 )
 from ..serializers.base import Serializer
+from ._write_batcher import WriteBatcher
 from .base import (
     BaseExternalDataStore,
     RetrySettings,
@@ -197,6 +198,7 @@ class SQLiteDataStore(BaseExternalDataStore):
             )
         self.polling_interval = polling_interval
         self._jobs_held_back = True
+        self._job_writer = WriteBatcher(self._write_jobs)
         self._busy_timeout = busy_timeout
         self._connection: sqlite3.Connection | None = None
         self._limiter = anyio.CapacityLimiter(1)
@@ -637,12 +639,16 @@ class SQLiteDataStore(BaseExternalDataStore):
         """Queue jobs; see :meth:`DataStore.add_jobs`."""
         if not jobs:
             return
-        rows = [self._job_row(job) for job in jobs]
-        await self._run(self._insert_jobs, rows)
+        # marshalled here, so that a job that cannot be serialized fails its own caller only
+        await self._job_writer.submit([self._job_row(job) for job in jobs])
         await self._publish(
             JobAdded(job_id=job.id, task_id=job.task_id, schedule_id=job.schedule_id)
             for job in jobs
         )
+
+    async def _write_jobs(self, rows: list[tuple[Any, ...]]) -> None:
+        """Insert the jobs of concurrent :meth:`add_jobs` calls in one transaction."""
+        await self._run(self._insert_jobs, rows)
 
     async def get_jobs(self, ids: Iterable[UUID] | None = None) -> list[Job]:
         """Return queued and running jobs in creation order; see the base class."""

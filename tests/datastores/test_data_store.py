@@ -24,6 +24,7 @@ from asched import (
     JobResult,
     Schedule,
     ScheduleUpdate,
+    SerializationError,
     Task,
     TaskLookupError,
 )
@@ -660,6 +661,81 @@ async def test_schedule_max_running_jobs_holds_its_jobs_back(
     assert ids_of(acquired) == [limited[0].id, free[0].id, free[1].id]
     await data_store.release_jobs("me", [finish(acquired[0], clock)])
     assert ids_of(await data_store.acquire_jobs("me", LEASE, 10)) == [limited[1].id]
+
+
+async def test_concurrent_job_additions_are_each_stored_when_the_call_returns(
+    data_store: DataStore, clock: FakeClock
+) -> None:
+    await data_store.add_task(make_task())
+    batches = [[make_job(clock) for _ in range(3)] for _ in range(20)]
+
+    async def add_and_read_back(batch: list[Job]) -> None:
+        await data_store.add_jobs(batch)
+        assert sorted(ids_of(await data_store.get_jobs(ids_of(batch)))) == sorted(ids_of(batch))
+
+    async with anyio.create_task_group() as task_group:
+        for batch in batches:
+            task_group.start_soon(add_and_read_back, batch)
+
+    assert len(await data_store.get_jobs()) == 60
+
+
+async def test_a_job_that_cannot_be_serialized_fails_only_its_own_addition(
+    data_store: DataStore, clock: FakeClock
+) -> None:
+    await data_store.add_task(make_task())
+    good = [make_job(clock) for _ in range(5)]
+    bad = make_job(clock, args=(lambda: None,))
+    errors: list[BaseException] = []
+
+    async def add(jobs: list[Job]) -> None:
+        try:
+            await data_store.add_jobs(jobs)
+        except SerializationError as exc:
+            errors.append(exc)
+
+    async with anyio.create_task_group() as task_group:
+        for job in good[:2]:
+            task_group.start_soon(add, [job])
+        task_group.start_soon(add, [bad])
+        for job in good[2:]:
+            task_group.start_soon(add, [job])
+
+    # persistent stores refuse the lambda; the memory store keeps objects as they are
+    assert len(errors) <= 1
+    assert set(ids_of(good)) <= set(ids_of(await data_store.get_jobs()))
+
+
+async def test_cancelling_one_addition_keeps_the_concurrent_ones(
+    data_store: DataStore, clock: FakeClock
+) -> None:
+    """Concurrent additions may share one write; cancelling its caller loses no other job."""
+    await data_store.add_task(make_task())
+    first, leader, others = make_job(clock), make_job(clock), [make_job(clock) for _ in range(8)]
+    first_added = anyio.Event()
+    leader_call = anyio.CancelScope()
+
+    async def add_first() -> None:
+        await data_store.add_jobs([first])
+        first_added.set()
+
+    async def add_leader() -> None:
+        with leader_call:
+            await data_store.add_jobs([leader])
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(add_first)
+            await anyio.wait_all_tasks_blocked()  # the first call is writing (persistent stores)
+            task_group.start_soon(add_leader)
+            await anyio.wait_all_tasks_blocked()
+            for job in others:
+                task_group.start_soon(data_store.add_jobs, [job])
+            await first_added.wait()
+            await anyio.wait_all_tasks_blocked()  # the leader's call writes its job and others
+            leader_call.cancel()
+
+    assert set(ids_of(others)) <= set(ids_of(await data_store.get_jobs()))
 
 
 async def test_jobs_held_back_tells_whether_a_limit_kept_jobs_waiting(
