@@ -112,14 +112,14 @@ def postgresql(jobs: int, competitor_jobs: int) -> None:
             {**base, "jobs": jobs, "store": asched_url, "producers": producers,
              "processes": processes},
         )  # fmt: skip
-        worker = f"{processes} worker processes" if processes else "in the same process"
+        worker = _worker_processes(processes) if processes else "in the same process"
         print(f"| asched | {producers} | {worker} | {_number(result.get('jobs_per_second'))} |")
     for processes in (0, 1, 2):
         result = run_case(
             "asched",
             {"case": "backlog", "jobs": jobs, "store": asched_url, "processes": processes},
         )
-        worker = f"{processes} worker processes" if processes else "a worker-only scheduler"
+        worker = _worker_processes(processes) if processes else "a worker-only scheduler"
         print(
             f"| asched, a backlog (batched acquire/release) | - | {worker} | "
             f"{_number(result.get('jobs_per_second'))} |"
@@ -149,6 +149,10 @@ def postgresql(jobs: int, competitor_jobs: int) -> None:
         f"| APScheduler 3.11 SQLAlchemyJobStore (psycopg2) | 1 | in the same process | "
         f"{_number(result.get('jobs_per_second'))} |"
     )
+
+
+def _worker_processes(count: int) -> str:
+    return f"{count} worker process{'es' if count > 1 else ''}"
 
 
 def embedded_and_redis(jobs: int, competitor_jobs: int, schedules: int) -> None:
@@ -272,6 +276,25 @@ def postgresql_lateness_and_scale(schedules: int, seconds: int, scale_sizes: lis
             )
 
 
+def million_on_servers() -> None:
+    """1M far-future schedules on PostgreSQL and Redis, added by ten concurrent producers."""
+    print("\n### 1,000,000 far-future schedules on PostgreSQL and Redis (10 producers)\n")
+    print("| store | add µs/schedule | Redis bytes/schedule | due one fires late (ms) |")
+    print("|---|---:|---:|---:|")
+    for label, store in (
+        ("PostgreSQL", f"{POSTGRESQL_URL}?schema=asched_bench"),
+        ("Redis", "redis://127.0.0.1:6379/0?prefix=asched_bench_s"),
+    ):
+        spec = {"case": "scale", "schedules": 1_000_000, "producers": 10, "store": store}
+        result = run_case("asched", spec)
+        _remove_benchmark_data()
+        print(
+            f"| {label} | {_number(result.get('add_microseconds_per_schedule'), 1)} | "
+            f"{_number(result.get('redis_bytes_per_schedule'))} | "
+            f"{_number(result.get('due_lateness_ms'), 1)} |"
+        )
+
+
 def _remove_benchmark_data() -> None:
     """Drop what asched's benchmark cases left in PostgreSQL and Redis."""
     import asyncio
@@ -371,7 +394,11 @@ def main() -> None:
         ],
     )
     parser.add_argument("--quick", action="store_true", help="smaller sizes")
-    parser.add_argument("--million", action="store_true", help="add 1M schedules to scale")
+    parser.add_argument(
+        "--million",
+        action="store_true",
+        help="add 1M schedules to scale (and, with stores or postgresql-extra, on the servers)",
+    )
     args = parser.parse_args()
     quick = args.quick
     if args.case in ("throughput", "all"):
@@ -384,6 +411,8 @@ def main() -> None:
         postgresql_lateness_and_scale(500, 10, [10_000, 100_000])
     if args.case in ("stores", "all"):
         redis_lateness(500, 10)
+    if args.million and args.case in ("postgresql-extra", "stores", "all"):
+        million_on_servers()
     if args.case in ("postgresql", "stores", "all"):
         _remove_benchmark_data()
     if args.case in ("lateness", "all"):

@@ -190,16 +190,19 @@ class BaseExternalEventBroker(BaseEventBroker):
     """Shared by brokers that relay events between processes as JSON.
 
     :meth:`publish` delivers locally at once and queues the event; a sender task relays the
-    queue in batches with :meth:`_send_batch` (retried on failure), and
-    :meth:`_listen_forever` receives the other processes' events. Each broker instance tags
-    what it sends with an origin id, so that events it published are not delivered a second
-    time when they come back from the server.
+    queue in batches, each batch one message (``{"origin": …, "events": […]}``) sent with
+    :meth:`_send_batch` (retried on failure), and :meth:`_listen_forever` receives the other
+    processes' messages. Each broker instance tags what it sends with an origin id, so that
+    its own messages are skipped, unparsed, when they come back from the server.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self._origin = uuid4().hex
-        self._relay: MemoryObjectSendStream[str] | None = None
+        # what every message this broker sends starts with (see encode_events)
+        self._own_prefix = f'{{"origin":"{self._origin}"'
+        self._own_prefix_bytes = self._own_prefix.encode()
+        self._relay: MemoryObjectSendStream[Event] | None = None
         self._listening = Event_()
 
     async def start(self, exit_stack: AsyncExitStack, logger: Logger) -> None:
@@ -208,7 +211,7 @@ class BaseExternalEventBroker(BaseEventBroker):
         :raises TimeoutError: if the listener cannot start listening within 30 s
         """
         await super().start(exit_stack, logger)
-        send, receive = create_memory_object_stream[str](_RELAY_QUEUE_SIZE)
+        send, receive = create_memory_object_stream[Event](_RELAY_QUEUE_SIZE)
         self._relay = send
         exit_stack.push_async_callback(self._close_sender)
         exit_stack.callback(receive.close)
@@ -226,23 +229,24 @@ class BaseExternalEventBroker(BaseEventBroker):
         if self._relay is None:
             return
         try:
-            self._relay.send_nowait(self.encode_event(event))
+            self._relay.send_nowait(event)
         except WouldBlock:
             self._logger.warning("Event relay queue full: %s not sent to other processes", event)
         except (ClosedResourceError, BrokenResourceError):
             pass
 
-    async def _relay_forever(self, receive: MemoryObjectReceiveStream[str]) -> None:
-        async for message in receive:
-            batch = [message]
+    async def _relay_forever(self, receive: MemoryObjectReceiveStream[Event]) -> None:
+        async for event in receive:
+            batch = [event]
             while len(batch) < _RELAY_BATCH_SIZE:
                 try:
                     batch.append(receive.receive_nowait())
                 except WouldBlock:
                     break
+            messages = [self.encode_events(batch)]
             for delay in (*RECONNECT_DELAYS, None):
                 try:
-                    await self._send_batch(batch)
+                    await self._send_batch(messages)
                     break
                 except Exception as exc:  # any failure: the relay must not die
                     if delay is None:
@@ -257,7 +261,10 @@ class BaseExternalEventBroker(BaseEventBroker):
 
     @abstractmethod
     async def _send_batch(self, messages: list[str]) -> None:
-        """Send encoded events to the other processes in one round trip (raise on failure)."""
+        """Send messages (see :meth:`encode_events`) to the other processes in one round trip.
+
+        Raises on failure (the relay retries).
+        """
 
     @abstractmethod
     async def _listen_forever(self) -> None:
@@ -268,27 +275,44 @@ class BaseExternalEventBroker(BaseEventBroker):
         """
 
     def deliver_remote(self, payload: str | bytes) -> None:
-        """Deliver an event received from another process to this process's subscribers."""
-        event = self.decode_event(payload)
-        if event is not None:
+        """Deliver the events of another process's message to this process's subscribers."""
+        for event in self.decode_events(payload):
             self.publish_local(event)
 
-    def encode_event(self, event: Event) -> str:
-        """Return ``event`` as a JSON text tagged with this broker's origin."""
-        return json.dumps(
-            {"origin": self._origin, "event": event.to_dict()}, separators=(",", ":")
-        )
+    def encode_events(self, events: Iterable[Event]) -> str:
+        """Return ``events`` as one JSON message tagged with this broker's origin.
 
-    def decode_event(self, payload: str | bytes) -> Event | None:
-        """Return the event in ``payload``, or ``None`` if it is our own or unreadable.
-
-        Unreadable payloads are logged, not raised: a bad message must not stop the listener.
+        An event that cannot be encoded is logged and left out; the others still go.
         """
+        encoded: list[str] = []
+        for event in events:
+            try:
+                encoded.append(json.dumps(event.to_dict(), separators=(",", ":")))
+            except (TypeError, ValueError):
+                self._logger.exception("Cannot relay %r to other processes", event)
+        return f'{self._own_prefix},"events":[{",".join(encoded)}]}}'
+
+    def decode_events(self, payload: str | bytes) -> list[Event]:
+        """Return the events in ``payload``, none if it is our own message or unreadable.
+
+        Unreadable messages and events are logged, not raised: a bad message must not stop
+        the listener.
+        """
+        own_prefix = self._own_prefix_bytes if isinstance(payload, bytes) else self._own_prefix
+        if payload.startswith(own_prefix):  # type: ignore[arg-type]
+            return []
         try:
             message = json.loads(payload)
-            if message.get("origin") == self._origin:
-                return None
-            return event_from_dict(message["event"])
+            raw_events = message["events"]
+            if message.get("origin") == self._origin or not isinstance(raw_events, list):
+                return []
         except (ValueError, KeyError, TypeError, AttributeError):
             self._logger.warning("Ignoring an unreadable event message: %.200r", payload)
-            return None
+            return []
+        events: list[Event] = []
+        for raw in raw_events:
+            try:
+                events.append(event_from_dict(raw))
+            except (ValueError, KeyError, TypeError, AttributeError):
+                self._logger.warning("Ignoring an unreadable event: %.200r", raw)
+        return events

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
+from contextvars import copy_context
 from functools import partial
 from typing import Any
 
@@ -11,6 +14,14 @@ from anyio import CapacityLimiter, to_thread
 
 from .._structures import Job
 from .base import JobExecutor
+
+
+def _on_asyncio() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # trio
+        return False
+    return True
 
 
 class ThreadPoolJobExecutor(JobExecutor):
@@ -29,15 +40,25 @@ class ThreadPoolJobExecutor(JobExecutor):
             raise ValueError(f"max_workers must be at least 1, got {max_workers}")
         self.max_workers = max_workers
         self._limiter: CapacityLimiter | None = None
+        self._pool: ThreadPoolExecutor | None = None
 
     async def start(self, exit_stack: AsyncExitStack) -> None:
-        """Create the capacity limiter bounding the threads."""
-        self._limiter = CapacityLimiter(self.max_workers)
+        """Create the threads' pool (asyncio) or the limiter bounding anyio's threads."""
+        if _on_asyncio():
+            # On asyncio, a plain thread pool hands results back to the loop with less work
+            # per job than anyio's worker threads (which trio needs)
+            self._pool = ThreadPoolExecutor(self.max_workers, thread_name_prefix="asched-job")
+            exit_stack.callback(self._pool.shutdown, wait=False)
+        else:
+            self._limiter = CapacityLimiter(self.max_workers)
 
     async def run_job(self, func: Callable[..., Any], job: Job) -> Any:
         """Run the function in a thread and return its result."""
         if job.kwargs:
             func = partial(func, **job.kwargs)
+        if self._pool is not None:
+            call = partial(copy_context().run, func, *job.args)
+            return await asyncio.get_running_loop().run_in_executor(self._pool, call)
         return await to_thread.run_sync(
             func, *job.args, abandon_on_cancel=True, limiter=self._limiter
         )

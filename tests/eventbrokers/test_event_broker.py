@@ -7,6 +7,7 @@ subscribers exactly once; the local broker only delivers within itself.
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import datetime, timezone
 from types import ModuleType
@@ -17,6 +18,7 @@ import pytest
 
 from asched import JobOutcome
 from asched.eventbrokers import EventBroker
+from asched.eventbrokers.base import BaseExternalEventBroker
 from asched.events import (
     DataStoreEvent,
     Event,
@@ -249,6 +251,31 @@ async def test_external_event_is_delivered_once_to_each_side(
     await settle(broker_backend)
     assert at_sender.events == [event]
     assert at_receiver.events == [event]
+
+
+async def test_unreadable_messages_and_events_from_elsewhere_are_skipped(
+    event_brokers: list[EventBroker],
+    broker_backend: ModuleType,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    if not broker_backend.CROSS_PROCESS:
+        pytest.skip("the local broker receives no messages from other processes")
+    receiver = event_brokers[1]
+    assert isinstance(receiver, BaseExternalEventBroker)
+    recorder = EventRecorder()
+    receiver.subscribe(recorder)
+    good = TaskAdded(task_id="t")
+    batch = json.dumps(
+        {"origin": "elsewhere", "events": [{"type": "NoSuchEvent"}, good.to_dict()]}
+    )
+
+    receiver.deliver_remote(b"not json")
+    receiver.deliver_remote('{"origin":"elsewhere"}')
+    receiver.deliver_remote(batch)
+
+    assert recorder.events == [good]
+    assert "unreadable event message" in caplog.text
+    assert "unreadable event:" in caplog.text
 
 
 async def test_external_broker_recovers_after_its_connections_are_killed(
