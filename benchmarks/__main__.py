@@ -131,7 +131,7 @@ def postgresql(jobs: int, competitor_jobs: int) -> None:
     for batch in (1, 100):
         result = run_case("floor", {"case": "postgresql", "jobs": jobs, "batch": batch})
         print(
-            f"| floor: bare asyncpg loop, {batch} job(s) per statement | 1 | same loop | "
+            f"| floor: bare asyncpg loop, {_jobs(batch)} per statement | 1 | same loop | "
             f"{_number(result.get('jobs_per_second'))} |"
         )
     for producers in (1, 10):
@@ -149,6 +149,10 @@ def postgresql(jobs: int, competitor_jobs: int) -> None:
         f"| APScheduler 3.11 SQLAlchemyJobStore (psycopg2) | 1 | in the same process | "
         f"{_number(result.get('jobs_per_second'))} |"
     )
+
+
+def _jobs(count: int) -> str:
+    return f"{count} job{'s' if count > 1 else ''}"
 
 
 def _worker_processes(count: int) -> str:
@@ -230,7 +234,7 @@ def embedded_and_redis(jobs: int, competitor_jobs: int, schedules: int) -> None:
             for batch in (1, 100):
                 floor = run_case("floor", {"case": "redis", "jobs": jobs, "batch": batch})
                 print(
-                    f"| floor: bare redis-py loop of the store's scripts, {batch} job(s) per "
+                    f"| floor: bare redis-py loop of the store's scripts, {_jobs(batch)} per "
                     f"call | {_number(floor.get('jobs_per_second'))} | n/a | n/a | n/a | n/a "
                     "| n/a |"
                 )
