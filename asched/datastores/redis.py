@@ -80,7 +80,13 @@ def _from_db(value: bytes | str | int | None) -> datetime | None:
     return _EPOCH + timedelta(microseconds=int(value))
 
 
+#: JSON's own types: passed through (checked first: most values of a record are these)
+_PLAIN_TYPES = frozenset({str, int, float, bool, type(None)})
+
+
 def _encode(value: Any) -> Any:
+    if type(value) in _PLAIN_TYPES:
+        return value
     if isinstance(value, bytes):
         return {"$b": base64.b64encode(value).decode()}
     if isinstance(value, datetime):
@@ -93,7 +99,7 @@ def _encode(value: Any) -> Any:
 
 
 def _decode(value: Any) -> Any:
-    if isinstance(value, dict):
+    if type(value) is dict:
         if "$b" in value and len(value) == 1:
             return base64.b64decode(value["$b"])
         if "$t" in value and len(value) == 1:
@@ -104,7 +110,9 @@ def _decode(value: Any) -> Any:
 
 def encode_record(record: dict[str, Any]) -> str:
     """Return a marshalled record as JSON text (bytes in base64, datetimes as integers)."""
-    return json.dumps({key: _encode(value) for key, value in record.items()})
+    return json.dumps(
+        {key: _encode(value) for key, value in record.items()}, separators=(",", ":")
+    )
 
 
 def decode_record(text: bytes | str) -> dict[str, Any]:

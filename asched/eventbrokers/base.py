@@ -284,13 +284,19 @@ class BaseExternalEventBroker(BaseEventBroker):
 
         An event that cannot be encoded is logged and left out; the others still go.
         """
-        encoded: list[str] = []
-        for event in events:
-            try:
-                encoded.append(json.dumps(event.to_dict(), separators=(",", ":")))
-            except (TypeError, ValueError):
-                self._logger.exception("Cannot relay %r to other processes", event)
-        return f'{self._own_prefix},"events":[{",".join(encoded)}]}}'
+        dicts = [event.to_dict() for event in events]
+        try:
+            body = json.dumps(dicts, separators=(",", ":"))
+        except (TypeError, ValueError):
+            # an event with a value JSON cannot hold: find it, send the others
+            encoded: list[str] = []
+            for data in dicts:
+                try:
+                    encoded.append(json.dumps(data, separators=(",", ":")))
+                except (TypeError, ValueError):
+                    self._logger.exception("Cannot relay %.200r to other processes", data)
+            body = f"[{','.join(encoded)}]"
+        return f'{self._own_prefix},"events":{body}}}'
 
     def decode_events(self, payload: str | bytes) -> list[Event]:
         """Return the events in ``payload``, none if it is our own message or unreadable.
