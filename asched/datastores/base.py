@@ -65,16 +65,19 @@ class DataStore(ABC):
     #: safety net); stores with no such broker (SQLite) set it to bound the delay.
     polling_interval: float | None = None
 
+    #: what :attr:`jobs_held_back` returns; stores that can tell set it in acquire_jobs
+    _jobs_held_back = True
+
     @property
     def jobs_held_back(self) -> bool:
         """Whether queued jobs may be waiting for a ``max_running_jobs`` slot.
 
         Workers ask the store for jobs again when a job is released only while this is true
         (a release is what frees such a slot). It reflects this store object's last
-        :meth:`acquire_jobs` call. The default, always true, is correct for any store; stores
-        that can tell return false when nothing was held back.
+        :meth:`acquire_jobs` call. It stays true (correct for any store) unless the store
+        records, in ``_jobs_held_back``, that its last acquisition held nothing back.
         """
-        return True
+        return self._jobs_held_back
 
     @abstractmethod
     async def start(

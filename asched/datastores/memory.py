@@ -345,11 +345,6 @@ class MemoryDataStore(DataStore):
 
         return jobs
 
-    @property
-    def jobs_held_back(self) -> bool:
-        """Whether the last acquisition left a task's or schedule's jobs waiting for a slot."""
-        return self._jobs_held_back
-
     def _free_slots(self, key: _LaneKey) -> int | None:
         """Return how many more jobs of this lane may run now (``None``: no limit)."""
         task_id, schedule_id = key

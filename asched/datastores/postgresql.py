@@ -70,7 +70,7 @@ _RESULT_COLUMNS = "job_id, outcome, return_value, exception, started_at, finishe
 
 
 def _saturated_lanes(schema: str) -> str:
-    """Return the CTEs naming tasks and schedules whose running jobs reach their limit."""
+    """Return CTEs: tasks and schedules at their running-jobs limit, and whether any are."""
     return f"""
     WITH running AS (
         SELECT task_id, schedule_id, count(*) AS jobs
@@ -88,6 +88,9 @@ def _saturated_lanes(schema: str) -> str:
         WHERE s.max_running_jobs IS NOT NULL
         GROUP BY s.id, s.max_running_jobs
         HAVING sum(r.jobs) >= s.max_running_jobs
+    ), held_back AS (
+        SELECT EXISTS (SELECT FROM saturated_tasks)
+               OR EXISTS (SELECT FROM saturated_schedules) AS held_back
     )
     """
 
@@ -226,16 +229,10 @@ class PostgreSQLDataStore(BaseExternalDataStore):
         self._pool_size = pool_size
         self._clock = Clock()
         self._event_broker: EventBroker | None = None
-        self._jobs_held_back = True
         self._job_writer = WriteBatcher(self._write_jobs)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(schema={self.schema!r})"
-
-    @property
-    def jobs_held_back(self) -> bool:
-        """Whether the last acquisition found a task or schedule at its running-jobs limit."""
-        return self._jobs_held_back
 
     #
     # Lifecycle
@@ -761,7 +758,8 @@ class PostgreSQLDataStore(BaseExternalDataStore):
             f"""
             {_saturated_lanes(schema)}
             SELECT j.id, j.task_id, j.schedule_id, j.start_deadline,
-                   t.max_running_jobs AS task_limit, s.max_running_jobs AS schedule_limit
+                   t.max_running_jobs AS task_limit, s.max_running_jobs AS schedule_limit,
+                   (SELECT held_back FROM held_back) AS held_back
             FROM {schema}.jobs j
             LEFT JOIN {schema}.tasks t ON t.id = j.task_id
             LEFT JOIN {schema}.schedules s ON s.id = j.schedule_id
@@ -775,12 +773,13 @@ class PostgreSQLDataStore(BaseExternalDataStore):
             """,
             limit,
         )
-        self._jobs_held_back = len(candidates) < limit and await connection.fetchval(
-            f"{_saturated_lanes(schema)} SELECT EXISTS (SELECT FROM saturated_tasks) "
-            "OR EXISTS (SELECT FROM saturated_schedules)"
-        )
         if not candidates:
+            # no row to carry the answer: ask apart (an idle worker's poll, or a blocked lane)
+            self._jobs_held_back = await connection.fetchval(
+                f"{_saturated_lanes(schema)} SELECT held_back FROM held_back"
+            )
             return [], []
+        self._jobs_held_back = candidates[0]["held_back"]
 
         missed_ids = [
             row["id"]

@@ -404,7 +404,6 @@ class RedisDataStore(BaseExternalDataStore):
         self._clock = Clock()
         self._event_broker: EventBroker | None = None
         self._scripts: dict[str, Any] = {}
-        self._jobs_held_back = True
         self._job_writer = WriteBatcher(self._write_jobs)
 
     def __repr__(self) -> str:
@@ -763,11 +762,6 @@ class RedisDataStore(BaseExternalDataStore):
                 )
             )
         return jobs
-
-    @property
-    def jobs_held_back(self) -> bool:
-        """Whether the last acquisition met a task or schedule at its running-jobs limit."""
-        return self._jobs_held_back
 
     async def acquire_jobs(
         self, scheduler_id: str, lease_duration: timedelta, limit: int

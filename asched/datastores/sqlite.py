@@ -197,7 +197,6 @@ class SQLiteDataStore(BaseExternalDataStore):
                 f"SQLiteDataStore: polling_interval must be positive, got {polling_interval!r}"
             )
         self.polling_interval = polling_interval
-        self._jobs_held_back = True
         self._job_writer = WriteBatcher(self._write_jobs)
         self._busy_timeout = busy_timeout
         self._connection: sqlite3.Connection | None = None
@@ -667,11 +666,6 @@ class SQLiteDataStore(BaseExternalDataStore):
             ).fetchall()
 
         return await self._jobs_from_rows(await self._run(operation))
-
-    @property
-    def jobs_held_back(self) -> bool:
-        """Whether the last acquisition met a task or schedule at its running-jobs limit."""
-        return self._jobs_held_back
 
     async def acquire_jobs(
         self, scheduler_id: str, lease_duration: timedelta, limit: int

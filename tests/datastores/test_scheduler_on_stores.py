@@ -40,3 +40,36 @@ async def test_jobs_held_back_by_a_limit_run_as_slots_free(
 
     assert [result.return_value for result in results] == [0, 1, 2]
     assert started_steps == [0, 1, 2]
+
+
+class _Holds:
+    """Jobs of ``hold`` record that they started and wait until released."""
+
+    started: list[anyio.Event] = []
+    release: anyio.Event
+
+
+async def hold() -> None:
+    _Holds.started.pop(0).set()
+    await _Holds.release.wait()
+
+
+async def test_raising_a_task_limit_lets_held_back_jobs_start(
+    store_backend: ModuleType, namespace: str
+) -> None:
+    first, second = anyio.Event(), anyio.Event()
+    _Holds.started, _Holds.release = [first, second], anyio.Event()
+    async with (
+        store_backend.open_data_stores(namespace, 1) as (store,),
+        AsyncScheduler(store) as scheduler,
+    ):
+        await scheduler.configure_task("hold", func=hold, max_running_jobs=1)
+        for _ in range(2):
+            await scheduler.add_job("hold", result_expiration_time=0)
+        await scheduler.start_in_background()
+        with anyio.fail_after(5):
+            await first.wait()
+            await scheduler.configure_task("hold", func=hold, max_running_jobs=2)
+            # no job was released: the changed limit itself must make the worker look again
+            await second.wait()
+        _Holds.release.set()
