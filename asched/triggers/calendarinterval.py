@@ -69,6 +69,11 @@ class CalendarIntervalTrigger(Trigger):
     end_date: date | None
     timezone: tzinfo
     _time_of_day: time = attrs.field(eq=False, repr=False, alias="_time_of_day")
+    _time_of_day_fold: time = attrs.field(eq=False, repr=False, alias="_time_of_day_fold")
+    # (fire time, step) last returned: chained calls continue from it instead of searching
+    _last_fire: tuple[datetime, int] | None = attrs.field(
+        eq=False, repr=False, alias="_last_fire", default=None
+    )
 
     def __init__(
         self,
@@ -126,35 +131,63 @@ class CalendarIntervalTrigger(Trigger):
             end,
             tz,
             time(hour, minute, second),
+            time(hour, minute, second, fold=1),
         )
 
     def _date_at(self, step: int) -> date | None:
         """Return the date ``step`` intervals after start_date, or None if it doesn't exist."""
-        month_index = self.start_date.month - 1 + (self.years * 12 + self.months) * step
-        year, month = self.start_date.year + month_index // 12, month_index % 12 + 1
+        start = self.start_date
+        step_days = (self.weeks * 7 + self.days) * step
+        months = self.years * 12 + self.months
+        if not months:
+            return date.fromordinal(start.toordinal() + step_days)
+        month_index = start.month - 1 + months * step
+        year = start.year + month_index // 12
         if year > 9999:
             return None
         try:
-            shifted = self.start_date.replace(year=year, month=month)
+            # the constructor, not date.replace(): several times faster on this hot path
+            shifted = date(year, month_index % 12 + 1, start.day)
         except ValueError:
             return None  # the day does not exist in that month: skipped
-        return date.fromordinal(shifted.toordinal() + (self.weeks * 7 + self.days) * step)
+        return date.fromordinal(shifted.toordinal() + step_days) if step_days else shifted
 
     def next_fire_time(self, after: datetime | None = None) -> datetime | None:
         """Return the first fire time later than ``after`` (the first one if ``None``)."""
+        last = self._last_fire
+        if after is not None and last is not None and after == last[0]:
+            # Chained call: ``after`` is the fire time this trigger returned last (possibly
+            # its DST fold twin, at most hours later); every later step is days after it
+            step = last[1] + 1
+            fire_date = self._date_at(step)
+            if fire_date is None or (self.end_date is not None and fire_date > self.end_date):
+                return self._first_fire(step, None, None, None)  # skip or end: the long way
+            fire_time = self._localize_on(fire_date)
+            object.__setattr__(self, "_last_fire", (fire_time, step))
+            return fire_time
+
         # Estimate the step from the calendar distance, then walk: a step that lands on a
         # missing date (Feb 30) is skipped, never clamped
-        step = 0
-        after_utc = after_date = after_wall = None
-        if after is not None:
-            after_utc = after.astimezone(_UTC)
-            after_local = after.astimezone(self.timezone)
-            after_date = after_local.date()
-            # outside a DST overlap's second pass, a fire time equal to ``after`` on the wall
-            # clock is ``after`` itself (the common case: ``after`` is the previous fire time)
-            after_wall = after_local.replace(tzinfo=None) if not after_local.fold else None
-            step = self._step_near(after_date)
+        if after is None:
+            return self._first_fire(0, None, None, None)
+        after_local = after.astimezone(self.timezone)
+        after_date = after_local.date()
+        # outside a DST overlap's second pass, a fire time equal to ``after`` on the wall
+        # clock is ``after`` itself (the common case: ``after`` is the previous fire time);
+        # datetimes sharing a tzinfo compare as wall-clock times
+        after_wall = after_local if not after_local.fold else None
+        return self._first_fire(
+            self._step_near(after_date), after.astimezone(_UTC), after_date, after_wall
+        )
 
+    def _first_fire(
+        self,
+        step: int,
+        after_utc: datetime | None,
+        after_date: date | None,
+        after_wall: datetime | None,
+    ) -> datetime | None:
+        """Walk the steps from ``step`` to the first fire time later than ``after``."""
         # A run of missing dates is short (a yearly Feb 29 skips 3 steps of 4): bounded
         misses = 0
         while misses < 48:
@@ -170,14 +203,30 @@ class CalendarIntervalTrigger(Trigger):
             misses = 0
             if after_date is not None and fire_date < after_date:
                 continue  # certainly not later than ``after``: no need to localize it
-            wall = datetime.combine(fire_date, self._time_of_day)
-            if wall == after_wall:
-                continue
-            fire_time = localize(wall, self.timezone)
-            # compared as UTC instants: same-tzinfo comparisons ignore the DST fold
-            if after_utc is None or fire_time.astimezone(_UTC) > after_utc:
-                return fire_time
+            fire_time = self._localize_on(fire_date)
+            if after_utc is not None:
+                if fire_time == after_wall:
+                    continue
+                # compared as UTC instants: same-tzinfo comparisons ignore the DST fold
+                if fire_time.astimezone(_UTC) <= after_utc:
+                    continue
+            # a cache of one entry, replaced whole (one atomic store): safe across threads
+            object.__setattr__(self, "_last_fire", (fire_time, step - 1))
+            return fire_time
         return None
+
+    def _localize_on(self, fire_date: date) -> datetime:
+        """Return the fire time on ``fire_date``, resolved across DST like :func:`localize`."""
+        tz = self.timezone
+        # combine() and tz.utcoffset() rather than replace() and datetime.utcoffset(): the
+        # same values at a fraction of the cost on this hot path
+        fire_time = datetime.combine(fire_date, self._time_of_day, tz)
+        offset = tz.utcoffset(fire_time)
+        # fold=1 gives a larger offset than fold=0 only inside a gap: rare, done the long way
+        later_offset = tz.utcoffset(datetime.combine(fire_date, self._time_of_day_fold, tz))
+        if offset is not None and later_offset is not None and later_offset > offset:
+            return localize(datetime.combine(fire_date, self._time_of_day), tz)
+        return fire_time
 
     def _step_near(self, local_date: date) -> int:
         """Return the step to search from: no later fire date than ``local_date``'s is skipped."""

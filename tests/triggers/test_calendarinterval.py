@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import date, datetime, timedelta, timezone
+from functools import partial
 from itertools import islice, pairwise
 
 import pytest
@@ -8,6 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from asched.triggers import CalendarIntervalTrigger, trigger_from_dict
+
+from . import instants
 
 UTC = timezone.utc
 
@@ -161,3 +164,57 @@ def test_round_trip_and_text() -> None:
 def test_bad_input(kwargs: dict[str, object], error: type[Exception], message: str) -> None:
     with pytest.raises(error, match=message):
         CalendarIntervalTrigger(**kwargs)  # type: ignore[arg-type]
+
+
+@given(
+    months=st.integers(0, 14),
+    days=st.integers(0, 9),
+    start=st.dates(min_value=date(2000, 1, 1), max_value=date(2040, 12, 31)),
+    hour=st.integers(0, 23),
+    minute=st.sampled_from([0, 30, 45]),
+    zone=st.sampled_from(["Europe/Berlin", "America/New_York", "Australia/Lord_Howe"]),
+)
+def test_chained_calls_agree_with_a_fresh_search(
+    months: int, days: int, start: date, hour: int, minute: int, zone: str
+) -> None:
+    # A trigger continues from the fire time it returned last: its answers must be those of
+    # a trigger searching from scratch, for that fire time in any zone or fold
+    make = partial(
+        CalendarIntervalTrigger,
+        months=months,
+        days=days or (0 if months else 1),
+        hour=hour,
+        minute=minute,
+        start_date=start,
+        timezone=zone,
+    )
+    chained = make()
+    values = list(islice(chained, 16))
+    for previous in values:
+        for after in (previous, previous.astimezone(UTC), previous.replace(fold=1)):
+            assert chained.next_fire_time(previous) is not None  # ``previous`` is the last one
+            assert instants([chained.next_fire_time(after)]) == instants(
+                [make().next_fire_time(after)]
+            )
+
+
+@pytest.mark.parametrize(
+    ("zone", "start", "hour", "minute"),
+    [
+        ("Europe/Berlin", "2026-03-25", 2, 30),  # gap on 29 March
+        ("Europe/Berlin", "2026-10-20", 2, 30),  # overlap on 25 October
+        ("America/New_York", "2026-10-28", 1, 30),  # overlap on 1 November
+        ("Australia/Lord_Howe", "2026-09-30", 2, 15),  # half-hour gap on 4 October
+    ],
+)
+def test_chained_calls_across_dst_changes_agree_with_a_fresh_search(
+    zone: str, start: str, hour: int, minute: int
+) -> None:
+    make = partial(
+        CalendarIntervalTrigger, days=1, hour=hour, minute=minute, start_date=start, timezone=zone
+    )
+    chained: list[datetime | None] = list(islice(make(), 10))
+    fresh = [make().next_fire_time(previous) for previous in chained[:-1] if previous]
+    assert instants(fresh) == instants(chained[1:])
+    # the ambiguous or skipped day fires exactly once
+    assert len({value.date() for value in chained if value}) == len(chained)

@@ -8,6 +8,8 @@ import pytest
 
 from asched.triggers import CronTrigger, trigger_from_dict
 
+from . import instants
+
 UTC = timezone.utc
 
 
@@ -506,3 +508,35 @@ class TestErrors:
             ("day_of_week", "mon-fri"),
             ("hour", "1,2"),
         )
+
+
+@pytest.mark.parametrize(
+    ("zone", "start", "fields"),
+    [
+        ("America/New_York", "2026-11-01T00:58:00-04:00", {"second": "*/20"}),  # overlap
+        ("Europe/Berlin", "2026-10-25T01:50:00+02:00", {"minute": "*/5"}),  # overlap
+        ("Europe/Berlin", "2026-03-29T01:50:00+01:00", {"minute": "*/5"}),  # gap
+        ("Australia/Lord_Howe", "2026-10-04T01:40:00+10:30", {"minute": "*/10"}),  # half-hour gap
+        ("Europe/Berlin", "2026-01-01T00:00:00+01:00", {"day": "last fri", "hour": 9}),
+    ],
+)
+def test_chained_calls_agree_with_a_fresh_search(
+    zone: str, start: str, fields: dict[str, str | int]
+) -> None:
+    # A trigger continues from the fire time it returned last: its answers must be those of
+    # a trigger searching from scratch, for that fire time in any zone or fold
+    def make() -> CronTrigger:
+        return CronTrigger(**fields, start_time=start, timezone=zone)  # type: ignore[arg-type]
+
+    chained = make()
+    values = list(islice(chained, 40))
+    for previous in values:
+        for after in (previous, previous.astimezone(timezone.utc), previous.replace(fold=1)):
+            assert chained.next_fire_time(previous) is not None  # ``previous`` is the last one
+            assert instants([chained.next_fire_time(after)]) == instants(
+                [make().next_fire_time(after)]
+            )
+    # the chain itself is strictly increasing in real time
+    assert all(
+        a.astimezone(timezone.utc) < b.astimezone(timezone.utc) for a, b in pairwise(values)
+    )
