@@ -3,7 +3,8 @@
 ``python -m benchmarks.floors '<json spec>'`` prints one JSON object. Cases:
 
 - ``redis``: ``jobs`` jobs through the Redis store's three Lua scripts (add, acquire, release)
-  called with redis-py's asyncio client and nothing else: no scheduler, no events, no
+  called with redis-py's asyncio client (EVALSHA, as the store sends them) and nothing
+  else: no scheduler, no events, no
   serialization. ``batch`` jobs per call (1: a job at a time, as jobs trickle in).
 - ``postgresql``: the same with asyncpg on the PostgreSQL store's tables: an INSERT, an
   acquiring transaction (``SELECT … FOR UPDATE SKIP LOCKED`` then ``UPDATE``) and a ``DELETE``
@@ -42,9 +43,9 @@ async def redis_floor(spec: dict[str, Any]) -> dict[str, Any]:
     count, batch = spec["jobs"], spec.get("batch", 1)
     prefix = "{asched_floor}"
     client = aioredis.Redis.from_url(spec.get("url", "redis://127.0.0.1:6379/0"))
-    add = client.register_script(redis_store._ADD_JOBS)
-    acquire = client.register_script(redis_store._ACQUIRE_JOBS)
-    release = client.register_script(redis_store._RELEASE_JOBS)
+    add = redis_store.LuaScript(redis_store._ADD_JOBS)
+    acquire = redis_store.LuaScript(redis_store._ACQUIRE_JOBS)
+    release = redis_store.LuaScript(redis_store._RELEASE_JOBS)
     await _delete_keys(client, prefix)
     try:
         start = time.perf_counter()
@@ -52,16 +53,16 @@ async def redis_floor(spec: dict[str, Any]) -> dict[str, Any]:
             args: list[Any] = []
             for _ in range(batch):
                 args += [str(uuid4()), "task", "", "", _REDIS_RECORD]
-            await add(keys=[prefix], args=args)
+            await add(client, prefix, *args)
             now = int(time.time() * 1e6)
             acquired, _missed, _held = await acquire(
-                keys=[prefix], args=[now, now + 30_000_000, batch, "floor"]
+                client, prefix, now, now + 30_000_000, batch, "floor"
             )
             assert len(acquired) == batch, acquired
             release_args: list[Any] = ["floor"]
             for job_id in args[::5]:
                 release_args += [job_id, "", 1]
-            await release(keys=[prefix], args=release_args)
+            await release(client, prefix, *release_args)
         elapsed = time.perf_counter() - start
     finally:
         await _delete_keys(client, prefix)

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AsyncExitStack
 from datetime import datetime, timedelta
 from logging import Logger, getLogger
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 from uuid import UUID
 
 import anyio
@@ -277,7 +277,33 @@ class DataStore(ABC):
         """
 
 
-def job_released_event(scheduler_id: str, job: Job, result: JobResult) -> JobReleased:
+class ReleasedJob(NamedTuple):
+    """The fields of a job that its ``JobReleased`` event carries.
+
+    A store that gets a released job back as a record can build the event from these without
+    restoring the whole job (its arguments need not be deserialized to be deleted).
+    """
+
+    id: UUID
+    task_id: str
+    schedule_id: str | None
+    scheduled_fire_time: datetime | None
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> ReleasedJob:
+        """Take the fields from a job record (see :meth:`Job.marshal`)."""
+        job_id = record["id"]
+        return cls(
+            job_id if isinstance(job_id, UUID) else UUID(job_id),
+            record["task_id"],
+            record["schedule_id"],
+            record["scheduled_fire_time"],
+        )
+
+
+def job_released_event(
+    scheduler_id: str, job: Job | ReleasedJob, result: JobResult
+) -> JobReleased:
     """Build the ``JobReleased`` event for ``job`` ending with ``result``.
 
     Shared by all data stores so that every store reports exceptions the same way.

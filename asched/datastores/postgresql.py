@@ -44,6 +44,7 @@ from ..serializers.base import Serializer
 from ._write_batcher import WriteBatcher
 from .base import (
     BaseExternalDataStore,
+    ReleasedJob,
     RetrySettings,
     cleanup_events,
     job_acquisition_events,
@@ -923,7 +924,7 @@ class PostgreSQLDataStore(BaseExternalDataStore):
                         WHERE released.result_expiration_time > 0
                         ON CONFLICT (job_id) DO NOTHING
                     )
-                    SELECT * FROM released
+                    SELECT id, task_id, schedule_id, scheduled_fire_time FROM released
                     """,
                     list(marshalled),
                     scheduler_id,
@@ -939,9 +940,9 @@ class PostgreSQLDataStore(BaseExternalDataStore):
             self._logger.debug(
                 "Ignored %d results of jobs not acquired by %s", ignored, scheduler_id
             )
-        jobs = await self._jobs_from_rows(rows)
         await self._publish(
-            job_released_event(scheduler_id, job, marshalled[job.id][0]) for job in jobs
+            job_released_event(scheduler_id, ReleasedJob(*row), marshalled[row["id"]][0])
+            for row in rows
         )
 
     async def get_job_result(self, job_id: UUID) -> JobResult | None:

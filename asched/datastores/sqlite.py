@@ -47,6 +47,7 @@ from ..serializers.base import Serializer
 from ._write_batcher import WriteBatcher
 from .base import (
     BaseExternalDataStore,
+    ReleasedJob,
     RetrySettings,
     cleanup_events,
     job_acquisition_events,
@@ -821,8 +822,9 @@ class SQLiteDataStore(BaseExternalDataStore):
 
         def operation(connection: sqlite3.Connection) -> list[sqlite3.Row]:
             rows = connection.execute(
-                f"DELETE FROM jobs WHERE id IN (SELECT value FROM json_each(?)) "
-                f"AND acquired_by = ? RETURNING {', '.join(_JOB_COLUMNS)}",
+                "DELETE FROM jobs WHERE id IN (SELECT value FROM json_each(?)) "
+                "AND acquired_by = ? "
+                "RETURNING id, task_id, schedule_id, scheduled_fire_time, result_expiration_time",
                 (json.dumps(list(marshalled)), scheduler_id),
             ).fetchall()
             kept = [marshalled[row["id"]][1] for row in rows if row["result_expiration_time"] > 0]
@@ -830,9 +832,18 @@ class SQLiteDataStore(BaseExternalDataStore):
             return rows
 
         rows = await self._run(operation)
-        jobs = await self._jobs_from_rows(rows)
         await self._publish(
-            job_released_event(scheduler_id, job, marshalled[str(job.id)][0]) for job in jobs
+            job_released_event(
+                scheduler_id,
+                ReleasedJob(
+                    UUID(row["id"]),
+                    row["task_id"],
+                    row["schedule_id"],
+                    _from_db(row["scheduled_fire_time"]),
+                ),
+                marshalled[row["id"]][0],
+            )
+            for row in rows
         )
 
     async def get_job_result(self, job_id: UUID) -> JobResult | None:

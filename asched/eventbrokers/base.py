@@ -14,10 +14,12 @@ from uuid import uuid4
 from anyio import (
     BrokenResourceError,
     ClosedResourceError,
+    EndOfStream,
     WouldBlock,
     create_memory_object_stream,
     create_task_group,
     fail_after,
+    move_on_after,
     sleep,
 )
 from anyio import Event as Event_
@@ -182,6 +184,10 @@ class BaseEventBroker(EventBroker):
 
 _RELAY_QUEUE_SIZE = 100_000
 _RELAY_BATCH_SIZE = 500
+#: how long the relay gathers events after the first one of a batch
+_RELAY_GATHER_SECONDS = 0.002
+#: how long a stopping broker keeps relaying what is queued
+_RELAY_DRAIN_SECONDS = 2.0
 #: waits between attempts to relay a batch, and between reconnections of a listener
 RECONNECT_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 
@@ -217,9 +223,18 @@ class BaseExternalEventBroker(BaseEventBroker):
         exit_stack.callback(receive.close)
         exit_stack.callback(send.close)
         task_group = await exit_stack.enter_async_context(create_task_group())
-        exit_stack.callback(task_group.cancel_scope.cancel)
+        relay_finished = Event_()
+
+        async def stop() -> None:
+            # the relay sends what is queued, briefly, then everything stops
+            send.close()
+            with move_on_after(_RELAY_DRAIN_SECONDS):
+                await relay_finished.wait()
+            task_group.cancel_scope.cancel()
+
+        exit_stack.push_async_callback(stop)
         task_group.start_soon(self._listen_forever)
-        task_group.start_soon(self._relay_forever, receive)
+        task_group.start_soon(self._relay_forever, receive, relay_finished)
         with fail_after(30):
             await self._listening.wait()
 
@@ -235,13 +250,25 @@ class BaseExternalEventBroker(BaseEventBroker):
         except (ClosedResourceError, BrokenResourceError):
             pass
 
-    async def _relay_forever(self, receive: MemoryObjectReceiveStream[Event]) -> None:
+    async def _relay_forever(
+        self, receive: MemoryObjectReceiveStream[Event], finished: Event_
+    ) -> None:
+        try:
+            await self._relay_batches(receive)
+        finally:
+            finished.set()
+
+    async def _relay_batches(self, receive: MemoryObjectReceiveStream[Event]) -> None:
         async for event in receive:
+            # Events that trickle in (a job added, acquired, released) would each cost a
+            # round trip: a short wait gathers them into one message, while local
+            # subscribers already have them
+            await sleep(_RELAY_GATHER_SECONDS)
             batch = [event]
             while len(batch) < _RELAY_BATCH_SIZE:
                 try:
                     batch.append(receive.receive_nowait())
-                except WouldBlock:
+                except (WouldBlock, EndOfStream):  # nothing more now, or ever (stopping)
                     break
             messages = [self.encode_events(batch)]
             for delay in (*RECONNECT_DELAYS, None):

@@ -845,10 +845,11 @@ async def test_released_job_is_gone_and_its_result_kept_if_asked(
     assert await data_store.get_job_result(not_kept.id) is None
     events = {event.job_id: event for event in recorder.of_type(JobReleased)}
     assert events[kept.id].outcome is JobOutcome.success
-    assert (events[kept.id].schedule_id, events[kept.id].scheduled_fire_time) == (
-        "s9",
-        kept.scheduled_fire_time,
-    )
+    assert (
+        events[kept.id].task_id,
+        events[kept.id].schedule_id,
+        events[kept.id].scheduled_fire_time,
+    ) == (kept.task_id, "s9", kept.scheduled_fire_time)
     assert events[kept.id].scheduler_id == "me"
 
 

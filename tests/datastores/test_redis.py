@@ -108,3 +108,23 @@ async def test_scheduler_on_a_redis_url_runs_a_job(namespace: str) -> None:
         await scheduler.start_in_background()
         with anyio.fail_after(20):
             assert await scheduler.run_job(double, args=[21]) == 42
+
+
+async def test_scripts_are_sent_again_after_the_server_forgets_them(
+    namespace: str, clock: FakeClock
+) -> None:
+    # a restarted server (or SCRIPT FLUSH) has no cached scripts: the store must send them
+    # again, not fail (other clients' scripts are reloaded on demand the same way)
+    async with AsyncExitStack() as stack:
+        store = await started_store(stack, url_for(namespace), clock)
+        await store.add_task(Task(id="task", job_executor="async"))
+        for _ in range(2):  # forgotten, then sent again; the second round starts cached
+            client = aioredis.Redis.from_url(REDIS_URL)
+            try:
+                await client.script_flush()
+            finally:
+                await client.aclose()
+            job = Job(task_id="task", created_at=clock.now())
+            await store.add_jobs([job])
+            acquired = await store.acquire_jobs("worker", timedelta(minutes=1), 5)
+            assert [acquired_job.id for acquired_job in acquired] == [job.id]

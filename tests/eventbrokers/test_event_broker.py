@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import AsyncExitStack
 from datetime import datetime, timezone
 from types import ModuleType
 from uuid import uuid4
@@ -315,3 +316,27 @@ async def test_external_broker_recovers_after_its_connections_are_killed(
                 await arrived.wait()
 
     assert received[0] == event
+
+
+async def test_events_published_just_before_a_stop_still_reach_the_others(
+    broker_backend: ModuleType, namespace: str, logger: logging.Logger
+) -> None:
+    # a stopping broker sends what it has queued before it closes (a scheduler that stops
+    # right after its last job must not swallow that job's JobReleased)
+    if not broker_backend.CROSS_PROCESS:
+        pytest.skip("the local broker delivers within one process only")
+    async with AsyncExitStack() as stack:
+        sender, receiver = await stack.enter_async_context(
+            broker_backend.open_event_brokers(namespace, 2)
+        )
+        await receiver.start(stack, logger)
+        recorder = EventRecorder()
+        receiver.subscribe(recorder)
+        events = [TaskAdded(task_id=f"t{index}") for index in range(50)]
+        async with AsyncExitStack() as sender_stack:
+            await sender.start(sender_stack, logger)
+            for event in events:
+                await sender.publish(event)
+        # the sender has stopped: whatever arrives now was sent while it stopped
+        await recorder.wait_for(TaskAdded, len(events))
+        assert recorder.events == events
