@@ -3,9 +3,9 @@
 ``python -m benchmarks.floors '<json spec>'`` prints one JSON object. Cases:
 
 - ``redis``: ``jobs`` jobs through the Redis store's three Lua scripts (add, acquire, release)
-  called with redis-py's asyncio client (EVALSHA, as the store sends them) and nothing
-  else: no scheduler, no events, no
-  serialization. ``batch`` jobs per call (1: a job at a time, as jobs trickle in).
+  called with redis-py's asyncio client (EVALSHA, as the store sends them) and nothing else:
+  no scheduler, no events, no serialization. ``batch`` jobs per call (1: a job at a time, as
+  jobs trickle in).
 - ``postgresql``: the same with asyncpg on the PostgreSQL store's tables: an INSERT, an
   acquiring transaction (``SELECT … FOR UPDATE SKIP LOCKED`` then ``UPDATE``) and a ``DELETE``
   per batch, without the store's ``max_running_jobs`` bookkeeping.
