@@ -4,9 +4,11 @@ Every operation that hands out or takes back work is one Lua script, so it is at
 round trip whatever the batch size: acquiring k schedules or jobs (with their leases and the
 ``max_running_jobs`` counters), releasing k results, adding k jobs. Keys live under a prefix:
 
-- ``{prefix}:schedule:{id}`` hash (the record, plus times and lease as separate fields),
-  ``{prefix}:schedules`` set of ids, ``{prefix}:due`` sorted set (unleased, unpaused
-  schedules by next run time), ``{prefix}:leased`` sorted set (leased ones by lease expiry);
+- ``{prefix}:schedule:{id}`` hash (times, lease and the fields the scripts look at) and
+  ``{prefix}:schedule_record:{id}`` string (the record): apart, the hash stays small enough
+  for Redis's compact listpack encoding; ``{prefix}:schedules`` set of ids, ``{prefix}:due``
+  sorted set (unleased, unpaused schedules by next run time), ``{prefix}:leased`` sorted
+  set (leased ones by lease expiry);
 - ``{prefix}:job:{id}`` hash, ``{prefix}:jobs`` (all, by creation), ``{prefix}:queue``
   (waiting, by creation), ``{prefix}:running`` (by lease expiry), ``{prefix}:deadlines``
   (waiting jobs with a start deadline); ``{prefix}:running_tasks`` and
@@ -141,13 +143,14 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', p..':due', '-inf', now, 'LIMIT',
   redis.call('ZREM', p..':due', id)
   redis.call('ZADD', p..':leased', untl, id)
   redis.call('HSET', key, 'acquired_by', sid, 'acquired_until', untl)
-  table.insert(result, redis.call('HGETALL', key))
+  local record = redis.call('GET', p..':schedule_record:'..id)
+  table.insert(result, {record, redis.call('HGETALL', key)})
 end
 return result
 """
 
 # KEYS: prefix. ARGV: id, policy (replace/other), task_id, paused, next_run_time or '',
-# max_running_jobs or '', then field/value pairs of the hash
+# max_running_jobs or '', record, then field/value pairs of the hash
 _ADD_SCHEDULE = """
 local p, id, policy = KEYS[1], ARGV[1], ARGV[2]
 local key = p..':schedule:'..id
@@ -155,9 +158,10 @@ local exists = redis.call('EXISTS', key)
 if exists == 1 and policy ~= 'replace' then return 0 end
 redis.call('DEL', key)
 local fields = {}
-for i = 7, #ARGV do table.insert(fields, ARGV[i]) end
+for i = 8, #ARGV do table.insert(fields, ARGV[i]) end
 redis.call('HSET', key, 'task_id', ARGV[3], 'paused', ARGV[4], 'next_run_time', ARGV[5],
            'max_running_jobs', ARGV[6], unpack(fields))
+redis.call('SET', p..':schedule_record:'..id, ARGV[7])
 redis.call('SADD', p..':schedules', id)
 redis.call('ZREM', p..':leased', id)
 redis.call('ZREM', p..':due', id)
@@ -345,7 +349,7 @@ while i <= #ARGV do
     end
     redis.call('ZREM', p..':leased', id)
     if nft == '' then
-      redis.call('DEL', key)
+      redis.call('DEL', key, p..':schedule_record:'..id)
       redis.call('SREM', p..':schedules', id)
       redis.call('ZREM', p..':due', id)
     else
@@ -550,19 +554,20 @@ class RedisDataStore(BaseExternalDataStore):
         times = {name: record.pop(name) for name in _SCHEDULE_TIMES}
         for name in ("acquired_by", "acquired_until"):
             record.pop(name)
-        fields: list[Any] = ["record", encode_record(record)]
+        fields: list[Any] = [encode_record(record)]
         for name, value in times.items():
             fields += [name, "" if value is None else _to_db(value)]
         return fields
 
-    async def _schedules_from_hashes(self, hashes: Iterable[Any]) -> list[Schedule]:
+    async def _schedules_from_replies(self, replies: Iterable[Any]) -> list[Schedule]:
+        """Restore schedules from (record, hash fields) pairs; missing ones are skipped."""
         schedules: list[Schedule] = []
         events: list[Event] = []
-        for raw in hashes:
-            fields = _hash_dict(raw)
-            if "record" not in fields:
-                continue
-            record = decode_record(fields["record"])
+        for raw_record, raw_fields in replies:
+            if not raw_record or not raw_fields:
+                continue  # removed between the reads
+            fields = _hash_dict(raw_fields)
+            record = decode_record(raw_record)
             for name in _SCHEDULE_TIMES:
                 record[name] = _from_db(fields.get(name))
             acquired_by = fields.get("acquired_by")
@@ -618,7 +623,10 @@ class RedisDataStore(BaseExternalDataStore):
                 async with self._redis.pipeline(transaction=True) as pipeline:
                     for schedule_id in id_list:
                         pipeline.hget(self._key("schedule", schedule_id), "task_id")
-                        pipeline.delete(self._key("schedule", schedule_id))
+                        pipeline.delete(
+                            self._key("schedule", schedule_id),
+                            self._key("schedule_record", schedule_id),
+                        )
                         pipeline.srem(self._key("schedules"), schedule_id)
                         pipeline.zrem(self._key("due"), schedule_id)
                         pipeline.zrem(self._key("leased"), schedule_id)
@@ -645,23 +653,24 @@ class RedisDataStore(BaseExternalDataStore):
                     id_list = sorted(set(ids))
                 async with self._redis.pipeline(transaction=False) as pipeline:
                     for schedule_id in id_list:
+                        pipeline.get(self._key("schedule_record", schedule_id))
                         pipeline.hgetall(self._key("schedule", schedule_id))
-                    hashes = await pipeline.execute()
-        return await self._schedules_from_hashes(hashes)
+                    replies = await pipeline.execute()
+        return await self._schedules_from_replies(zip(replies[::2], replies[1::2], strict=True))
 
     async def acquire_schedules(
         self, scheduler_id: str, lease_duration: timedelta, limit: int
     ) -> list[Schedule]:
         """Lease due schedules; see :meth:`DataStore.acquire_schedules`."""
         now = self._clock.now()
-        hashes = await self._call(
+        replies = await self._call(
             "acquire_schedules",
             _to_db(now),
             _to_db(now + lease_duration),
             limit,
             scheduler_id,
         )
-        return await self._schedules_from_hashes(hashes)
+        return await self._schedules_from_replies(replies)
 
     def _job_args(self, job: Job) -> list[Any]:
         deadline = _to_db(job.start_deadline)

@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 
 from asched import AsyncScheduler
 from asched._enums import ConflictPolicy
-from asched._structures import Job, Schedule, Task
+from asched._structures import Job, Schedule, ScheduleUpdate, Task
 from asched.datastores.redis import RedisDataStore
 from asched.eventbrokers import LocalEventBroker
 from asched.triggers import IntervalTrigger
@@ -128,3 +128,51 @@ async def test_scripts_are_sent_again_after_the_server_forgets_them(
             await store.add_jobs([job])
             acquired = await store.acquire_jobs("worker", timedelta(minutes=1), 5)
             assert [acquired_job.id for acquired_job in acquired] == [job.id]
+
+
+async def test_schedules_stay_compact_and_leave_no_keys_behind(
+    namespace: str, clock: FakeClock
+) -> None:
+    # The record lives apart from the schedule's hash so that the hash keeps Redis's compact
+    # listpack encoding (about a third less memory per schedule); both go when it goes
+    def schedule(schedule_id: str) -> Schedule:
+        return Schedule(
+            id=schedule_id,
+            task_id="task",
+            trigger=IntervalTrigger(seconds=1, start_time=clock.now()),
+            next_fire_time=clock.now(),
+            next_run_time=clock.now(),
+        )
+
+    client = aioredis.Redis.from_url(REDIS_URL)
+
+    async def schedule_keys() -> set[str]:
+        pattern = f"{{{namespace}}}:schedule*"
+        return {key.decode() async for key in client.scan_iter(match=pattern)}
+
+    try:
+        async with AsyncExitStack() as stack:
+            store = await started_store(stack, url_for(namespace), clock)
+            await store.add_schedule(schedule("removed"), ConflictPolicy.exception)
+            await store.add_schedule(schedule("finished"), ConflictPolicy.exception)
+            encoding = await client.object("ENCODING", f"{{{namespace}}}:schedule:removed")
+            assert encoding == b"listpack"
+            assert len(await schedule_keys()) == 5  # two hashes, two records, the id set
+
+            await store.remove_schedules(["removed"])
+            [acquired] = await store.acquire_schedules("me", timedelta(seconds=5), 10)
+            await store.release_schedules(
+                "me",
+                [
+                    ScheduleUpdate(
+                        schedule_id=acquired.id,
+                        next_fire_time=None,
+                        next_run_time=None,
+                        last_fire_time=acquired.next_fire_time,
+                    )
+                ],
+            )
+            assert await store.get_schedules() == []
+            assert await schedule_keys() == set()
+    finally:
+        await client.aclose()
