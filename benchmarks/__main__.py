@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -58,7 +59,11 @@ def run_case(side: str, spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _number(value: float | None, digits: int = 0) -> str:
-    return "n/a" if value is None else f"{value:,.{digits}f}"
+    if value is None:
+        return "n/a"
+    if math.isnan(value):  # a case that gave up waiting (see its side)
+        return "never: not within the case's time limit"
+    return f"{value:,.{digits}f}"
 
 
 def throughput(jobs: int) -> None:

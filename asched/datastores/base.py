@@ -421,13 +421,17 @@ def cleanup_events(
 
 def marshal_job_result(
     serializer: Serializer, result: JobResult
-) -> tuple[JobResult, dict[str, Any]]:
+) -> tuple[JobResult, dict[str, Any] | None]:
     """Return the result a persistent store keeps for ``result``, and its record.
 
-    A return value the serializer cannot handle turns the result into outcome ``error`` with
-    the :class:`~asched.SerializationError` as its exception, so a release never fails over
+    The record is ``None`` for a result that is not kept (its job's result expiration time
+    is zero): nothing is serialized, as in the memory store. A return value the serializer
+    cannot handle turns a kept result into outcome ``error`` with the
+    :class:`~asched.SerializationError` as its exception, so a release never fails over
     serialization (see :meth:`DataStore.release_jobs`).
     """
+    if result.expires_at <= result.finished_at:
+        return result, None
     try:
         return result, result.marshal(serializer)
     except SerializationError as exc:

@@ -903,6 +903,10 @@ class PostgreSQLDataStore(BaseExternalDataStore):
         marshalled = {
             result.job_id: marshal_job_result(self.serializer, result) for result in results
         }
+        kept_records = [record for _, record in marshalled.values() if record is not None]
+        result_columns = [
+            [record[name] for record in kept_records] for name in _RESULT_COLUMNS.split(", ")
+        ]
 
         async def release() -> list[asyncpg.Record]:
             async with self._connection() as connection:
@@ -913,25 +917,21 @@ class PostgreSQLDataStore(BaseExternalDataStore):
                     WITH released AS (
                         DELETE FROM {self._schema}.jobs
                         WHERE id = ANY($1::uuid[]) AND acquired_by = $2
-                        RETURNING {_JOB_COLUMNS}
+                        RETURNING id, task_id, schedule_id, scheduled_fire_time
                     ), kept AS (
                         INSERT INTO {self._schema}.job_results ({_RESULT_COLUMNS})
                         SELECT r.* FROM unnest(
-                            $1::uuid[], $3::text[], $4::bytea[], $5::bytea[],
-                            $6::timestamptz[], $7::timestamptz[], $8::timestamptz[]
+                            $3::uuid[], $4::text[], $5::bytea[], $6::bytea[],
+                            $7::timestamptz[], $8::timestamptz[], $9::timestamptz[]
                         ) AS r({_RESULT_COLUMNS})
                         JOIN released ON released.id = r.job_id
-                        WHERE released.result_expiration_time > 0
                         ON CONFLICT (job_id) DO NOTHING
                     )
                     SELECT id, task_id, schedule_id, scheduled_fire_time FROM released
                     """,
                     list(marshalled),
                     scheduler_id,
-                    *[
-                        [marshalled[job_id][1][name] for job_id in marshalled]
-                        for name in _RESULT_COLUMNS.split(", ")[1:]
-                    ],
+                    *result_columns,
                 )
 
         rows = await self._with_retries(release)

@@ -264,8 +264,8 @@ local function finish_job(p, id, key)
 end
 """
 
-# KEYS: prefix. ARGV: worker id, then triples of job id, result record, TTL in ms (the result
-# is kept if the job's result_expiration_time is positive)
+# KEYS: prefix. ARGV: worker id, then triples of job id, result record, TTL in ms (an empty
+# record: the job keeps no result)
 _RELEASE_JOBS = (
     _FINISH_JOB
     + """
@@ -275,9 +275,8 @@ for i = 2, #ARGV, 3 do
   local id = ARGV[i]
   local key = p..':job:'..id
   if redis.call('HGET', key, 'acquired_by') == sid then
-    local record = finish_job(p, id, key)
-    table.insert(released, record)
-    if cjson.decode(record).result_expiration_time > 0 then
+    table.insert(released, finish_job(p, id, key))
+    if ARGV[i+1] ~= '' then  -- a kept result
       redis.call('SET', p..':result:'..id, ARGV[i+1], 'PX', ARGV[i+2])
     end
   end
@@ -837,8 +836,12 @@ class RedisDataStore(BaseExternalDataStore):
         for result in results:
             kept, record = marshal_job_result(self.serializer, result)
             kept_results[result.job_id] = kept
-            record["job_id"] = job_id = str(result.job_id)  # one str() for both uses
-            args += [job_id, encode_record(record), self._ttl_ms(kept)]
+            job_id = str(result.job_id)
+            if record is None:  # not kept: the job goes, nothing is stored
+                args += [job_id, "", 0]
+            else:
+                record["job_id"] = job_id  # one str() for both uses
+                args += [job_id, encode_record(record), self._ttl_ms(kept)]
         records = await self._call("release_jobs", *args)
         released = [ReleasedJob.from_record(decode_record(record)) for record in records]
         await self._publish(

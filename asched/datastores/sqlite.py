@@ -824,10 +824,10 @@ class SQLiteDataStore(BaseExternalDataStore):
             rows = connection.execute(
                 "DELETE FROM jobs WHERE id IN (SELECT value FROM json_each(?)) "
                 "AND acquired_by = ? "
-                "RETURNING id, task_id, schedule_id, scheduled_fire_time, result_expiration_time",
+                "RETURNING id, task_id, schedule_id, scheduled_fire_time",
                 (json.dumps(list(marshalled)), scheduler_id),
             ).fetchall()
-            kept = [marshalled[row["id"]][1] for row in rows if row["result_expiration_time"] > 0]
+            kept = [record for row in rows if (record := marshalled[row["id"]][1]) is not None]
             self._insert_results(connection, kept)
             return rows
 

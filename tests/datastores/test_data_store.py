@@ -8,6 +8,7 @@ the time source they all use.
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 from typing import Any
 from uuid import UUID, uuid4
@@ -851,6 +852,41 @@ async def test_released_job_is_gone_and_its_result_kept_if_asked(
         events[kept.id].scheduled_fire_time,
     ) == (kept.task_id, "s9", kept.scheduled_fire_time)
     assert events[kept.id].scheduler_id == "me"
+
+
+async def test_a_return_value_that_cannot_be_kept_fails_only_a_kept_result(
+    data_store: DataStore, clock: FakeClock, recorder: EventRecorder
+) -> None:
+    # A persistent store cannot keep a lock: the kept result becomes an error that says so
+    # (the memory store keeps the object itself); a result that is not kept is never
+    # serialized, so that job succeeds on every store
+    await data_store.add_task(make_task())
+    kept = make_job(clock, result_expiration_time=timedelta(minutes=1))
+    not_kept = make_job(clock)
+    await data_store.add_jobs([kept, not_kept])
+    await data_store.acquire_jobs("me", LEASE, 10)
+    unstorable = threading.Lock()
+
+    await data_store.release_jobs(
+        "me",
+        [
+            finish(kept, clock, return_value=unstorable),
+            finish(not_kept, clock, return_value=unstorable),
+        ],
+    )
+
+    assert await data_store.get_jobs() == []
+    events = {event.job_id: event for event in recorder.of_type(JobReleased)}
+    assert events[not_kept.id].outcome is JobOutcome.success
+    result = await data_store.get_job_result(kept.id)
+    assert result is not None
+    assert events[kept.id].outcome is result.outcome
+    if result.outcome is JobOutcome.success:
+        assert result.return_value is unstorable
+    else:
+        assert result.outcome is JobOutcome.error
+        assert isinstance(result.exception, SerializationError)
+        assert events[kept.id].exception_type == "asched._exceptions.SerializationError"
 
 
 async def test_error_result_keeps_the_exception_and_the_event_describes_it(
