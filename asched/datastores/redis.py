@@ -563,9 +563,13 @@ class RedisDataStore(BaseExternalDataStore):
         schedules: list[Schedule] = []
         events: list[Event] = []
         for raw_record, raw_fields in replies:
-            if not raw_record or not raw_fields:
+            if not raw_fields:
                 continue  # removed between the reads
             fields = _hash_dict(raw_fields)
+            # schedules written before records moved out of the hash keep theirs inside it
+            raw_record = raw_record or fields.get("record")
+            if not raw_record:
+                continue
             record = decode_record(raw_record)
             for name in _SCHEDULE_TIMES:
                 record[name] = _from_db(fields.get(name))

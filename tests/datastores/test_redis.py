@@ -176,3 +176,49 @@ async def test_schedules_stay_compact_and_leave_no_keys_behind(
             assert await schedule_keys() == set()
     finally:
         await client.aclose()
+
+
+async def test_schedules_stored_with_the_record_inside_their_hash_still_load(
+    namespace: str, clock: FakeClock
+) -> None:
+    # Earlier versions kept the record as a field of the schedule's hash: such a schedule
+    # must still be listed, acquired and moved on
+    async with AsyncExitStack() as stack:
+        store = await started_store(stack, url_for(namespace), clock)
+        await store.add_schedule(
+            Schedule(
+                id="old",
+                task_id="task",
+                trigger=IntervalTrigger(seconds=1, start_time=clock.now()),
+                next_fire_time=clock.now(),
+                next_run_time=clock.now(),
+            ),
+            ConflictPolicy.exception,
+        )
+        client = aioredis.Redis.from_url(REDIS_URL)
+        try:
+            record_key = f"{{{namespace}}}:schedule_record:old"
+            await client.hset(
+                f"{{{namespace}}}:schedule:old", "record", await client.get(record_key)
+            )
+            await client.delete(record_key)
+        finally:
+            await client.aclose()
+
+        assert [schedule.id for schedule in await store.get_schedules()] == ["old"]
+        [acquired] = await store.acquire_schedules("me", timedelta(seconds=5), 10)
+        assert acquired.id == "old"
+        later = clock.now() + timedelta(seconds=1)
+        await store.release_schedules(
+            "me",
+            [
+                ScheduleUpdate(
+                    schedule_id="old",
+                    next_fire_time=later,
+                    next_run_time=later,
+                    last_fire_time=acquired.next_fire_time,
+                )
+            ],
+        )
+        [moved_on] = await store.get_schedules()
+        assert moved_on.next_fire_time == later
