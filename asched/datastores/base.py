@@ -291,10 +291,9 @@ class ReleasedJob(NamedTuple):
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> ReleasedJob:
-        """Take the fields from a job record (see :meth:`Job.marshal`)."""
-        job_id = record["id"]
+        """Take the fields from a job record as stored in JSON (its id as text)."""
         return cls(
-            job_id if isinstance(job_id, UUID) else UUID(job_id),
+            UUID(record["id"]),
             record["task_id"],
             record["schedule_id"],
             record["scheduled_fire_time"],

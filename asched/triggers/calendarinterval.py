@@ -158,13 +158,7 @@ class CalendarIntervalTrigger(Trigger):
         if after is not None and last is not None and after == last[0]:
             # Chained call: ``after`` is the fire time this trigger returned last (possibly
             # its DST fold twin, at most hours later); every later step is days after it
-            step = last[1] + 1
-            fire_date = self._date_at(step)
-            if fire_date is None or (self.end_date is not None and fire_date > self.end_date):
-                return self._first_fire(step, None, None, None)  # skip or end: the long way
-            fire_time = self._localize_on(fire_date)
-            object.__setattr__(self, "_last_fire", (fire_time, step))
-            return fire_time
+            return self._first_fire(last[1] + 1, None, None, None)
 
         # Estimate the step from the calendar distance, then walk: a step that lands on a
         # missing date (Feb 30) is skipped, never clamped

@@ -12,12 +12,12 @@ import pytest
 
 from asched import AsyncScheduler
 from asched._enums import ConflictPolicy
-from asched._structures import Job, Schedule, Task
+from asched._structures import Job, Task
 from asched.datastores.postgresql import SCHEMA_VERSION, PostgreSQLDataStore
 from asched.eventbrokers import LocalEventBroker
-from asched.triggers import IntervalTrigger
 from tests.backends.postgresql import drop_schema, tagged_url, terminate_connections
 from tests.clock import FakeClock
+from tests.datastores import due_schedule
 from tests.services import POSTGRESQL_URL, require_postgresql
 
 pytestmark = pytest.mark.anyio
@@ -47,16 +47,6 @@ async def started_store(
     await broker.start(stack, logging.getLogger("test"))
     await store.start(stack, broker, logging.getLogger("test"), clock)
     return store
-
-
-def schedule(schedule_id: str, clock: FakeClock) -> Schedule:
-    return Schedule(
-        id=schedule_id,
-        task_id="task",
-        trigger=IntervalTrigger(seconds=1, start_time=clock.now()),
-        next_fire_time=clock.now(),
-        next_run_time=clock.now(),
-    )
 
 
 async def test_schema_records_its_version(schema: str, clock: FakeClock) -> None:
@@ -103,7 +93,7 @@ async def test_schemas_are_isolated(namespace: str, clock: FakeClock) -> None:
         async with AsyncExitStack() as stack:
             first = await started_store(stack, tagged_url(namespace), clock)
             second = await started_store(stack, tagged_url(namespace), clock, schema=other)
-            await first.add_schedule(schedule("mine", clock), ConflictPolicy.exception)
+            await first.add_schedule(due_schedule("mine", clock), ConflictPolicy.exception)
             assert [item.id for item in await first.get_schedules()] == ["mine"]
             assert await second.get_schedules() == []
     finally:

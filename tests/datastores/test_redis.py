@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import AsyncExitStack
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import anyio
 import pytest
@@ -15,9 +15,9 @@ from asched._enums import ConflictPolicy
 from asched._structures import Job, Schedule, ScheduleUpdate, Task
 from asched.datastores.redis import RedisDataStore
 from asched.eventbrokers import LocalEventBroker
-from asched.triggers import IntervalTrigger
 from tests.backends.redis import delete_keys, kill_connections, url_for
 from tests.clock import FakeClock
+from tests.datastores import due_schedule
 from tests.services import REDIS_URL, require_redis
 
 pytestmark = pytest.mark.anyio
@@ -44,18 +44,25 @@ async def started_store(stack: AsyncExitStack, url: str, clock: FakeClock) -> Re
     return store
 
 
+async def move_on(
+    store: RedisDataStore, acquired: Schedule, next_fire_time: datetime | None
+) -> None:
+    """Release an acquired schedule to ``next_fire_time`` (``None``: it has finished)."""
+    update = ScheduleUpdate(
+        schedule_id=acquired.id,
+        next_fire_time=next_fire_time,
+        next_run_time=next_fire_time,
+        last_fire_time=acquired.next_fire_time,
+    )
+    await store.release_schedules("me", [update])
+
+
 async def test_prefixes_are_isolated(namespace: str, clock: FakeClock) -> None:
     async with AsyncExitStack() as stack:
         first = await started_store(stack, url_for(namespace), clock)
         second = await started_store(stack, url_for(f"{namespace}_other"), clock)
         await first.add_schedule(
-            Schedule(
-                id="mine",
-                task_id="task",
-                trigger=IntervalTrigger(seconds=1, start_time=clock.now()),
-                next_fire_time=clock.now(),
-                next_run_time=clock.now(),
-            ),
+            due_schedule("mine", clock),
             ConflictPolicy.exception,
         )
         assert [schedule.id for schedule in await first.get_schedules()] == ["mine"]
@@ -135,15 +142,6 @@ async def test_schedules_stay_compact_and_leave_no_keys_behind(
 ) -> None:
     # The record lives apart from the schedule's hash so that the hash keeps Redis's compact
     # listpack encoding (about a third less memory per schedule); both go when it goes
-    def schedule(schedule_id: str) -> Schedule:
-        return Schedule(
-            id=schedule_id,
-            task_id="task",
-            trigger=IntervalTrigger(seconds=1, start_time=clock.now()),
-            next_fire_time=clock.now(),
-            next_run_time=clock.now(),
-        )
-
     client = aioredis.Redis.from_url(REDIS_URL)
 
     async def schedule_keys() -> set[str]:
@@ -153,25 +151,15 @@ async def test_schedules_stay_compact_and_leave_no_keys_behind(
     try:
         async with AsyncExitStack() as stack:
             store = await started_store(stack, url_for(namespace), clock)
-            await store.add_schedule(schedule("removed"), ConflictPolicy.exception)
-            await store.add_schedule(schedule("finished"), ConflictPolicy.exception)
+            await store.add_schedule(due_schedule("removed", clock), ConflictPolicy.exception)
+            await store.add_schedule(due_schedule("finished", clock), ConflictPolicy.exception)
             encoding = await client.object("ENCODING", f"{{{namespace}}}:schedule:removed")
             assert encoding == b"listpack"
             assert len(await schedule_keys()) == 5  # two hashes, two records, the id set
 
             await store.remove_schedules(["removed"])
             [acquired] = await store.acquire_schedules("me", timedelta(seconds=5), 10)
-            await store.release_schedules(
-                "me",
-                [
-                    ScheduleUpdate(
-                        schedule_id=acquired.id,
-                        next_fire_time=None,
-                        next_run_time=None,
-                        last_fire_time=acquired.next_fire_time,
-                    )
-                ],
-            )
+            await move_on(store, acquired, None)
             assert await store.get_schedules() == []
             assert await schedule_keys() == set()
     finally:
@@ -186,13 +174,7 @@ async def test_schedules_stored_with_the_record_inside_their_hash_still_load(
     async with AsyncExitStack() as stack:
         store = await started_store(stack, url_for(namespace), clock)
         await store.add_schedule(
-            Schedule(
-                id="old",
-                task_id="task",
-                trigger=IntervalTrigger(seconds=1, start_time=clock.now()),
-                next_fire_time=clock.now(),
-                next_run_time=clock.now(),
-            ),
+            due_schedule("old", clock),
             ConflictPolicy.exception,
         )
         client = aioredis.Redis.from_url(REDIS_URL)
@@ -209,16 +191,6 @@ async def test_schedules_stored_with_the_record_inside_their_hash_still_load(
         [acquired] = await store.acquire_schedules("me", timedelta(seconds=5), 10)
         assert acquired.id == "old"
         later = clock.now() + timedelta(seconds=1)
-        await store.release_schedules(
-            "me",
-            [
-                ScheduleUpdate(
-                    schedule_id="old",
-                    next_fire_time=later,
-                    next_run_time=later,
-                    last_fire_time=acquired.next_fire_time,
-                )
-            ],
-        )
+        await move_on(store, acquired, later)
         [moved_on] = await store.get_schedules()
         assert moved_on.next_fire_time == later
