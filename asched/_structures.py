@@ -13,13 +13,14 @@ import traceback
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import attrs
 
 from ._converters import utc_now
 from ._enums import CoalescePolicy, JobOutcome
 from ._exceptions import DeserializationError, SerializationError
+from ._ids import random_uuid
 
 if TYPE_CHECKING:
     from .serializers.base import Serializer
@@ -222,7 +223,7 @@ class Job:
     :ivar acquired_until: when that worker's lease on it expires
     """
 
-    id: UUID = attrs.field(factory=uuid4)
+    id: UUID = attrs.field(factory=random_uuid)
     task_id: str
     args: tuple[Any, ...] = ()
     kwargs: Mapping[str, Any] = attrs.field(factory=dict)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from contextvars import copy_context
 from functools import partial
@@ -13,6 +12,7 @@ from typing import Any
 from anyio import CapacityLimiter, to_thread
 
 from .._structures import Job
+from ._thread_pool import LoopThreadPool
 from .base import JobExecutor
 
 
@@ -40,15 +40,18 @@ class ThreadPoolJobExecutor(JobExecutor):
             raise ValueError(f"max_workers must be at least 1, got {max_workers}")
         self.max_workers = max_workers
         self._limiter: CapacityLimiter | None = None
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool: LoopThreadPool | None = None
 
     async def start(self, exit_stack: AsyncExitStack) -> None:
         """Create the threads' pool (asyncio) or the limiter bounding anyio's threads."""
         if _on_asyncio():
-            # On asyncio, a plain thread pool hands results back to the loop with less work
-            # per job than anyio's worker threads (which trio needs)
-            self._pool = ThreadPoolExecutor(self.max_workers, thread_name_prefix="asched-job")
-            exit_stack.callback(self._pool.shutdown, wait=False)
+            # On asyncio, a pool of our own hands results back to the loop in batches: far
+            # less work per job than anyio's worker threads (which trio needs) or
+            # run_in_executor
+            self._pool = LoopThreadPool(
+                asyncio.get_running_loop(), self.max_workers, name_prefix="asched-job"
+            )
+            exit_stack.callback(self._pool.shutdown)
         else:
             self._limiter = CapacityLimiter(self.max_workers)
 
@@ -57,8 +60,7 @@ class ThreadPoolJobExecutor(JobExecutor):
         if job.kwargs:
             func = partial(func, **job.kwargs)
         if self._pool is not None:
-            call = partial(copy_context().run, func, *job.args)
-            return await asyncio.get_running_loop().run_in_executor(self._pool, call)
+            return await self._pool.submit(copy_context(), func, *job.args)
         return await to_thread.run_sync(
             func, *job.args, abandon_on_cancel=True, limiter=self._limiter
         )

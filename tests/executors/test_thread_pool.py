@@ -1,0 +1,138 @@
+"""ThreadPoolJobExecutor through the scheduler: growth, its bound, outcomes, cancellation."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator
+
+import anyio
+import pytest
+
+from asched import AsyncScheduler, JobOutcome
+from asched.executors import ThreadPoolJobExecutor
+from tests.clock import FakeClock
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def scheduler(clock: FakeClock) -> AsyncIterator[AsyncScheduler]:
+    executor = ThreadPoolJobExecutor(max_workers=3)
+    async with AsyncScheduler(clock=clock, job_executors={"threadpool": executor}) as scheduler:
+        await scheduler.start_in_background()
+        yield scheduler
+
+
+class Occupancy:
+    """Counts the functions running at once; each waits until ``release`` is set."""
+
+    def __init__(self) -> None:
+        self.running = self.peak = self.started = 0
+        self.release = threading.Event()
+        self._changed = threading.Condition()
+
+    def hold(self) -> int:
+        with self._changed:
+            self.running += 1
+            self.started += 1
+            self.peak = max(self.peak, self.running)
+            self._changed.notify_all()
+        try:
+            if not self.release.wait(30):
+                raise TimeoutError("never released")
+            return threading.get_ident()
+        finally:
+            with self._changed:
+                self.running -= 1
+
+    async def wait_until_started(self, count: int) -> None:
+        def wait() -> None:
+            with self._changed:
+                if not self._changed.wait_for(lambda: self.started >= count, timeout=10):
+                    raise TimeoutError(f"{self.started} of {count} functions started")
+
+        await anyio.to_thread.run_sync(wait)
+
+
+def join_job_threads() -> None:
+    """Wait for the asyncio thread pool's threads, which exit once their queue is drained."""
+    for thread in threading.enumerate():
+        if thread.name.startswith("asched-job"):
+            thread.join(10)
+
+
+async def test_the_pool_grows_to_max_workers_so_blocked_functions_run_side_by_side(
+    scheduler: AsyncScheduler,
+) -> None:
+    barrier = threading.Barrier(3, timeout=30)
+
+    def meet() -> int:
+        barrier.wait()  # breaks (and the job fails) unless all three run at once
+        return threading.get_ident()
+
+    job_ids = [await scheduler.add_job(meet) for _ in range(3)]
+    results = [await scheduler.get_job_result(job_id) for job_id in job_ids]
+
+    assert [result.outcome for result in results] == [JobOutcome.success] * 3
+    assert len({result.return_value for result in results}) == 3
+
+
+async def test_no_more_than_max_workers_functions_run_at_once(scheduler: AsyncScheduler) -> None:
+    occupancy = Occupancy()
+    job_ids = [await scheduler.add_job(occupancy.hold) for _ in range(5)]
+    await occupancy.wait_until_started(3)
+    occupancy.release.set()
+    results = [await scheduler.get_job_result(job_id) for job_id in job_ids]
+
+    assert [result.outcome for result in results] == [JobOutcome.success] * 5
+    assert occupancy.peak == 3
+
+
+async def test_many_quick_functions_all_report_their_outcomes(scheduler: AsyncScheduler) -> None:
+    def square(number: int) -> int:
+        if number % 7 == 0:
+            raise ValueError(f"{number} is a multiple of 7")
+        return number * number
+
+    job_ids = [await scheduler.add_job(square, args=[number]) for number in range(1, 201)]
+    results = [await scheduler.get_job_result(job_id) for job_id in job_ids]
+
+    for number, result in enumerate(results, start=1):
+        if number % 7 == 0:
+            assert result.outcome is JobOutcome.error
+            assert str(result.exception) == f"{number} is a multiple of 7"
+        else:
+            assert (result.outcome, result.return_value) == (JobOutcome.success, number * number)
+
+
+async def test_a_function_raising_stop_iteration_fails_its_job(scheduler: AsyncScheduler) -> None:
+    def exhausted() -> int:
+        return next(iter([]))
+
+    job_id = await scheduler.add_job(exhausted)
+    with anyio.fail_after(10):
+        result = await scheduler.get_job_result(job_id)
+
+    assert result.outcome is JobOutcome.error
+    assert isinstance(result.exception, RuntimeError)
+    assert isinstance(result.exception.__cause__, StopIteration)
+
+
+async def test_jobs_still_queued_for_a_thread_are_cancelled_when_the_scheduler_stops(
+    clock: FakeClock,
+) -> None:
+    occupancy = Occupancy()
+    executor = ThreadPoolJobExecutor(max_workers=1)
+    async with AsyncScheduler(clock=clock, job_executors={"threadpool": executor}) as scheduler:
+        await scheduler.start_in_background()
+        job_ids = [await scheduler.add_job(occupancy.hold) for _ in range(3)]
+        await occupancy.wait_until_started(1)
+        await scheduler.stop(wait=False)
+        with anyio.fail_after(10):
+            await scheduler.wait_until_stopped()
+        results = [await scheduler.get_job_result(job_id, wait=False) for job_id in job_ids]
+    occupancy.release.set()
+    await anyio.to_thread.run_sync(join_job_threads)
+
+    assert [result.outcome for result in results] == [JobOutcome.cancelled] * 3
+    assert occupancy.started == 1  # the queued two never ran
