@@ -16,7 +16,8 @@ from .base import Serializer
 class JSONSerializer(Serializer):
     """Serialize with :mod:`json`: arguments and results other languages can read.
 
-    Tuples come back as lists. An exception is stored as its type, message and traceback
+    Tuples come back as lists. NaN and infinities are refused (standard JSON has no
+    spelling for them). An exception is stored as its type, message and traceback
     text and comes back as :class:`~asched.RemoteJobError`.
     """
 
@@ -32,7 +33,9 @@ class JSONSerializer(Serializer):
                 ]
             }
         try:
-            return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+            return json.dumps(
+                obj, ensure_ascii=False, allow_nan=False, separators=(",", ":")
+            ).encode()
         except (TypeError, ValueError) as exc:
             raise SerializationError(f"cannot encode {obj!r} as JSON: {exc}") from exc
 
