@@ -756,7 +756,7 @@ class AsyncScheduler:
         if self._exit_stack is not None:
             raise RuntimeError(
                 "scheduled_job declares schedules before the scheduler is initialized; "
-                "use 'await scheduler.add_schedule(...)' on a running scheduler"
+                "call add_schedule() on it instead"
             )
 
         def decorator(func: _FuncT) -> _FuncT:

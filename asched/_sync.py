@@ -219,9 +219,23 @@ class Scheduler:
         tasks: list[Task] = self._call(self.async_scheduler.get_tasks)
         return tasks
 
-    def task(self, id: str | None = None, **options: Any) -> Callable[[_FuncT], _FuncT]:
+    def task(
+        self,
+        id: str | None = None,
+        *,
+        job_executor: str | None = None,
+        max_running_jobs: int | None = None,
+        misfire_grace_time: timedelta | float | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Callable[[_FuncT], _FuncT]:
         """Decorate a function to configure its task; see :meth:`AsyncScheduler.task`."""
-        return self.async_scheduler.task(id, **options)
+        return self.async_scheduler.task(
+            id,
+            job_executor=job_executor,
+            max_running_jobs=max_running_jobs,
+            misfire_grace_time=misfire_grace_time,
+            metadata=metadata,
+        )
 
     def scheduled_job(
         self, trigger: Trigger | str, *, id: str | None = None, **options: Any

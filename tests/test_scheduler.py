@@ -722,6 +722,49 @@ async def test_job_whose_worker_vanished_is_released_as_abandoned(
     assert (event.outcome, event.scheduler_id) == (JobOutcome.abandoned, "ghost")
 
 
+class FlakyMemoryDataStore(MemoryDataStore):
+    """A memory store whose next acquire_jobs / release_jobs calls fail, as a lost server's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failing_acquires = self.failing_releases = 0
+
+    async def acquire_jobs(self, *args: Any, **kwargs: Any) -> list[Job]:
+        if self.failing_acquires:
+            self.failing_acquires -= 1
+            raise ConnectionError("server unreachable (acquire)")
+        return await super().acquire_jobs(*args, **kwargs)
+
+    async def release_jobs(self, *args: Any, **kwargs: Any) -> None:
+        if self.failing_releases:
+            self.failing_releases -= 1
+            raise ConnectionError("server unreachable (release)")
+        await super().release_jobs(*args, **kwargs)
+
+
+async def test_worker_rides_out_failing_acquires_and_releases_and_loses_no_result(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = FlakyMemoryDataStore()
+    store.failing_acquires, store.failing_releases = 2, 2
+    released: list[JobReleased] = []
+    async with AsyncScheduler(store, clock=clock) as scheduler:
+        scheduler.subscribe(released.append, JobReleased)
+        await scheduler.start_in_background()
+        job_ids = [await scheduler.add_job(jobs.async_echo, args=[n]) for n in range(3)]
+        # back-off waits (1 s doubling) run on the fake clock
+        with anyio.fail_after(10):
+            while len(released) < 3:
+                clock.advance(5)
+                await idle()
+        results = [await scheduler.get_job_result(job_id, wait=False) for job_id in job_ids]
+
+    assert [result.return_value for result in results] == [0, 1, 2]
+    assert (store.failing_acquires, store.failing_releases) == (0, 0)
+    assert caplog.text.count("Error while acquiring jobs; retrying in") == 2
+    assert caplog.text.count("Error releasing job results; retrying in") == 2
+
+
 async def test_graceful_stop_lets_running_jobs_finish(clock: FakeClock) -> None:
     started, release = anyio.Event(), anyio.Event()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import signal
 import subprocess
@@ -12,10 +13,80 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from asched import JobOutcome, RunState, Scheduler, current_job
+from asched import (
+    AsyncScheduler,
+    JobOutcome,
+    RunState,
+    ScheduleLookupError,
+    Scheduler,
+    current_job,
+)
 from asched.events import JobReleased
-from asched.triggers import IntervalTrigger
+from asched.triggers import DateTrigger, IntervalTrigger
 from tests import jobs
+
+
+def test_every_async_scheduler_method_has_a_blocking_twin_with_the_same_parameters() -> None:
+    for name, async_method in inspect.getmembers(AsyncScheduler, inspect.isfunction):
+        if name.startswith("_"):
+            continue
+        parameters = dict(inspect.signature(async_method).parameters)
+        if name == "run_until_stopped":
+            del parameters["task_status"]  # anyio's task group protocol: no use when blocking
+        twin = getattr(Scheduler, name, None)
+        assert twin is not None, f"Scheduler has no {name}()"
+        twin_parameters = inspect.signature(twin).parameters
+        assert [
+            (parameter.name, parameter.kind, parameter.default)
+            for parameter in twin_parameters.values()
+        ] == [
+            (parameter.name, parameter.kind, parameter.default)
+            for parameter in parameters.values()
+        ], name
+
+
+def test_schedules_and_tasks_are_managed_through_the_blocking_twin() -> None:
+    far = datetime.now(timezone.utc) + timedelta(days=1)
+    scheduler = Scheduler()
+
+    @scheduler.task("adder", max_running_jobs=2)
+    def add(a: int, b: int = 0) -> int:
+        return a + b
+
+    @scheduler.scheduled_job(DateTrigger(far), id="declared")
+    def declared() -> None: ...
+
+    with scheduler:
+        assert scheduler.identity == scheduler.async_scheduler.identity
+        scheduler.configure_task("echo", func=jobs.async_echo, metadata={"team": "ops"})
+        scheduler.start_in_background()
+
+        assert scheduler.run_job(add, args=[1], kwargs={"b": 2}) == 3
+        tasks = {task.id: task for task in scheduler.get_tasks()}
+        assert tasks["adder"].max_running_jobs == 2
+        assert tasks["echo"].metadata == {"team": "ops"}
+
+        scheduler.add_schedule(add, IntervalTrigger(hours=1, start_time=far), id="hourly")
+        assert {schedule.id for schedule in scheduler.get_schedules()} == {"declared", "hourly"}
+        updated = scheduler.update_schedule("hourly", args=[5])
+        assert (updated.args, scheduler.get_schedule("hourly").args) == ((5,), (5,))
+        scheduler.pause_schedule("hourly")
+        assert scheduler.get_schedule("hourly").paused
+        scheduler.unpause_schedule("hourly")
+        assert not scheduler.get_schedule("hourly").paused
+        scheduler.remove_schedule("hourly")
+        with pytest.raises(ScheduleLookupError):
+            scheduler.get_schedule("hourly")
+
+        scheduler.pause()
+        job_id = scheduler.add_job(add, args=[2])
+        assert [job.id for job in scheduler.get_jobs()] == [job_id]
+        scheduler.resume()
+        assert scheduler.get_job_result(job_id).return_value == 2
+
+        scheduler.stop()
+        scheduler.wait_until_stopped()
+        assert scheduler.state is RunState.stopped
 
 
 def test_run_job_blocks_until_the_result_is_there() -> None:

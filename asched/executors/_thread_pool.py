@@ -28,8 +28,10 @@ class LoopThreadPool:
 
     Threads start on demand: a call claims an idle thread if there is one, otherwise starts a
     new thread while fewer than ``max_workers`` exist, so a call never waits behind a busy
-    thread while the pool could grow. Threads are not daemons: like the standard library's
-    pool, a call still running when the interpreter exits is waited for.
+    thread while the pool could grow. Threads inherit the daemon flag of the loop's thread: on
+    a main-thread loop a call still running when the interpreter exits is waited for (as with
+    the standard library's pool), while the blocking ``Scheduler``'s daemon loop thread gets
+    daemon threads, which its exit handler stops before the interpreter would wait on them.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, max_workers: int, name_prefix: str):

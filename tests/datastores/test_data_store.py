@@ -8,12 +8,14 @@ the time source they all use.
 
 from __future__ import annotations
 
+import random
 import threading
 from datetime import timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from asched import (
@@ -737,6 +739,40 @@ async def test_cancelling_one_addition_keeps_the_concurrent_ones(
             leader_call.cancel()
 
     assert set(ids_of(others)) <= set(ids_of(await data_store.get_jobs()))
+
+
+async def test_additions_cancelled_while_waiting_for_a_shared_write_never_stall_later_ones(
+    data_store: DataStore, clock: FakeClock
+) -> None:
+    """Callers queued behind a write, cancelled at varied moments, leave the queue moving."""
+    await data_store.add_task(make_task())
+    chooser = random.Random(7)
+    returned: list[Job] = []
+
+    async def add(job: Job, scope: anyio.CancelScope, then_cancel: anyio.CancelScope) -> None:
+        with scope:
+            await data_store.add_jobs([job])
+            returned.append(job)
+        # the next caller was just handed the lead and has not resumed yet: cancel it now
+        then_cancel.cancel()
+
+    with anyio.fail_after(30):
+        for _ in range(6):
+            scopes = [anyio.CancelScope() for _ in range(12)]
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(add, make_job(clock), scopes[0], scopes[1])
+                for scope in scopes[1:]:
+                    task_group.start_soon(add, make_job(clock), scope, anyio.CancelScope())
+                await anyio.wait_all_tasks_blocked()  # one call writes, the rest wait
+                for scope in chooser.sample(scopes[2:], 5):
+                    scope.cancel()
+                    for _ in range(chooser.randrange(3)):
+                        await anyio.lowlevel.checkpoint()
+        last = make_job(clock)
+        await data_store.add_jobs([last])
+
+    assert len(returned) >= 6 * 6  # each round's six calls that nobody cancelled
+    assert set(ids_of([*returned, last])) <= set(ids_of(await data_store.get_jobs()))
 
 
 async def test_jobs_held_back_tells_whether_a_limit_kept_jobs_waiting(
