@@ -23,10 +23,13 @@ from asched import (
     ConflictingIdError,
     ConflictPolicy,
     Job,
+    JobAbandoned,
+    JobCancelled,
     JobLookupError,
     JobOutcome,
     JobResultNotReady,
     RunState,
+    Schedule,
     ScheduleLookupError,
     SchedulerNotInitializedError,
     SchedulerRole,
@@ -416,6 +419,49 @@ async def test_trigger_without_fire_times_is_refused(
         )
 
 
+class BrokenOnceTrigger(Trigger):
+    """Delegates to an interval trigger, but its second computation raises."""
+
+    type_name = "broken_once"
+
+    def __init__(self, inner: IntervalTrigger):
+        self.inner = inner
+        self.computations = 0
+
+    def next_fire_time(self, after: datetime | None = None) -> datetime | None:
+        self.computations += 1
+        if self.computations == 2:
+            raise RuntimeError("the trigger broke this once")
+        return self.inner.next_fire_time(after)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type_name}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BrokenOnceTrigger:
+        raise NotImplementedError
+
+
+async def test_a_trigger_that_raises_is_logged_and_its_schedule_retried_after_the_lease(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls = Calls()
+    trigger = BrokenOnceTrigger(every(clock, 100, first_in=1))
+    first_fire_time = trigger.inner.next_fire_time()
+    async with AsyncScheduler(clock=clock, lease_duration=30) as scheduler:
+        await scheduler.start_in_background()
+        await scheduler.add_schedule(calls.record, trigger, id="fragile")
+        clock.advance(1)
+        await idle()
+        assert "Cannot compute the fire times of schedule 'fragile'" in caplog.text
+        assert calls.calls == []
+
+        clock.advance(30)  # the lease left on the schedule runs out
+        await calls.wait(1)
+
+    assert calls.fire_times == [first_fire_time]
+
+
 async def test_update_schedule_with_a_new_trigger_reschedules_from_now(
     scheduler: AsyncScheduler, clock: FakeClock
 ) -> None:
@@ -727,7 +773,13 @@ class FlakyMemoryDataStore(MemoryDataStore):
 
     def __init__(self) -> None:
         super().__init__()
-        self.failing_acquires = self.failing_releases = 0
+        self.failing_acquires = self.failing_releases = self.failing_schedule_acquires = 0
+
+    async def acquire_schedules(self, *args: Any, **kwargs: Any) -> list[Schedule]:
+        if self.failing_schedule_acquires:
+            self.failing_schedule_acquires -= 1
+            raise ConnectionError("server unreachable (schedules)")
+        return await super().acquire_schedules(*args, **kwargs)
 
     async def acquire_jobs(self, *args: Any, **kwargs: Any) -> list[Job]:
         if self.failing_acquires:
@@ -763,6 +815,81 @@ async def test_worker_rides_out_failing_acquires_and_releases_and_loses_no_resul
     assert (store.failing_acquires, store.failing_releases) == (0, 0)
     assert caplog.text.count("Error while acquiring jobs; retrying in") == 2
     assert caplog.text.count("Error releasing job results; retrying in") == 2
+
+
+async def test_run_job_raises_job_cancelled_when_a_stop_cancels_its_job(
+    clock: FakeClock,
+) -> None:
+    started = anyio.Event()
+
+    async def forever() -> None:
+        started.set()
+        await anyio.sleep_forever()
+
+    outcome: list[BaseException] = []
+
+    async def run_forever(scheduler: AsyncScheduler) -> None:
+        try:
+            await scheduler.run_job(forever)
+        except JobCancelled as exc:
+            outcome.append(exc)
+
+    async with AsyncScheduler(clock=clock) as scheduler:
+        await scheduler.start_in_background()
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(run_forever, scheduler)
+                await started.wait()
+                await scheduler.stop(wait=False)
+
+    assert len(outcome) == 1
+    assert "cancel" in str(outcome[0])
+
+
+async def test_run_job_raises_job_abandoned_when_its_worker_vanishes(clock: FakeClock) -> None:
+    store = MemoryDataStore()
+    outcome: list[BaseException] = []
+
+    async def run(scheduler: AsyncScheduler) -> None:
+        try:
+            await scheduler.run_job(jobs.async_echo, args=[1])
+        except JobAbandoned as exc:
+            outcome.append(exc)
+
+    async with AsyncScheduler(store, clock=clock, cleanup_interval=10) as scheduler:
+        added = anyio.Event()
+        scheduler.subscribe(lambda _: added.set(), JobAdded, one_shot=True)
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(run, scheduler)
+                await added.wait()
+                # a worker that takes the job and is never heard of again
+                assert len(await store.acquire_jobs("ghost", timedelta(seconds=30), 10)) == 1
+                await scheduler.start_in_background()
+                while not outcome:
+                    clock.advance(10)
+                    await idle()
+
+    assert "was abandoned: the worker running it stopped responding" in str(outcome[0])
+
+
+async def test_scheduler_rides_out_failing_schedule_acquisitions_and_fires_late(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = FlakyMemoryDataStore()
+    store.failing_schedule_acquires = 2
+    calls = Calls()
+    trigger = every(clock, 100, first_in=1)
+    async with AsyncScheduler(store, clock=clock) as scheduler:
+        await scheduler.start_in_background()
+        await scheduler.add_schedule(calls.record, trigger)
+        with anyio.fail_after(10):
+            while not calls.calls:
+                clock.advance(1)
+                await idle()
+
+    assert calls.fire_times == [trigger.next_fire_time()]
+    assert caplog.text.count("Error while processing schedules; retrying in") == 2
 
 
 async def test_graceful_stop_lets_running_jobs_finish(clock: FakeClock) -> None:
