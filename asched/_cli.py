@@ -1,4 +1,4 @@
-"""The ``asched`` command line: ``preview`` fire times of an expression, run a ``demo``."""
+"""The ``asched`` command line: ``preview`` fire times, ``list`` a store's schedules, ``demo``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,11 @@ from itertools import islice
 
 import anyio
 
+from ._converters import as_timezone
+from ._listing import job_lines, schedule_lines
+from ._structures import Job, Schedule
+from .datastores.base import BaseExternalDataStore, DataStore, RetrySettings
+from .datastores.memory import MemoryDataStore
 from .triggers import CronTrigger, IntervalTrigger
 
 _CRON_FIELDS = ("year", "month", "day", "week", "day_of_week", "hour", "minute", "second")
@@ -57,6 +62,84 @@ def _preview(args: argparse.Namespace) -> int:
     if len(fire_times) < args.count:
         print("(no more fire times)")
     return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from ._urls import data_store_from_url
+    from .datastores.sqlite import SQLiteDataStore
+
+    try:
+        zone = as_timezone(args.timezone)
+        store = data_store_from_url(args.store)
+    except (ValueError, TypeError, ImportError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if isinstance(store, MemoryDataStore):
+        print(
+            "error: a memory store lives inside its process; give a persistent store's URL",
+            file=sys.stderr,
+        )
+        return 1
+    if isinstance(store, BaseExternalDataStore):
+        # a person is waiting: report an unreachable server after a second, not half a minute
+        store.retry_settings = RetrySettings(attempts=3, wait_min=0.2, wait_max=0.5)
+    if isinstance(store, SQLiteDataStore) and not store.path.is_file():
+        print(f"error: no SQLite database at {store.path}", file=sys.stderr)
+        return 1
+    try:
+        if not anyio.run(_postgresql_schema_exists, args.store, store):
+            print(f"error: no such schema in {args.store}", file=sys.stderr)
+            return 1
+        schedules, jobs = anyio.run(_read_store, store)
+    except Exception as exc:  # unreachable server, unreadable file, foreign schema version
+        print(f"error: cannot read {args.store}: {_innermost(exc)}", file=sys.stderr)
+        return 1
+
+    print(f"{len(schedules)} schedule(s), {len(jobs)} job(s) queued or running")
+    if schedules:
+        print()
+        print("\n".join(schedule_lines(schedules, zone)))
+    if args.jobs and jobs:
+        print()
+        print("\n".join(job_lines(jobs, zone)))
+    return 0
+
+
+def _innermost(exc: BaseException) -> BaseException:
+    """Return the one exception inside exception groups of one (from task groups)."""
+    inner = getattr(exc, "exceptions", None)
+    while isinstance(inner, tuple) and len(inner) == 1:
+        exc = inner[0]
+        inner = getattr(exc, "exceptions", None)
+    return exc
+
+
+async def _postgresql_schema_exists(url: str, store: DataStore) -> bool:
+    """Tell whether a PostgreSQL store's schema exists (listing must not create it)."""
+    try:
+        from .datastores.postgresql import PostgreSQLDataStore, split_dsn
+    except ImportError:  # no asyncpg: the store is not a PostgreSQL one
+        return True
+    if not isinstance(store, PostgreSQLDataStore):
+        return True
+    import asyncpg
+
+    connection = await asyncpg.connect(split_dsn(url)[0])
+    try:
+        found = await connection.fetchval(
+            "SELECT count(*) FROM pg_namespace WHERE nspname = $1", store.schema
+        )
+    finally:
+        await connection.close()
+    return bool(found)
+
+
+async def _read_store(store: DataStore) -> tuple[list[Schedule], list[Job]]:
+    from . import AsyncScheduler
+    from .eventbrokers.local import LocalEventBroker
+
+    async with AsyncScheduler(store, LocalEventBroker()) as scheduler:
+        return await scheduler.get_schedules(), await scheduler.get_jobs()
 
 
 async def _demo(seconds: float) -> None:
@@ -112,6 +195,19 @@ def _build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--count", type=int, default=10, help="how many (default 10)")
     preview.add_argument("--timezone", help="zoneinfo key (default: the local zone)")
 
+    listing = commands.add_parser(
+        "list",
+        help="print the schedules (and jobs) in a data store",
+        description="Print the schedules in a persistent data store, soonest first, and "
+        "optionally its queued and running jobs. Pickled arguments are read back, so run it "
+        "where your application's modules can be imported.",
+    )
+    listing.add_argument(
+        "store", help="the store's URL, e.g. sqlite:///jobs.sqlite or postgresql://host/db"
+    )
+    listing.add_argument("--jobs", action="store_true", help="list queued and running jobs too")
+    listing.add_argument("--timezone", help="zoneinfo key for times (default: the local zone)")
+
     demo = commands.add_parser("demo", help="run a short demo on the memory store")
     demo.add_argument("--seconds", type=float, default=7, help="how long to run (default 7)")
     return parser
@@ -122,5 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     if args.command == "preview":
         return _preview(args)
+    if args.command == "list":
+        return _list(args)
     anyio.run(_demo, args.seconds)
     return 0

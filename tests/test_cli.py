@@ -2,10 +2,20 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from datetime import datetime, timezone
+from pathlib import Path
 
+import anyio
+import asyncpg
 import pytest
 
+from asched import AsyncScheduler
 from asched._cli import main
+from asched.eventbrokers import LocalEventBroker
+from asched.triggers import DateTrigger
+from tests import jobs
+from tests.backends import backend
+from tests.services import POSTGRESQL_URL, require_postgresql
 
 
 def test_preview_crontab_line(capsys: pytest.CaptureFixture[str]) -> None:
@@ -72,3 +82,84 @@ def test_demo_runs_every_kind_of_job(capsys: pytest.CaptureFixture[str]) -> None
     assert "cron */2 s ran" in output
     assert "interval 3 s ran" in output
     assert output.rstrip().endswith("demo finished after 2.5 s")
+
+
+@pytest.mark.parametrize("backend_name", ["sqlite", "postgresql", "redis"])
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.anyio
+async def test_list_prints_a_stores_schedules_soonest_first_and_its_jobs(
+    backend_name: str, namespace: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with backend(backend_name).open_cluster(namespace) as setup:
+        async with AsyncScheduler(setup.store_url, LocalEventBroker()) as scheduler:
+            for schedule_id, year, paused in [
+                ("later", 2031, False),
+                ("held", 2029, True),
+                ("sooner", 2030, False),
+            ]:
+                trigger = DateTrigger(datetime(year, 1, 1, tzinfo=timezone.utc))
+                await scheduler.add_schedule(
+                    jobs.add, trigger, id=schedule_id, args=[1], paused=paused
+                )
+            job_id = await scheduler.add_job(jobs.add, args=[1])
+
+        argv = ["list", setup.store_url, "--jobs", "--timezone", "Asia/Kolkata"]
+        status = await anyio.to_thread.run_sync(main, argv)
+
+    lines = capsys.readouterr().out.splitlines()
+    assert status == 0
+    assert lines[0] == "3 schedule(s), 1 job(s) queued or running"
+    assert lines[2].split() == ["ID", "TASK", "NEXT", "FIRE", "TIME", "STATE", "TRIGGER"]
+    rows = [line.split() for line in lines[3:6]]
+    assert [row[0] for row in rows] == ["sooner", "later", "held"]
+    assert rows[0][1:6] == ["tests.jobs:add", "2030-01-01", "05:30:00", "IST", "waiting"]
+    assert rows[2][5] == "paused"
+    assert lines[7].split()[0] == "ID"
+    assert lines[8].split()[:3] == [str(job_id), "tests.jobs:add", "-"]
+    assert lines[8].split()[-1] == "queued"
+
+
+def test_list_refuses_what_it_cannot_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "missing.sqlite"
+    assert main(["list", f"sqlite:///{missing}"]) == 1
+    assert main(["list", "memory://"]) == 1
+    assert main(["list", "jobs.sqlite"]) == 1
+    errors = capsys.readouterr().err
+    assert f"no SQLite database at {missing}" in errors
+    assert "a memory store lives inside its process" in errors
+    assert "'jobs.sqlite' is not a URL" in errors
+    assert not missing.exists()  # listing creates nothing
+
+
+def test_list_creates_no_postgresql_schema(
+    namespace: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    require_postgresql()
+    url = backend("postgresql").url_for(namespace)
+
+    assert main(["list", url]) == 1
+    assert "no such schema" in capsys.readouterr().err
+
+    async def schema_count() -> int:
+        connection = await asyncpg.connect(POSTGRESQL_URL)
+        try:
+            return int(
+                await connection.fetchval(
+                    "SELECT count(*) FROM pg_namespace WHERE nspname = $1", namespace
+                )
+            )
+        finally:
+            await connection.close()
+
+    assert anyio.run(schema_count) == 0
+
+
+def test_list_reports_an_unreachable_server(capsys: pytest.CaptureFixture[str]) -> None:
+    status = main(["list", "redis://127.0.0.1:1/0"])  # nothing listens on port 1
+
+    assert status == 1
+    errors = capsys.readouterr().err
+    assert "error: cannot read redis://127.0.0.1:1/0: " in errors
+    assert "connecting to 127.0.0.1:1" in errors
