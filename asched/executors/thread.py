@@ -27,6 +27,9 @@ def _on_asyncio() -> bool:
 class ThreadPoolJobExecutor(JobExecutor):
     """Runs the job's function in a worker thread, at most ``max_workers`` at a time.
 
+    The bound holds per event loop: schedulers sharing one executor on one loop share its
+    threads, while a scheduler on another loop (another thread) gets threads of its own.
+
     Context variables (such as :data:`asched.current_job`) are visible in the thread. When
     the scheduler stops without waiting, the thread is left to finish on its own and its
     outcome is discarded: threads cannot be cancelled.
@@ -40,27 +43,41 @@ class ThreadPoolJobExecutor(JobExecutor):
             raise ValueError(f"max_workers must be at least 1, got {max_workers}")
         self.max_workers = max_workers
         self._limiter: CapacityLimiter | None = None
-        self._pool: LoopThreadPool | None = None
+        # One pool per event loop (with the number of schedulers using it there): an
+        # executor shared by schedulers on different loops hands results to the right one
+        self._pools: dict[asyncio.AbstractEventLoop, tuple[LoopThreadPool, int]] = {}
 
     async def start(self, exit_stack: AsyncExitStack) -> None:
         """Create the threads' pool (asyncio) or the limiter bounding anyio's threads."""
-        if _on_asyncio():
-            # On asyncio, a pool of our own hands results back to the loop in batches: far
-            # less work per job than anyio's worker threads (which trio needs) or
-            # run_in_executor
-            self._pool = LoopThreadPool(
-                asyncio.get_running_loop(), self.max_workers, name_prefix="asched-job"
-            )
-            exit_stack.callback(self._pool.shutdown)
-        else:
+        if not _on_asyncio():
             self._limiter = CapacityLimiter(self.max_workers)
+            return
+
+        # On asyncio, a pool of our own hands results back to the loop in batches: far less
+        # work per job than anyio's worker threads (which trio needs) or run_in_executor
+        loop = asyncio.get_running_loop()
+        pool, users = self._pools.get(loop) or (
+            LoopThreadPool(loop, self.max_workers, name_prefix="asched-job"),
+            0,
+        )
+        self._pools[loop] = (pool, users + 1)
+        exit_stack.callback(self._release_pool, loop)
+
+    def _release_pool(self, loop: asyncio.AbstractEventLoop) -> None:
+        pool, users = self._pools[loop]
+        if users > 1:
+            self._pools[loop] = (pool, users - 1)
+        else:
+            del self._pools[loop]
+            pool.shutdown()
 
     async def run_job(self, func: Callable[..., Any], job: Job) -> Any:
         """Run the function in a thread and return its result."""
         if job.kwargs:
             func = partial(func, **job.kwargs)
-        if self._pool is not None:
-            return await self._pool.submit(copy_context(), func, *job.args)
+        if self._pools:
+            pool, _ = self._pools[asyncio.get_running_loop()]
+            return await pool.submit(copy_context(), func, *job.args)
         return await to_thread.run_sync(
             func, *job.args, abandon_on_cancel=True, limiter=self._limiter
         )

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import anyio
 import pytest
 
-from asched import AsyncScheduler, JobOutcome
+from asched import AsyncScheduler, JobOutcome, Scheduler
 from asched.executors import ThreadPoolJobExecutor
 from tests.clock import FakeClock
 
@@ -136,3 +136,25 @@ async def test_jobs_still_queued_for_a_thread_are_cancelled_when_the_scheduler_s
 
     assert [result.outcome for result in results] == [JobOutcome.cancelled] * 3
     assert occupancy.started == 1  # the queued two never ran
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_one_executor_serves_schedulers_on_one_loop_and_on_another(
+    clock: FakeClock,
+) -> None:
+    executor = ThreadPoolJobExecutor(max_workers=2)
+    executors = {"threadpool": executor}
+    async with AsyncScheduler(clock=clock, job_executors=executors) as first:
+        await first.start_in_background()
+        async with AsyncScheduler(clock=clock, job_executors=executors) as second:
+            await second.start_in_background()
+            assert await second.run_job(threading.get_ident) != threading.get_ident()
+        # the second one's exit left the pool to the first
+        assert await first.run_job(threading.get_ident) != threading.get_ident()
+
+        # a blocking scheduler runs its own event loop in a thread of its own
+        with Scheduler(job_executors=executors) as blocking:
+            blocking.start_in_background()
+            answer = await anyio.to_thread.run_sync(lambda: blocking.run_job(sum, args=[[20, 22]]))
+        assert answer == 42
+        assert await first.run_job(sum, args=[[1, 2]]) == 3
