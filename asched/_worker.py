@@ -45,7 +45,10 @@ class Worker:
 
     Runners are spawned one at a time: a runner whose job completes without suspending takes
     the next queued job itself, so a burst of quick jobs costs a task or two, while jobs that
-    suspend each get a runner of their own (up to ``max_concurrent_jobs``).
+    suspend each get a runner of their own (up to ``max_concurrent_jobs``). A runner that
+    finds the queue empty waits to be woken for the next jobs instead of ending: waking a
+    waiting task costs far less than spawning one, which counts when every job suspends
+    (plain functions waiting for their thread).
     """
 
     def __init__(
@@ -74,8 +77,10 @@ class Worker:
         self._queue: deque[Job] = deque()
         self._jobs_in_progress = 0
         self._unreleased_job_ids: set[UUID] = set()
-        self._pending_runners = 0
+        self._pending_runners = 0  # spawned or woken, not yet running
         self._active_runners = 0
+        self._idle_runners: deque[anyio.Event] = deque()
+        self._runners_released = False
         self._runner_task_group: TaskGroup | None = None
         self._pending_results: list[JobResult] = []
         self._results_ready = anyio.Event()
@@ -91,7 +96,7 @@ class Worker:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Process jobs until :meth:`stop`; then finish (or cancel) the running ones."""
-        self._stopping = self._cancel_jobs = False
+        self._stopping = self._cancel_jobs = self._runners_released = False
         async with create_task_group() as task_group:
             release_runners = anyio.Event()
             runners_finished = anyio.Event()
@@ -151,6 +156,9 @@ class Worker:
                     runner_task_group.cancel_scope.cancel()
                 task_status.started()
                 await release.wait()
+                self._runners_released = True
+                while self._idle_runners:
+                    self._wake_idle_runner()  # to finish
         finally:
             self._runner_task_group = None
             # Jobs acquired but never started (a stop that cancels jobs)
@@ -174,20 +182,42 @@ class Worker:
             and self._active_runners < self._max_concurrent_jobs
             and self._runner_task_group is not None
         ):
-            self._pending_runners += 1
-            self._runner_task_group.start_soon(self._run_queued_jobs)
+            if self._idle_runners:
+                self._wake_idle_runner()
+            else:
+                self._pending_runners += 1
+                self._runner_task_group.start_soon(self._run_queued_jobs)
 
     async def _run_queued_jobs(self) -> None:
-        self._pending_runners -= 1
-        self._active_runners += 1
-        try:
-            queue = self._queue
-            while queue:
-                job = queue.popleft()
-                self._spawn_runner_if_needed()
-                await self._run_job(job)
-        finally:
-            self._active_runners -= 1
+        queue = self._queue
+        while True:
+            self._pending_runners -= 1
+            self._active_runners += 1
+            try:
+                while queue:
+                    job = queue.popleft()
+                    self._spawn_runner_if_needed()
+                    await self._run_job(job)
+            finally:
+                self._active_runners -= 1
+            if self._runners_released:
+                return
+
+            # Idle: a runner kept waiting is cheaper to wake than a new one to spawn
+            work_arrived = anyio.Event()
+            self._idle_runners.append(work_arrived)
+            try:
+                await work_arrived.wait()
+            except BaseException:
+                if work_arrived.is_set():
+                    self._pending_runners -= 1  # woken, but cancelled before resuming
+                else:
+                    self._idle_runners.remove(work_arrived)
+                raise
+
+    def _wake_idle_runner(self) -> None:
+        self._pending_runners += 1
+        self._idle_runners.popleft().set()
 
     async def _run_job(self, job: Job) -> None:
         clock = self._clock

@@ -228,6 +228,30 @@ async def test_max_concurrent_jobs_bounds_the_worker(clock: FakeClock) -> None:
     assert peak == 2
 
 
+async def test_jobs_that_wait_for_each_other_run_side_by_side_round_after_round(
+    clock: FakeClock,
+) -> None:
+    """Each round needs every job running at once: runners left idle must all come back."""
+    arrived = 0
+    all_arrived = anyio.Event()
+
+    async def meet(round_size: int) -> None:
+        nonlocal arrived
+        arrived += 1
+        if arrived == round_size:
+            all_arrived.set()
+        await all_arrived.wait()
+
+    async with AsyncScheduler(clock=clock, max_concurrent_jobs=6) as scheduler:
+        await scheduler.start_in_background()
+        for round_size in (6, 3, 6):
+            arrived, all_arrived = 0, anyio.Event()
+            job_ids = [await scheduler.add_job(meet, args=[round_size]) for _ in range(round_size)]
+            with anyio.fail_after(10):
+                results = [await scheduler.get_job_result(job_id) for job_id in job_ids]
+            assert [result.outcome for result in results] == [JobOutcome.success] * round_size
+
+
 #
 # Life cycle
 #
