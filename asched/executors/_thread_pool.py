@@ -23,6 +23,20 @@ _WorkItem = tuple["asyncio.Future[Any]", Context, Callable[..., Any], tuple[Any,
 _Completion = tuple["asyncio.Future[Any]", bool, Any]
 
 
+def as_job_error(exc: BaseException) -> BaseException:
+    """Return what a function's exception should become once it leaves its thread.
+
+    A future refuses ``StopIteration``, and ``SystemExit`` or ``KeyboardInterrupt`` raised
+    in an event loop task would stop the loop itself, while in a thread they only end the
+    function: those become a ``RuntimeError`` caused by them (the job fails, nothing else).
+    """
+    if isinstance(exc, Exception) and not isinstance(exc, StopIteration):
+        return exc
+    error = RuntimeError(f"the function raised {type(exc).__name__}: {exc!r}")
+    error.__cause__ = exc
+    return error
+
+
 class LoopThreadPool:
     """Runs calls in at most ``max_workers`` threads; their outcomes resolve asyncio futures.
 
@@ -66,8 +80,8 @@ class LoopThreadPool:
                 target=self._work_until_shut_down,
                 name=f"{self._name_prefix}_{len(self._threads)}",
             )
-            self._threads.append(thread)
             thread.start()
+            self._threads.append(thread)
         return future
 
     def shutdown(self) -> None:
@@ -106,10 +120,6 @@ class LoopThreadPool:
             if future.cancelled():
                 continue
             if raised:
-                if isinstance(outcome, StopIteration):  # futures refuse it
-                    error = RuntimeError(f"the function raised StopIteration: {outcome!r}")
-                    error.__cause__ = outcome
-                    outcome = error
-                future.set_exception(outcome)
+                future.set_exception(as_job_error(outcome))
             else:
                 future.set_result(outcome)

@@ -12,7 +12,7 @@ from typing import Any
 from anyio import CapacityLimiter, to_thread
 
 from .._structures import Job
-from ._thread_pool import LoopThreadPool
+from ._thread_pool import LoopThreadPool, as_job_error
 from .base import JobExecutor
 
 
@@ -22,6 +22,16 @@ def _on_asyncio() -> bool:
     except RuntimeError:  # trio
         return False
     return True
+
+
+def _call_in_thread(func: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    try:
+        return func(*args)
+    except BaseException as exc:
+        error = as_job_error(exc)
+        if error is exc:
+            raise
+        raise error from exc
 
 
 class ThreadPoolJobExecutor(JobExecutor):
@@ -79,7 +89,7 @@ class ThreadPoolJobExecutor(JobExecutor):
             pool, _ = self._pools[asyncio.get_running_loop()]
             return await pool.submit(copy_context(), func, *job.args)
         return await to_thread.run_sync(
-            func, *job.args, abandon_on_cancel=True, limiter=self._limiter
+            _call_in_thread, func, job.args, abandon_on_cancel=True, limiter=self._limiter
         )
 
     def __repr__(self) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import AsyncIterator
 
@@ -158,3 +159,19 @@ async def test_one_executor_serves_schedulers_on_one_loop_and_on_another(
             answer = await anyio.to_thread.run_sync(lambda: blocking.run_job(sum, args=[[20, 22]]))
         assert answer == 42
         assert await first.run_job(sum, args=[[1, 2]]) == 3
+
+
+async def test_a_function_calling_sys_exit_fails_its_job_and_the_scheduler_goes_on(
+    scheduler: AsyncScheduler,
+) -> None:
+    def leave() -> None:
+        sys.exit(3)
+
+    job_id = await scheduler.add_job(leave)
+    with anyio.fail_after(10):
+        result = await scheduler.get_job_result(job_id)
+        assert await scheduler.run_job(sum, args=[[1, 2]]) == 3
+
+    assert result.outcome is JobOutcome.error
+    assert isinstance(result.exception, RuntimeError)
+    assert isinstance(result.exception.__cause__, SystemExit)
