@@ -101,6 +101,20 @@ def throughput(jobs: int) -> None:
         ratio = f"{rate / floor:.2f}" if rate and floor else "n/a"
         print(f"| {name} | {kind} | {_number(rate)} | {ratio} |")
 
+    print(f"\n### Plain functions added from plain code ({jobs:,} jobs, end to end)\n")
+    print("| system | µs per add_job call | jobs/s |")
+    print("|---|---:|---:|")
+    spec = {"case": "blocking", "jobs": jobs}
+    for name, side in (
+        ("asched `Scheduler` (blocking, memory)", "asched"),
+        ("APScheduler 3.11 `BackgroundScheduler` (MemoryJobStore)", "APScheduler 3.11"),
+    ):
+        result = run_case(side, spec)
+        print(
+            f"| {name} | {_number(result.get('add_microseconds'), 1)} | "
+            f"{_number(result.get('jobs_per_second'))} |"
+        )
+
 
 def postgresql(jobs: int, competitor_jobs: int) -> None:
     print(

@@ -12,6 +12,7 @@ import json
 import os
 import random
 import sys
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -205,12 +206,52 @@ async def scale(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def blocking(spec: dict[str, Any]) -> dict[str, Any]:
+    """BackgroundScheduler: plain code adds jobs while the scheduler's thread runs them."""
+    from apscheduler.executors.pool import ThreadPoolExecutor
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    count = spec["jobs"]
+    done = threading.Event()
+    finished = 0
+
+    def on_finish(event: Any) -> None:
+        nonlocal finished
+        finished += 1
+        if finished == count:
+            done.set()
+
+    scheduler = BackgroundScheduler(timezone="UTC")
+    scheduler.add_executor(ThreadPoolExecutor(spec.get("workers", 100)), "default")
+    scheduler.add_listener(on_finish, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
+    scheduler.start()
+    try:
+        start = time.perf_counter()
+        for _ in range(count):
+            scheduler.add_job(sync_noop)
+        added = time.perf_counter()
+        if not done.wait(600):
+            raise TimeoutError(f"{finished} of {count} jobs finished")
+        elapsed = time.perf_counter() - start
+    finally:
+        scheduler.shutdown()
+    return {
+        "jobs_per_second": count / elapsed,
+        "add_microseconds": (added - start) / count * 1e6,
+        "seconds": elapsed,
+    }
+
+
 CASES = {"throughput": throughput, "lateness": lateness, "scale": scale}
 
 
 def main() -> None:
     spec = json.loads(sys.argv[1])
-    print(json.dumps(asyncio.run(CASES[spec["case"]](spec))))
+    if spec["case"] == "blocking":
+        result = blocking(spec)
+    else:
+        result = asyncio.run(CASES[spec["case"]](spec))
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,9 @@
 
 - ``throughput``: ``jobs`` no-op jobs (``kind`` async or sync) added one by one, timed from the
   first add until the last ``JobReleased``; ``store`` is a data store URL.
+- ``blocking``: ``jobs`` no-op plain functions added one by one from plain code through the
+  blocking ``Scheduler`` (APScheduler 3's BackgroundScheduler use), timed the same way, with
+  the time each ``add_job`` call took.
 - ``floor``: an anyio task group spawning ``jobs`` no-op tasks (the floor for any scheduler).
 - ``lateness``: ``schedules`` schedules firing every second for ``seconds`` s, their start
   times spread over the second; lateness = job start - scheduled fire time.
@@ -13,9 +16,11 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import random
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -24,7 +29,7 @@ from typing import Any
 
 import anyio
 
-from asched import AsyncScheduler, JobOutcome, SchedulerRole, current_job
+from asched import AsyncScheduler, JobOutcome, Scheduler, SchedulerRole, current_job
 from asched.events import JobReleased
 from asched.triggers import DateTrigger, IntervalTrigger
 from benchmarks.measures import lateness_summary, rss_bytes
@@ -300,8 +305,39 @@ def _redis_used_memory(store: str | None) -> int | None:
         client.close()
 
 
-CASES = {
+def blocking(spec: dict[str, Any]) -> dict[str, Any]:
+    count = spec["jobs"]
+    done = threading.Event()
+    released = 0
+
+    def on_release(event: JobReleased) -> None:
+        nonlocal released
+        released += 1
+        if released == count:
+            done.set()
+
+    with Scheduler(max_concurrent_jobs=spec.get("workers", 100)) as scheduler:
+        scheduler.start_in_background()
+        scheduler.run_job(sync_noop)  # registers the task and warms up the executor
+        scheduler.subscribe(on_release, JobReleased)
+        start = time.perf_counter()
+        for _ in range(count):
+            scheduler.add_job(sync_noop, result_expiration_time=0)
+        added = time.perf_counter()
+        if not done.wait(600):
+            raise TimeoutError(f"{released} of {count} jobs released")
+        elapsed = time.perf_counter() - start
+
+    return {
+        "jobs_per_second": count / elapsed,
+        "add_microseconds": (added - start) / count * 1e6,
+        "seconds": elapsed,
+    }
+
+
+CASES: dict[str, Callable[[dict[str, Any]], Any]] = {
     "throughput": throughput,
+    "blocking": blocking,
     "backlog": backlog,
     "floor": floor,
     "lateness": lateness,
@@ -312,7 +348,8 @@ CASES = {
 
 def main() -> None:
     spec = json.loads(sys.argv[1])
-    result = anyio.run(CASES[spec["case"]], spec)
+    case = CASES[spec["case"]]
+    result = anyio.run(case, spec) if inspect.iscoroutinefunction(case) else case(spec)
     print(json.dumps(result))
 
 
