@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from concurrent.futures import CancelledError
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -158,6 +159,30 @@ def test_scheduler_without_with_starts_itself_and_closes() -> None:
         scheduler.close()
     assert scheduler.state is RunState.stopped
     scheduler.close()  # a second close does nothing
+
+
+def test_calls_racing_with_close_end_instead_of_hanging() -> None:
+    scheduler = Scheduler()
+    scheduler.start_in_background()
+    outcomes: list[str] = []
+
+    def keep_calling() -> None:
+        for _ in range(300):
+            try:
+                scheduler.get_jobs()
+                outcomes.append("answered")
+            except (RuntimeError, CancelledError) as exc:
+                outcomes.append(type(exc).__name__)
+
+    caller = threading.Thread(target=keep_calling)
+    caller.start()
+    scheduler.close()
+    caller.join(30)
+    alive = caller.is_alive()
+    scheduler.close()  # a call after the first close opened the scheduler again
+
+    assert not alive
+    assert len(outcomes) == 300
 
 
 def test_a_job_in_a_thread_can_stop_a_blocking_scheduler() -> None:
