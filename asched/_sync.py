@@ -32,24 +32,55 @@ _LOOP_CHECK_SECONDS = 1.0
 
 
 class _Terminated(BaseException):
-    """Raised in the main thread by the SIGTERM handler of run_until_stopped()."""
+    """Raised in the main thread on SIGTERM while run_until_stopped() waits."""
+
+
+class _StopSignals:
+    """Ctrl+C (SIGINT) and SIGTERM as exceptions in the main thread, once armed.
+
+    A signal that comes before :meth:`arm` is only noted, and raised by :meth:`arm`:
+    run_until_stopped() must not be interrupted while it is still handing the scheduler's
+    task to the event loop, or it would lose the handle it needs to stop that task cleanly.
+    """
+
+    def __init__(self, *, armed: bool = False):
+        self._armed = armed
+        self._noted: int | None = None
+
+    def handle(self, signum: int, frame: FrameType | None) -> None:
+        if self._armed:
+            self._raise(signum)
+        self._noted = signum
+
+    def arm(self) -> None:
+        self._armed = True
+        if self._noted is not None:
+            self._raise(self._noted)
+
+    @staticmethod
+    def _raise(signum: int) -> None:
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise _Terminated
 
 
 @contextmanager
-def _stop_signals_raise() -> Iterator[None]:
-    """Turn SIGTERM into an exception in the main thread, like SIGINT is (KeyboardInterrupt)."""
+def _stop_signals() -> Iterator[_StopSignals]:
+    """Handle SIGINT and SIGTERM with a :class:`_StopSignals` (main thread only)."""
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield _StopSignals(armed=True)  # signals are delivered to the main thread
         return
 
-    def on_sigterm(signum: int, frame: FrameType | None) -> None:
-        raise _Terminated
-
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    signals = _StopSignals()
+    previous = {
+        signum: signal.signal(signum, signals.handle) for signum in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
-        yield
+        yield signals
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            if handler is not None:  # None: installed outside Python, cannot be restored
+                signal.signal(signum, handler)
 
 
 class Scheduler:
@@ -186,9 +217,10 @@ class Scheduler:
         a second Ctrl+C cancels them.
         """
         portal = self._portal or self._open()
-        with _stop_signals_raise():
+        with _stop_signals() as signals:
             future = portal.start_task_soon(self.async_scheduler.run_until_stopped)
             try:
+                signals.arm()  # raises now if a signal came while the task was starting
                 future.result()
             except (KeyboardInterrupt, _Terminated):
                 portal.call(self.async_scheduler.stop)

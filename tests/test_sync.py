@@ -228,3 +228,36 @@ def test_blocking_scheduler_stops_cleanly_on_a_signal(signum: signal.Signals) ->
     assert process.returncode == 0, stderr
     assert "stopped cleanly" in stdout
     assert "Traceback" not in stderr
+
+
+EARLY_SIGNAL_SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys
+    from asched import Scheduler
+
+    def interrupt():  # runs as soon as the scheduler starts: while run_until_stopped starts
+        os.kill(os.getpid(), getattr(signal, sys.argv[1]))
+
+    with Scheduler() as scheduler:
+        scheduler.add_job(interrupt)
+        scheduler.run_until_stopped()
+    print("stopped cleanly", flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_while_run_until_stopped_starts_still_stops_cleanly(
+    signum: signal.Signals,
+) -> None:
+    for _ in range(3):  # the signal lands at a slightly different moment each time
+        completed = subprocess.run(
+            [sys.executable, "-c", EARLY_SIGNAL_SCRIPT, signum.name],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert completed.returncode == 0, completed.stderr
+        assert "stopped cleanly" in completed.stdout
+        assert "Traceback" not in completed.stderr
