@@ -87,13 +87,14 @@ def _list(args: argparse.Namespace) -> int:
         print(f"error: no SQLite database at {store.path}", file=sys.stderr)
         return 1
     try:
-        if not anyio.run(_postgresql_schema_exists, args.store, store):
-            print(f"error: no such schema in {args.store}", file=sys.stderr)
-            return 1
-        schedules, jobs = anyio.run(_read_store, store)
+        contents = anyio.run(_read_store, args.store, store)
     except Exception as exc:  # unreachable server, unreadable file, foreign schema version
         print(f"error: cannot read {args.store}: {_innermost(exc)}", file=sys.stderr)
         return 1
+    if contents is None:
+        print(f"error: no such schema in {args.store}", file=sys.stderr)
+        return 1
+    schedules, jobs = contents
 
     print(f"{len(schedules)} schedule(s), {len(jobs)} job(s) queued or running")
     if schedules:
@@ -134,10 +135,13 @@ async def _postgresql_schema_exists(url: str, store: DataStore) -> bool:
     return bool(found)
 
 
-async def _read_store(store: DataStore) -> tuple[list[Schedule], list[Job]]:
+async def _read_store(url: str, store: DataStore) -> tuple[list[Schedule], list[Job]] | None:
+    """Return the store's schedules and jobs (``None``: its PostgreSQL schema is missing)."""
     from . import AsyncScheduler
     from .eventbrokers.local import LocalEventBroker
 
+    if not await _postgresql_schema_exists(url, store):
+        return None
     async with AsyncScheduler(store, LocalEventBroker()) as scheduler:
         return await scheduler.get_schedules(), await scheduler.get_jobs()
 

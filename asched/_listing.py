@@ -25,10 +25,11 @@ def _moment(moment: datetime | None, zone: tzinfo) -> str:
 def schedule_lines(schedules: Sequence[Schedule], zone: tzinfo) -> list[str]:
     """One line per schedule, soonest first (paused and finished ones last), under a header."""
 
-    def order(schedule: Schedule) -> tuple[bool, str, str]:
+    def order(schedule: Schedule) -> tuple[bool, float, str]:
         moment = schedule.next_fire_time
-        due = not schedule.paused and moment is not None
-        return (not due, moment.isoformat() if due and moment else "", schedule.id)
+        if schedule.paused or moment is None:
+            return (True, 0.0, schedule.id)
+        return (False, moment.timestamp(), schedule.id)  # instants, whatever their zones
 
     rows = []
     for schedule in sorted(schedules, key=order):

@@ -20,7 +20,7 @@ from typing import Any
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, EVENT_JOB_MISSED
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from benchmarks.measures import lateness_summary, rss_bytes
+from benchmarks.measures import lateness_summary, rss_bytes, time_blocking_adds
 
 POSTGRESQL_URL = os.environ.get(
     "ASCHED_TEST_POSTGRESQL_URL", "postgresql://postgres@127.0.0.1:5432/test"
@@ -212,8 +212,8 @@ def blocking(spec: dict[str, Any]) -> dict[str, Any]:
     from apscheduler.schedulers.background import BackgroundScheduler
 
     count = spec["jobs"]
-    done = threading.Event()
     finished = 0
+    done = threading.Event()
 
     def on_finish(event: Any) -> None:
         nonlocal finished
@@ -226,20 +226,9 @@ def blocking(spec: dict[str, Any]) -> dict[str, Any]:
     scheduler.add_listener(on_finish, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
     scheduler.start()
     try:
-        start = time.perf_counter()
-        for _ in range(count):
-            scheduler.add_job(sync_noop)
-        added = time.perf_counter()
-        if not done.wait(600):
-            raise TimeoutError(f"{finished} of {count} jobs finished")
-        elapsed = time.perf_counter() - start
+        return time_blocking_adds(lambda: scheduler.add_job(sync_noop), count, done)
     finally:
         scheduler.shutdown()
-    return {
-        "jobs_per_second": count / elapsed,
-        "add_microseconds": (added - start) / count * 1e6,
-        "seconds": elapsed,
-    }
 
 
 CASES = {"throughput": throughput, "lateness": lateness, "scale": scale}

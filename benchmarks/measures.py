@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import os
 import statistics
+import threading
+import time
+from collections.abc import Callable
 
 
 def rss_bytes() -> int:
@@ -25,4 +28,25 @@ def lateness_summary(latenesses: list[float]) -> dict[str, float]:
         "p50_ms": statistics.median(ordered) * 1000,
         "p99_ms": ordered[p99_index] * 1000,
         "max_ms": ordered[-1] * 1000,
+    }
+
+
+def time_blocking_adds(
+    add: Callable[[], object], count: int, finished: threading.Event
+) -> dict[str, float]:
+    """Call ``add()`` ``count`` times from plain code, then wait for ``finished``.
+
+    Returns jobs per second from the first add to ``finished``, and the time per add call.
+    """
+    start = time.perf_counter()
+    for _ in range(count):
+        add()
+    added = time.perf_counter()
+    if not finished.wait(600):
+        raise TimeoutError(f"the {count} jobs did not finish within 600 s")
+    elapsed = time.perf_counter() - start
+    return {
+        "jobs_per_second": count / elapsed,
+        "add_microseconds": (added - start) / count * 1e6,
+        "seconds": elapsed,
     }

@@ -4,6 +4,7 @@ import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import anyio
 import asyncpg
@@ -92,14 +93,15 @@ async def test_list_prints_a_stores_schedules_soonest_first_and_its_jobs(
 ) -> None:
     async with backend(backend_name).open_cluster(namespace) as setup:
         async with AsyncScheduler(setup.store_url, LocalEventBroker()) as scheduler:
-            for schedule_id, year, paused in [
-                ("later", 2031, False),
-                ("held", 2029, True),
-                ("sooner", 2030, False),
+            for schedule_id, moment, paused in [
+                ("later", datetime(2031, 1, 1, tzinfo=timezone.utc), False),
+                ("held", datetime(2029, 1, 1, tzinfo=timezone.utc), True),
+                ("sooner", datetime(2030, 1, 1, tzinfo=timezone.utc), False),
+                # half an hour before "sooner", though its wall-clock text sorts after it
+                ("soonest", datetime(2030, 1, 1, 0, 30, tzinfo=ZoneInfo("Europe/Berlin")), False),
             ]:
-                trigger = DateTrigger(datetime(year, 1, 1, tzinfo=timezone.utc))
                 await scheduler.add_schedule(
-                    jobs.add, trigger, id=schedule_id, args=[1], paused=paused
+                    jobs.add, DateTrigger(moment), id=schedule_id, args=[1], paused=paused
                 )
             job_id = await scheduler.add_job(jobs.add, args=[1])
 
@@ -108,15 +110,15 @@ async def test_list_prints_a_stores_schedules_soonest_first_and_its_jobs(
 
     lines = capsys.readouterr().out.splitlines()
     assert status == 0
-    assert lines[0] == "3 schedule(s), 1 job(s) queued or running"
+    assert lines[0] == "4 schedule(s), 1 job(s) queued or running"
     assert lines[2].split() == ["ID", "TASK", "NEXT", "FIRE", "TIME", "STATE", "TRIGGER"]
-    rows = [line.split() for line in lines[3:6]]
-    assert [row[0] for row in rows] == ["sooner", "later", "held"]
-    assert rows[0][1:6] == ["tests.jobs:add", "2030-01-01", "05:30:00", "IST", "waiting"]
-    assert rows[2][5] == "paused"
-    assert lines[7].split()[0] == "ID"
-    assert lines[8].split()[:3] == [str(job_id), "tests.jobs:add", "-"]
-    assert lines[8].split()[-1] == "queued"
+    rows = [line.split() for line in lines[3:7]]
+    assert [row[0] for row in rows] == ["soonest", "sooner", "later", "held"]
+    assert rows[1][1:6] == ["tests.jobs:add", "2030-01-01", "05:30:00", "IST", "waiting"]
+    assert rows[3][5] == "paused"
+    assert lines[8].split()[0] == "ID"
+    assert lines[9].split()[:3] == [str(job_id), "tests.jobs:add", "-"]
+    assert lines[9].split()[-1] == "queued"
 
 
 def test_list_refuses_what_it_cannot_read(
