@@ -29,7 +29,6 @@ from tenacity import (
     RetryCallState,
     retry_if_exception,
     stop_after_attempt,
-    wait_exponential,
 )
 
 from .._clock import Clock
@@ -454,6 +453,16 @@ class RetrySettings:
     wait_min: float = attrs.field(default=0.05, validator=attrs.validators.gt(0))
     wait_max: float = attrs.field(default=5.0, validator=attrs.validators.gt(0))
 
+    def wait_after(self, failed_attempts: int) -> float:
+        """Seconds to wait after ``failed_attempts`` consecutive failures (1 or more).
+
+        ``wait_min`` doubled per failure after the first, at most ``wait_max``: with the
+        defaults 0.05, 0.1, 0.2, … 3.2 s, about 6.4 s in all before the eighth attempt.
+        """
+        if failed_attempts < 1:
+            raise ValueError(f"failed_attempts must be 1 or more, got {failed_attempts}")
+        return min(self.wait_max, self.wait_min * 2.0 ** min(failed_attempts - 1, 64))
+
 
 class BaseExternalDataStore(DataStore):
     """Base class of data stores that keep their data outside the process.
@@ -508,7 +517,7 @@ class BaseExternalDataStore(DataStore):
         return AsyncRetrying(
             sleep=anyio.sleep,
             stop=stop_after_attempt(settings.attempts),
-            wait=wait_exponential(min=settings.wait_min, max=settings.wait_max),
+            wait=lambda retry_state: settings.wait_after(retry_state.attempt_number),
             retry=retry_if_exception(self._is_transient),
             before_sleep=self._log_retry,
             reraise=True,
