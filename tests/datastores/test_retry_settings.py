@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from asched.datastores import RetrySettings
@@ -21,8 +23,13 @@ def test_wait_after_no_failure_is_refused() -> None:
 
 
 @pytest.mark.parametrize(
-    ("field", "value"), [("attempts", 0), ("wait_min", 0), ("wait_max", -1.0)]
+    ("field", "settings"),
+    [
+        ("attempts", {"attempts": 0}),
+        ("wait_min", {"wait_min": 0.0}),
+        ("wait_max", {"wait_max": -1.0}),
+    ],
 )
-def test_bad_settings_are_refused(field: str, value: float) -> None:
+def test_bad_settings_are_refused(field: str, settings: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match=field):
-        RetrySettings(**{field: value})
+        RetrySettings(**settings)
