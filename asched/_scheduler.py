@@ -8,8 +8,6 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
 from datetime import datetime, timedelta, tzinfo
-from functools import partial
-from inspect import iscoroutinefunction
 from logging import Logger, getLogger
 from types import TracebackType
 from typing import Any, TypeVar
@@ -27,6 +25,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from ._clock import Clock
 from ._converters import as_timedelta, as_timezone, positive_int_or_none
+from ._coroutines import is_coroutine_callable
 from ._enums import CoalescePolicy, ConflictPolicy, JobOutcome, RunState, SchedulerRole
 from ._exceptions import (
     CallableLookupError,
@@ -80,14 +79,6 @@ _ZERO = timedelta(0)
 #: how long add_job keeps results by default, so that get_job_result() finds them
 DEFAULT_RESULT_EXPIRATION_TIME = timedelta(minutes=15)
 _SCHEDULE_BATCH_SIZE = 100
-
-
-def _is_coroutine_function(func: Callable[..., Any]) -> bool:
-    while isinstance(func, partial):
-        func = func.func
-    return iscoroutinefunction(func) or iscoroutinefunction(
-        getattr(func, "__call__", None)  # noqa: B004 - async callable objects
-    )
 
 
 def _exception_text(exc: BaseException) -> str:
@@ -551,7 +542,7 @@ class AsyncScheduler:
     def _default_executor_for(self, func: Callable[..., Any]) -> str:
         if self.default_job_executor is not None:
             return self.default_job_executor
-        return "async" if _is_coroutine_function(func) else "threadpool"
+        return "async" if is_coroutine_callable(func) else "threadpool"
 
     async def configure_task(
         self,

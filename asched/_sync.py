@@ -7,6 +7,7 @@ import atexit
 import signal
 import threading
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from contextlib import ExitStack, contextmanager
 from datetime import datetime, timedelta
@@ -17,7 +18,9 @@ from uuid import UUID
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
+from ._coroutines import is_coroutine_callable
 from ._enums import CoalescePolicy, ConflictPolicy, RunState
+from ._event_thread import EventThread, ThreadedCallback
 from ._scheduler import DEFAULT_RESULT_EXPIRATION_TIME, UNSET, AsyncScheduler
 from ._structures import Job, JobResult, Schedule, Task
 from .events import Event, Subscription
@@ -96,7 +99,10 @@ class Scheduler:
             scheduler.run_until_stopped()  # Ctrl+C or SIGTERM stops it cleanly
 
     Used without ``with``, it starts its thread on the first call and stops it at interpreter
-    exit (or on :meth:`close`). Event callbacks run in the scheduler's thread.
+    exit (or on :meth:`close`). Plain event callbacks run in a thread of their own, so they
+    may call the scheduler's methods (see :meth:`subscribe`). Its methods cannot be called
+    from the event loop's own thread (a coroutine job or callback): there, await the same
+    methods of :attr:`async_scheduler`.
 
     Takes the same arguments as :class:`AsyncScheduler`.
     """
@@ -112,6 +118,8 @@ class Scheduler:
         self._exit_stack: ExitStack | None = None
         self._portal: BlockingPortal | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread_id: int | None = None
+        self._event_thread = EventThread(self.async_scheduler.logger)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.async_scheduler!r})"
@@ -151,6 +159,7 @@ class Scheduler:
                 portal = exit_stack.enter_context(start_blocking_portal())
                 exit_stack.enter_context(portal.wrap_async_context_manager(self.async_scheduler))
                 loop = portal.call(asyncio.get_running_loop)
+                self._loop_thread_id = portal.call(threading.get_ident)
             except BaseException:
                 exit_stack.close()
                 raise
@@ -168,6 +177,7 @@ class Scheduler:
             portal.call(self.async_scheduler.wait_until_stopped)
         finally:
             exit_stack.close()
+            self._event_thread.close()  # after the last events (SchedulerStopped) are queued
 
     def close(self) -> None:
         """Stop the scheduler (letting running jobs finish) and its background thread.
@@ -178,9 +188,19 @@ class Scheduler:
         atexit.unregister(self.close)
         self._close(wait=True)
 
+    def _on_loop_thread(self) -> bool:
+        return self._loop is not None and threading.get_ident() == self._loop_thread_id
+
     def _call(
         self, method: Callable[..., Coroutine[Any, Any, _T]], /, *args: Any, **kwargs: Any
     ) -> _T:
+        if self._on_loop_thread():
+            # Waiting here would block the very loop that has to answer
+            raise RuntimeError(
+                f"Scheduler.{method.__name__}() was called from the scheduler's event loop "
+                f"thread (a coroutine job or event callback), where it cannot wait: use "
+                f"'await scheduler.async_scheduler.{method.__name__}(...)' there instead"
+            )
         loop = self._loop
         if loop is None:
             self._open()
@@ -427,27 +447,68 @@ class Scheduler:
     ) -> Subscription:
         """Receive events; see :meth:`AsyncScheduler.subscribe`.
 
-        Callbacks run in the scheduler's thread: keep them short, or hand work to your own
-        threads. The returned subscription may be cancelled from any thread.
+        Plain callbacks run in the scheduler's event thread, one at a time and in the order
+        the events came, so they may call this scheduler's methods (a slow one delays the
+        events after it, never the scheduler). Coroutine functions run on the scheduler's
+        event loop. The returned subscription may be cancelled from any thread: events that
+        came before are still delivered, later ones are not (from the callback itself, it
+        takes effect at once).
         """
-        portal = self._portal
-        if portal is None:
-            # Not running yet: no event can be dispatched concurrently
-            return self.async_scheduler.subscribe(callback, event_types, one_shot=one_shot)
+        if is_coroutine_callable(callback):
+            return self._on_loop(
+                partial(self.async_scheduler.subscribe, callback, event_types, one_shot=one_shot)
+            )
 
-        subscription: Subscription = portal.call(
-            partial(self.async_scheduler.subscribe, callback, event_types, one_shot=one_shot)
-        )
-        return Subscription(
-            subscription.callback,
-            subscription.event_types,
-            subscription.one_shot,
-            lambda _: self._unsubscribe(subscription),
-        )
+        threaded = ThreadedCallback(callback, self._event_thread)
 
-    def _unsubscribe(self, subscription: Subscription) -> None:
-        portal = self._portal
-        if portal is None:
-            subscription.unsubscribe()
-        else:
-            portal.call(subscription.unsubscribe)
+        def subscribe_on_loop() -> Subscription:  # on the loop: no event comes in between
+            def unsubscribe(handle: Subscription) -> None:
+                self._event_thread.cancel(threaded)
+                self._on_loop_soon(inner.unsubscribe)
+
+            def forward_once(event: Event) -> None:
+                handle.active = False  # the broker ends the inner subscription too
+                threaded(event)
+
+            inner = self.async_scheduler.subscribe(
+                forward_once if one_shot else threaded, event_types, one_shot=one_shot
+            )
+            handle = Subscription(callback, inner.event_types, one_shot, unsubscribe)
+            return handle
+
+        return self._on_loop(subscribe_on_loop)
+
+    def _on_loop(self, function: Callable[[], _T]) -> _T:
+        """Run a plain function on the scheduler's event loop (directly if not running)."""
+        loop = self._loop
+        if loop is None or self._on_loop_thread():
+            return function()
+        future: Future[_T] = Future()
+
+        def run() -> None:
+            try:
+                future.set_result(function())
+            except BaseException as exc:
+                future.set_exception(exc)
+
+        try:
+            loop.call_soon_threadsafe(run)
+        except RuntimeError:  # the loop has closed: nothing runs there any more
+            return function()
+        while True:
+            try:
+                return future.result(timeout=_LOOP_CHECK_SECONDS)
+            except FutureTimeoutError:
+                if loop.is_closed() and not future.done():
+                    return function()
+
+    def _on_loop_soon(self, function: Callable[[], object]) -> None:
+        """Have the event loop run ``function`` soon, without waiting (from any thread)."""
+        loop = self._loop
+        if loop is None or self._on_loop_thread():
+            function()
+            return
+        try:
+            loop.call_soon_threadsafe(function)
+        except RuntimeError:  # the loop closed meanwhile: nothing is delivered any more
+            function()

@@ -11,6 +11,7 @@ import textwrap
 import threading
 from concurrent.futures import CancelledError
 from datetime import datetime, timedelta, timezone
+from uuid import UUID
 
 import pytest
 
@@ -22,7 +23,7 @@ from asched import (
     Scheduler,
     current_job,
 )
-from asched.events import JobReleased
+from asched.events import JobAdded, JobReleased, Subscription
 from asched.triggers import DateTrigger, IntervalTrigger
 from tests import jobs
 
@@ -148,6 +149,113 @@ def test_subscription_delivers_events_and_can_be_cancelled_from_another_thread()
 
     assert len(received) == 2
     assert received[0].job_id == job_id
+
+
+def test_a_plain_callback_may_call_the_blocking_scheduler() -> None:
+    # APScheduler 3's listeners may call their scheduler: a callback runs in a thread of its
+    # own, not in the event loop the blocking call waits for
+    answered = threading.Event()
+    job_ids_seen: list[list[object]] = []
+    with Scheduler() as scheduler:
+        scheduler.start_in_background()
+
+        def on_release(event: JobReleased) -> None:
+            job_ids_seen.append([job.id for job in scheduler.get_jobs()])
+            if len(job_ids_seen) == 1:
+                scheduler.add_job(jobs.add, args=[2])  # a second job, added from the callback
+            else:
+                answered.set()
+
+        scheduler.subscribe(on_release, JobReleased)
+        scheduler.add_job(jobs.add, args=[1])
+        assert answered.wait(10), "the callback's calls did not return"
+
+    assert len(job_ids_seen) == 2
+
+
+def test_a_callback_can_unsubscribe_itself_and_later_events_skip_it() -> None:
+    calls: list[JobReleased] = []
+    with Scheduler() as scheduler:
+        scheduler.start_in_background()
+        subscription: Subscription | None = None
+
+        def once(event: JobReleased) -> None:
+            calls.append(event)
+            assert subscription is not None
+            subscription.unsubscribe()
+
+        subscription = scheduler.subscribe(once, JobReleased)
+        for value in range(3):
+            scheduler.run_job(jobs.add, args=[value])
+
+    assert len(calls) == 1
+    assert not subscription.active
+
+
+def test_a_one_shot_subscription_ends_after_its_event() -> None:
+    calls: list[JobReleased] = []
+    with Scheduler() as scheduler:
+        scheduler.start_in_background()
+        subscription = scheduler.subscribe(calls.append, JobReleased, one_shot=True)
+        first = scheduler.add_job(jobs.add, args=[1])
+        scheduler.get_job_result(first)
+        scheduler.run_job(jobs.add, args=[2])
+        assert not subscription.active
+
+    assert [event.job_id for event in calls] == [first]
+
+
+def test_plain_callbacks_get_events_in_order_and_one_raising_stops_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    added: list[UUID] = []
+
+    def explode(event: JobAdded) -> None:
+        raise RuntimeError("subscriber bug")
+
+    with Scheduler() as scheduler:
+        scheduler.subscribe(explode, JobAdded)
+        scheduler.subscribe(lambda event: added.append(event.job_id), JobAdded)
+        job_ids = [scheduler.add_job(jobs.add, args=[value]) for value in range(20)]
+
+    assert added == job_ids
+    failures = [record for record in caplog.records if record.exc_info is not None]
+    assert len(failures) == 20
+    assert all(
+        "subscriber bug" in record.getMessage() + str(record.exc_info) for record in failures
+    )
+
+
+def test_a_coroutine_callback_runs_on_the_event_loop() -> None:
+    loop_threads: list[str] = []
+
+    async def on_release(event: JobReleased) -> None:
+        loop_threads.append(threading.current_thread().name)
+
+    with Scheduler() as scheduler:
+        scheduler.start_in_background()
+        scheduler.subscribe(on_release, JobReleased)
+        scheduler.run_job(jobs.add, args=[1])
+
+    assert len(loop_threads) == 1
+    assert loop_threads[0] != threading.current_thread().name
+    assert loop_threads[0] != "asched events"
+
+
+def test_a_blocking_call_from_the_event_loop_thread_fails_clearly() -> None:
+    with Scheduler() as scheduler:
+        scheduler.start_in_background()
+
+        async def calls_the_blocking_twin() -> None:
+            scheduler.get_jobs()  # would wait for the loop it blocks
+
+        job_id = scheduler.add_job(calls_the_blocking_twin)
+        result = scheduler.get_job_result(job_id)
+
+    assert result.outcome is JobOutcome.error
+    assert isinstance(result.exception, RuntimeError)
+    assert "event loop thread" in str(result.exception)
+    assert "await scheduler.async_scheduler.get_jobs(...)" in str(result.exception)
 
 
 def test_scheduler_without_with_starts_itself_and_closes() -> None:

@@ -6,7 +6,6 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack
-from inspect import iscoroutinefunction
 from logging import Logger, getLogger
 from typing import Any, TypeVar
 from uuid import uuid4
@@ -26,6 +25,7 @@ from anyio import Event as Event_
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from .._coroutines import is_coroutine_callable
 from ..events import Event, Subscription, event_from_dict
 
 _EventT = TypeVar("_EventT", bound=Event)
@@ -117,9 +117,7 @@ class BaseEventBroker(EventBroker):
                     raise TypeError(f"not an event class: {event_type!r}")
 
         subscription = Subscription(callback, types, one_shot, self._unsubscribe)
-        if iscoroutinefunction(callback) or iscoroutinefunction(
-            getattr(callback, "__call__", None)  # noqa: B004 - async callable objects
-        ):
+        if is_coroutine_callable(callback):
             self._async_callbacks.add(subscription)
         self._subscriptions.append(subscription)
         self._dispatch_cache.clear()
