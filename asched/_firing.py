@@ -137,6 +137,7 @@ def plan_firing(schedule: Schedule, now: datetime, logger: Logger) -> ScheduleUp
     fire_time: datetime | None = head
     last_processed: datetime | None = schedule.last_fire_time
     missed: list[Job] = []
+    last_missed = head
 
     # Fire times whose start deadline has passed
     if grace is not None:
@@ -146,7 +147,7 @@ def plan_firing(schedule: Schedule, now: datetime, logger: Logger) -> ScheduleUp
             and len(missed) < MAX_FIRE_TIMES_PER_PASS
         ):
             missed.append(_make_job(schedule, fire_time, jitter_of(fire_time)))
-            last_processed = fire_time
+            last_processed = last_missed = fire_time
             fire_time = next_fire_time_utc(trigger, fire_time)
 
         if fire_time is not None and fire_time + grace < now:
@@ -161,6 +162,17 @@ def plan_firing(schedule: Schedule, now: datetime, logger: Logger) -> ScheduleUp
                 skipped_from.isoformat(),
                 (now - grace).isoformat(),
             )
+
+    if missed:
+        logger.warning(
+            "Schedule %r missed %d fire time(s) from %s to %s: too late to start within its "
+            "misfire grace time (%s)",
+            schedule.id,
+            len(missed),
+            head.isoformat(),  # misses start at the first due fire time
+            last_missed.isoformat(),
+            grace,
+        )
 
     jobs: list[Job] = []
     if fire_time is not None and fire_time <= now:

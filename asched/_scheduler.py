@@ -88,7 +88,11 @@ def _exception_text(exc: BaseException) -> str:
 
 @attrs.define(kw_only=True)
 class _TaskDeclaration:
-    """Options given with the ``@scheduler.task`` decorator, applied when first used."""
+    """Options given with the ``@scheduler.task`` decorator.
+
+    Applied when the scheduler is initialized, or when the function is first used if it was
+    declared after that.
+    """
 
     id: str | None = None
     job_executor: str | None = None
@@ -253,6 +257,7 @@ class AsyncScheduler:
             self._subscribe_to_own_events(exit_stack)
             self._services_task_group = await exit_stack.enter_async_context(create_task_group())
             self._exit_stack = exit_stack
+            await self._add_declared_tasks()
             await self._add_declared_schedules()
         except BaseException:
             self._exit_stack = None
@@ -539,6 +544,13 @@ class AsyncScheduler:
                 f"(configured: {', '.join(sorted(self.job_executors))})"
             )
 
+    def _check_executor_override(self, task: Task, job_executor: str) -> None:
+        """Refuse an executor, named for one schedule or job, that cannot run its task."""
+        self._check_executor_name(job_executor, "job_executor")
+        function = self._task_functions.get(task.id)
+        if function is not None:
+            self.job_executors[job_executor].check_function(function, task.func_ref)
+
     def _default_executor_for(self, func: Callable[..., Any]) -> str:
         if self.default_job_executor is not None:
             return self.default_job_executor
@@ -703,8 +715,10 @@ class AsyncScheduler:
     ) -> Callable[[_FuncT], _FuncT]:
         """Decorate a function to give its task an id and job defaults.
 
-        The options apply when the function is first used in :meth:`add_schedule`,
-        :meth:`add_job` or :meth:`run_job`, or when the scheduler is initialized::
+        Tasks declared before the scheduler is initialized are stored when it is (a stored
+        task of the same id with other options is replaced: the code's declaration wins), so
+        ``add_job("reports")`` finds them by id; one declared later is stored when the
+        function is first used in :meth:`add_schedule`, :meth:`add_job` or :meth:`run_job`::
 
             @scheduler.task("reports", max_running_jobs=1)
             async def build_report() -> None: ...
@@ -758,6 +772,26 @@ class AsyncScheduler:
 
         return decorator
 
+    async def _add_declared_tasks(self) -> None:
+        """Store the tasks declared with ``@task``, replacing stored ones that differ."""
+        for func, declaration in self._task_declarations.items():
+            task = self._build_task(
+                declaration.id or callable_name(func),
+                func,
+                job_executor=declaration.job_executor,
+                max_running_jobs=declaration.max_running_jobs,
+                misfire_grace_time=declaration.misfire_grace_time,
+                metadata=declaration.metadata,
+            )
+            try:
+                stored: Task | None = await self.data_store.get_task(task.id)
+            except TaskLookupError:
+                stored = None
+            if stored != task:  # the code's declaration wins, as with scheduled_job
+                await self.data_store.add_task(task)
+            self._tasks[task.id] = task
+            self._task_functions[task.id] = func
+
     async def _add_declared_schedules(self) -> None:
         for declaration in self._schedule_declarations:
             options = dict(declaration.options)
@@ -809,10 +843,7 @@ class AsyncScheduler:
         if not isinstance(coalesce, CoalescePolicy):
             raise TypeError(f"coalesce: expected a CoalescePolicy, got {coalesce!r}")
         if job_executor is not None:
-            self._check_executor_name(job_executor, "job_executor")
-            function = self._task_functions.get(task.id)
-            if function is not None:
-                self.job_executors[job_executor].check_function(function, task.func_ref)
+            self._check_executor_override(task, job_executor)
         if misfire_grace_time is UNSET:
             grace = task.misfire_grace_time
         else:
@@ -942,13 +973,15 @@ class AsyncScheduler:
         """Change a schedule: its trigger, arguments, name or options.
 
         Changing the trigger reschedules: the next fire time becomes the new trigger's first
-        fire time from now on. Accepts the keyword arguments of :meth:`add_schedule` except
+        fire time from now on (or, for a trigger whose fire times are all past, its first one,
+        as in :meth:`add_schedule`). ``paused=False`` on a paused schedule resumes it from now,
+        like :meth:`unpause_schedule`. Accepts the keyword arguments of :meth:`add_schedule` except
         ``id`` and ``conflict_policy`` (and ``func_or_task_id``: use ``task`` to point it at
         another task).
 
         :return: the updated schedule
         :raises ScheduleLookupError: if there is no such schedule
-        :raises ValueError: on an invalid option, or a trigger with no fire time ahead
+        :raises ValueError: on an invalid option, or a trigger without fire times
         :raises TypeError: on an unknown option
         """
         allowed = {
@@ -993,7 +1026,8 @@ class AsyncScheduler:
         updated = await self._build_schedule(
             task, new_trigger or current.trigger, id=id, **options
         )
-        if new_trigger is None and updated.max_jitter == current.max_jitter:
+        unpausing = current.paused and not updated.paused
+        if new_trigger is None and updated.max_jitter == current.max_jitter and not unpausing:
             # Same trigger: keep its place in time
             updated = attrs.evolve(
                 updated,
@@ -1005,14 +1039,15 @@ class AsyncScheduler:
             next_fire_time, next_run_time = first_fire_and_run_times(
                 updated.trigger, updated.max_jitter, self.clock.now() - timedelta(microseconds=1)
             )
-            if next_fire_time is None:
+            if next_fire_time is None and new_trigger is None:
                 raise ValueError(f"trigger: {updated.trigger} has no fire times from now on")
-            updated = attrs.evolve(
-                updated,
-                next_fire_time=next_fire_time,
-                next_run_time=next_run_time,
-                last_fire_time=current.last_fire_time,
-            )
+            if next_fire_time is not None:
+                updated = attrs.evolve(
+                    updated, next_fire_time=next_fire_time, next_run_time=next_run_time
+                )
+            # else: a new trigger whose fire times are all past keeps its first one, as in
+            # add_schedule, and the misfire rules decide
+            updated = attrs.evolve(updated, last_fire_time=current.last_fire_time)
 
         await self.data_store.add_schedule(updated, ConflictPolicy.replace)
         return updated
@@ -1088,7 +1123,7 @@ class AsyncScheduler:
         self._ensure_initialized()
         task = await self._resolve_task(func_or_task_id)
         if job_executor is not None:
-            self._check_executor_name(job_executor, "job_executor")
+            self._check_executor_override(task, job_executor)
         if result_expiration_time is not DEFAULT_RESULT_EXPIRATION_TIME:
             result_expiration_time = (
                 as_timedelta(result_expiration_time, field="result_expiration_time") or _ZERO

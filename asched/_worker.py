@@ -270,6 +270,7 @@ class Worker:
                 finished_at=clock.now(),
                 return_value=return_value,
             )
+            self._logger.debug("Job %s (task %r) succeeded", job.id, job.task_id)
         finally:
             current_job.reset(token)
 

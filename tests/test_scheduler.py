@@ -169,6 +169,26 @@ async def test_process_pool_refuses_a_function_it_cannot_import(
         await scheduler.configure_task("local", func=lambda: 1, job_executor="processpool")
 
 
+async def test_process_pool_for_one_job_refuses_a_function_it_cannot_import(
+    scheduler: AsyncScheduler,
+) -> None:
+    def nested() -> int:
+        return 1
+
+    with pytest.raises(TypeError, match=r"processpool executor cannot run .*nested"):
+        await scheduler.add_job(nested, job_executor="processpool")
+    with pytest.raises(TypeError, match=r"processpool executor cannot run .*nested"):
+        await scheduler.run_job(nested, job_executor="processpool")
+    assert await scheduler.get_jobs() == []
+
+
+async def test_process_pool_refuses_a_coroutine_function(scheduler: AsyncScheduler) -> None:
+    with pytest.raises(TypeError, match=r"runs plain functions.*async_echo.*async executor"):
+        await scheduler.configure_task(jobs.async_echo, job_executor="processpool")
+    with pytest.raises(TypeError, match=r"runs plain functions"):
+        await scheduler.add_job(jobs.async_echo, args=[1], job_executor="processpool")
+
+
 async def test_run_job_reraises_what_the_function_raised(scheduler: AsyncScheduler) -> None:
     await scheduler.start_in_background()
 
@@ -189,6 +209,20 @@ async def test_failed_job_result_holds_the_exception_and_the_event_describes_it(
     [event] = recorder.of_type(JobReleased)
     assert (event.exception_type, event.exception_message) == ("builtins.ValueError", "nope")
     assert f"Job {job_id} (task 'tests.jobs:fail') raised an exception" in caplog.text
+
+
+async def test_a_successful_job_is_logged_at_debug_level_only(
+    scheduler: AsyncScheduler, caplog: pytest.LogCaptureFixture
+) -> None:
+    await scheduler.start_in_background()
+    with caplog.at_level(logging.INFO, logger="asched"):
+        await scheduler.run_job(jobs.add, args=[1])
+    assert "succeeded" not in caplog.text
+
+    with caplog.at_level(logging.DEBUG, logger="asched"):
+        job_id = await scheduler.add_job(jobs.add, args=[2])
+        await scheduler.get_job_result(job_id)
+    assert f"Job {job_id} (task 'tests.jobs:add') succeeded" in caplog.text
 
 
 async def test_function_given_as_reference_text_runs(scheduler: AsyncScheduler) -> None:
@@ -437,10 +471,23 @@ async def test_trigger_without_fire_times_is_refused(
         await scheduler.add_schedule(jobs.add, NeverTrigger(), args=[1])
 
     schedule_id = await scheduler.add_schedule(jobs.add, every(clock, 10, first_in=1), args=[1])
-    with pytest.raises(ValueError, match="no fire times from now on"):
-        await scheduler.update_schedule(
-            schedule_id, trigger=DateTrigger(clock.now() - timedelta(seconds=1))
-        )
+    with pytest.raises(ValueError, match="has no fire times"):
+        await scheduler.update_schedule(schedule_id, trigger=NeverTrigger())
+
+
+async def test_update_schedule_to_a_past_date_fires_it_as_add_schedule_would(
+    scheduler: AsyncScheduler, clock: FakeClock
+) -> None:
+    calls = Calls()
+    schedule_id = await scheduler.add_schedule(calls.record, every(clock, 100, first_in=100))
+    past = clock.now() - timedelta(seconds=1)
+
+    updated = await scheduler.update_schedule(schedule_id, trigger=DateTrigger(past))
+    await scheduler.start_in_background()
+
+    assert updated.next_fire_time == past
+    await calls.wait()
+    assert calls.fire_times == [past]
 
 
 class BrokenOnceTrigger(Trigger):
@@ -522,6 +569,20 @@ async def test_update_schedule_without_trigger_keeps_its_place_in_time(
     assert await scheduler.get_schedule(schedule_id) == updated
 
 
+async def test_update_schedule_unpausing_resumes_from_now(
+    scheduler: AsyncScheduler, clock: FakeClock
+) -> None:
+    schedule_id = await scheduler.add_schedule(jobs.add, every(clock, 10, first_in=10), args=[1])
+    await scheduler.pause_schedule(schedule_id)
+    clock.advance(95)  # nine fire times pass while it is paused
+
+    updated = await scheduler.update_schedule(schedule_id, paused=False)
+
+    assert not updated.paused
+    assert updated.next_fire_time == clock.now() + timedelta(seconds=5)
+    assert await scheduler.get_schedule(schedule_id) == updated
+
+
 async def test_update_schedule_rejects_unknown_options(
     scheduler: AsyncScheduler, clock: FakeClock
 ) -> None:
@@ -600,12 +661,16 @@ async def test_overdue_fire_times_are_coalesced(
 
 
 async def test_fire_times_past_the_grace_time_are_missed_and_reported(
-    scheduler: AsyncScheduler, clock: FakeClock, recorder: EventRecorder
+    scheduler: AsyncScheduler,
+    clock: FakeClock,
+    recorder: EventRecorder,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     calls = Calls()
     await scheduler.add_schedule(
         calls.record,
         every(clock, 10, first_in=-35),
+        id="late",
         misfire_grace_time=12,
         job_result_expiration_time=60,
     )
@@ -621,6 +686,10 @@ async def test_fire_times_past_the_grace_time_are_missed_and_reported(
     ]
     result = await scheduler.get_job_result(missed[0].job_id)
     assert result.outcome is JobOutcome.missed_start_deadline
+    [warning] = [record for record in caplog.records if "missed" in record.getMessage()]
+    assert warning.levelno == logging.WARNING
+    first_missed = (clock.now() - timedelta(seconds=35)).isoformat()
+    assert f"Schedule 'late' missed 3 fire time(s) from {first_missed}" in warning.getMessage()
 
 
 async def test_a_year_of_missed_fire_times_is_processed_in_bounded_work(
@@ -1057,6 +1126,28 @@ async def test_task_decorator_sets_id_and_limits(clock: FakeClock) -> None:
 
     assert (task.id, task.max_running_jobs, task.metadata) == ("reports", 1, {"team": "ops"})
     assert task.job_executor == "async"
+
+
+async def test_declared_tasks_are_stored_at_start_and_found_by_id(clock: FakeClock) -> None:
+    store = MemoryDataStore()
+
+    def declare(scheduler: AsyncScheduler, limit: int) -> None:
+        @scheduler.task("reports", max_running_jobs=limit)
+        async def build_report() -> str:
+            return "report"
+
+    first = AsyncScheduler(store, clock=clock)
+    declare(first, limit=1)
+    async with first:
+        assert [task.id for task in await first.get_tasks()] == ["reports"]
+        await first.start_in_background()
+        assert await first.run_job("reports") == "report"  # by id, never used as a function
+
+    second = AsyncScheduler(store, clock=clock)
+    declare(second, limit=3)  # the code changed between runs: its declaration wins
+    async with second:
+        [task] = await second.get_tasks()
+    assert task.max_running_jobs == 3
 
 
 async def test_scheduled_job_decorator_adds_the_schedule_and_keeps_it_across_restarts(

@@ -38,6 +38,19 @@ _LaneKey = tuple[str, str | None]
 _ZERO = timedelta(0)
 
 
+def _created_at(job: Job) -> datetime:
+    return job.created_at
+
+
+def _decrement(counts: dict[str, int], key: str) -> None:
+    """Count one less for ``key``, forgetting it at zero (ids come and go: no leftovers)."""
+    count = counts[key] - 1
+    if count:
+        counts[key] = count
+    else:
+        del counts[key]
+
+
 class MemoryDataStore(DataStore):
     """Keeps tasks, schedules, jobs and results in memory; nothing survives the process.
 
@@ -334,8 +347,8 @@ class MemoryDataStore(DataStore):
         if ids is None:
             jobs = list(self._jobs.values())
         else:
-            wanted = set(ids)
-            jobs = [job for job_id, job in self._jobs.items() if job_id in wanted]
+            found = (self._jobs.get(job_id) for job_id in set(ids))
+            jobs = sorted((job for job in found if job is not None), key=_created_at)
 
         # The lease is kept beside the job (no copy per acquisition); show it here
         for index, job in enumerate(jobs):
@@ -451,13 +464,13 @@ class MemoryDataStore(DataStore):
 
     def _free_running_slot(self, job: Job) -> None:
         task_id = job.task_id
-        self._running_jobs_by_task[task_id] -= 1
+        _decrement(self._running_jobs_by_task, task_id)
         blocked = self._lanes_blocked_by_task.pop(task_id, None)
         if blocked:
             self._unblock_lanes(blocked)
         schedule_id = job.schedule_id
         if schedule_id is not None:
-            self._running_jobs_by_schedule[schedule_id] -= 1
+            _decrement(self._running_jobs_by_schedule, schedule_id)
             blocked = self._lanes_blocked_by_schedule.pop(schedule_id, None)
             if blocked:
                 self._unblock_lanes(blocked)

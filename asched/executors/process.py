@@ -9,6 +9,7 @@ from typing import Any
 
 from anyio import CapacityLimiter, to_process
 
+from .._coroutines import is_coroutine_callable
 from .._structures import Job
 from .base import JobExecutor
 
@@ -46,7 +47,12 @@ class ProcessPoolJobExecutor(JobExecutor):
         )
 
     def check_function(self, func: Callable[..., Any], reference: str | None) -> None:
-        """Refuse functions that a worker process cannot import."""
+        """Refuse coroutine functions, and functions that a worker process cannot import."""
+        if is_coroutine_callable(func):
+            raise TypeError(
+                f"the processpool executor runs plain functions, and {func!r} is a coroutine "
+                "function: run it with the async executor (the default for coroutine functions)"
+            )
         if reference is None:
             raise TypeError(
                 f"the processpool executor cannot run {func!r}: it must be a module-level "
