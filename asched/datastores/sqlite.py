@@ -4,7 +4,9 @@ The standard library's sqlite3 runs in a worker thread: each store instance owns
 connection, and every operation is one function run in that thread as one transaction (one
 thread hop per batch). Writing transactions start with ``BEGIN IMMEDIATE``, which takes the
 database's write lock at once, so schedulers in several processes on one file acquire each
-schedule and job exactly once; the file is in WAL mode so readers never wait for writers.
+schedule and job exactly once. The file is in WAL mode: a reader outside asched (a backup,
+``python -m asched list``) reads a consistent snapshot without waiting for writers; asched's
+own operations, reads included, each run as one ``BEGIN IMMEDIATE`` transaction.
 A locked database (another process holds the write lock past ``busy_timeout``) is retried.
 
 SQLite has no way to notify other processes: they notice new schedules and jobs when they
@@ -171,6 +173,11 @@ class SQLiteDataStore(BaseExternalDataStore):
     :param busy_timeout: how long one attempt waits for another process's write lock
     :param polling_interval: seconds between polls of idle schedulers and workers, which is
         how soon other processes notice new schedules and jobs
+    :param synchronous: ``"normal"`` (default): every commit survives any crash of the
+        processes using the file, but those since the last checkpoint may be lost if the
+        machine itself loses power; ``"full"``: commits survive that too, at the cost of
+        an fsync per transaction (SQLite's ``PRAGMA synchronous``)
+    :raises ValueError: on a bad ``path`` URL, ``polling_interval`` or ``synchronous``
     """
 
     def __init__(
@@ -181,8 +188,14 @@ class SQLiteDataStore(BaseExternalDataStore):
         retry_settings: RetrySettings | None = None,
         busy_timeout: timedelta = timedelta(seconds=5),
         polling_interval: float = 1.0,
+        synchronous: str = "normal",
     ) -> None:
         super().__init__(serializer=serializer, retry_settings=retry_settings)
+        if not isinstance(synchronous, str) or synchronous.lower() not in ("normal", "full"):
+            raise ValueError(
+                f"SQLiteDataStore: synchronous must be 'normal' or 'full', got {synchronous!r}"
+            )
+        self.synchronous = synchronous.lower()
         if isinstance(path, str) and path.startswith("sqlite://"):
             path = path[len("sqlite:///") :] if path.startswith("sqlite:///") else ""
             if not path:
@@ -229,21 +242,33 @@ class SQLiteDataStore(BaseExternalDataStore):
         self._event_broker = event_broker
         self._logger = logger
         self._clock = clock
+        # One attempt, no retries: a file that stays locked for a whole busy timeout at
+        # start-up, or that is damaged, is an error to report, not a hiccup to wait out
         try:
             self._connection = await anyio.to_thread.run_sync(self._connect, limiter=self._limiter)
+            exit_stack.push_async_callback(self._close)
+            version = await anyio.to_thread.run_sync(
+                self._create_schema, self._connection, limiter=self._limiter
+            )
         except sqlite3.DatabaseError as exc:
-            if self._is_transient(exc):
-                raise
-            raise RuntimeError(
-                f"SQLiteDataStore: {self.path} is not a usable SQLite database ({exc})"
-            ) from exc
-        exit_stack.push_async_callback(self._close)
-        version = await self._create_schema()
+            raise self._unusable(exc) from exc
         if version != str(SCHEMA_VERSION):
             raise RuntimeError(
                 f"SQLiteDataStore: {self.path} has schema version {version}, this asched uses "
                 f"version {SCHEMA_VERSION}; migrate it or use another file"
             )
+
+    def _unusable(self, exc: sqlite3.DatabaseError) -> RuntimeError:
+        if self._is_transient(exc):
+            seconds = self._busy_timeout.total_seconds()
+            return RuntimeError(
+                f"SQLiteDataStore: {self.path} is locked: another process or connection held "
+                f"its write lock for all of the {seconds:g} s busy timeout ({exc}); stop "
+                "that process, or raise busy_timeout if it is only slow"
+            )
+        return RuntimeError(
+            f"SQLiteDataStore: {self.path} is not a usable SQLite database ({exc})"
+        )
 
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -255,7 +280,7 @@ class SQLiteDataStore(BaseExternalDataStore):
         )
         connection.row_factory = sqlite3.Row
         connection.execute("PRAGMA journal_mode = WAL")
-        connection.execute("PRAGMA synchronous = NORMAL")
+        connection.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
         return connection
 
     async def _close(self) -> None:
@@ -263,25 +288,18 @@ class SQLiteDataStore(BaseExternalDataStore):
             connection, self._connection = self._connection, None
             await anyio.to_thread.run_sync(connection.close, limiter=self._limiter)
 
-    async def _create_schema(self) -> str:
-        def create(connection: sqlite3.Connection) -> str:
-            # executescript commits first, so the script carries its own transaction
-            connection.executescript(
-                f"BEGIN IMMEDIATE; {_DDL} INSERT OR IGNORE INTO metadata (key, value) "
-                f"VALUES ('schema_version', '{SCHEMA_VERSION}'); COMMIT;"
-            )
-            row = connection.execute(
-                "SELECT value FROM metadata WHERE key = 'schema_version'"
-            ).fetchone()
-            return str(row[0])
-
-        async for attempt in self._retrying():
-            with attempt:
-                assert self._connection is not None
-                return await anyio.to_thread.run_sync(
-                    create, self._connection, limiter=self._limiter
-                )
-        raise AssertionError("unreachable")  # pragma: no cover
+    @staticmethod
+    def _create_schema(connection: sqlite3.Connection) -> str:
+        """Create the tables if missing; return the file's schema version."""
+        # executescript commits first, so the script carries its own transaction
+        connection.executescript(
+            f"BEGIN IMMEDIATE; {_DDL} INSERT OR IGNORE INTO metadata (key, value) "
+            f"VALUES ('schema_version', '{SCHEMA_VERSION}'); COMMIT;"
+        )
+        row = connection.execute(
+            "SELECT value FROM metadata WHERE key = 'schema_version'"
+        ).fetchone()
+        return str(row[0])
 
     async def _run(self, operation: Callable[..., _T], *args: Any) -> _T:
         """Run ``operation(connection, *args)`` in the store's thread as one transaction."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import sqlite3
@@ -10,11 +11,13 @@ import threading
 from contextlib import AsyncExitStack
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
+from uuid import UUID
 
 import anyio
 import pytest
 
-from asched import AsyncScheduler, SchedulerRole
+from asched import AsyncScheduler, CoalescePolicy, SchedulerRole
 from asched._enums import ConflictPolicy, JobOutcome
 from asched._structures import Job, JobResult, Schedule, Task
 from asched.datastores.sqlite import SCHEMA_VERSION, SQLiteDataStore
@@ -24,6 +27,12 @@ from asched.triggers import CronTrigger, IntervalTrigger
 from tests.clock import FakeClock
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:  # not the contract suite's cases
+    return str(request.param)
+
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 
@@ -167,6 +176,21 @@ async def test_bad_arguments() -> None:
         SQLiteDataStore("sqlite://")
     with pytest.raises(ValueError, match="polling_interval must be positive, got 0"):
         SQLiteDataStore("x.sqlite", polling_interval=0)
+    with pytest.raises(ValueError, match="synchronous must be 'normal' or 'full', got 'off'"):
+        SQLiteDataStore("x.sqlite", synchronous="off")
+
+
+@pytest.mark.parametrize(("synchronous", "pragma_value"), [("normal", 1), ("FULL", 2)])
+async def test_synchronous_sets_how_durable_commits_are(
+    tmp_path: Path, clock: FakeClock, synchronous: str, pragma_value: int
+) -> None:
+    async with AsyncExitStack() as stack:
+        broker = LocalEventBroker()
+        await broker.start(stack, logging.getLogger("test"))
+        store = SQLiteDataStore(tmp_path / "jobs.sqlite", synchronous=synchronous)
+        await store.start(stack, broker, logging.getLogger("test"), clock)
+        assert store._connection is not None
+        assert tuple(store._connection.execute("PRAGMA synchronous").fetchone()) == (pragma_value,)
 
 
 async def test_scheduler_on_a_sqlite_url_runs_a_job(tmp_path: Path) -> None:
@@ -177,6 +201,58 @@ async def test_scheduler_on_a_sqlite_url_runs_a_job(tmp_path: Path) -> None:
         await scheduler.start_in_background()
         with anyio.fail_after(20):
             assert await scheduler.run_job(double, args=[21]) == 42
+
+
+async def start_raises(path: Path, clock: FakeClock, match: str, **options: Any) -> None:
+    async with AsyncExitStack() as stack:
+        broker = LocalEventBroker()
+        await broker.start(stack, logging.getLogger("test"))
+        with anyio.fail_after(10), pytest.raises(RuntimeError, match=match):
+            await SQLiteDataStore(path, **options).start(
+                stack, broker, logging.getLogger("test"), clock
+            )
+
+
+async def test_a_damaged_database_is_a_clear_error_naming_the_file(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    path = tmp_path / "jobs.sqlite"
+    async with AsyncExitStack() as stack:
+        store = await started_store(stack, path, clock)
+        for index in range(300):
+            await store.add_task(Task(id=f"task-{index:04}" * 20, job_executor="async"))
+    with sqlite3.connect(path) as connection:
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    data = bytearray(path.read_bytes())
+    data[4096:] = b"A" * (len(data) - 4096)  # the header page survives, the rest is garbage
+    path.write_bytes(bytes(data))
+
+    await start_raises(path, clock, rf"{path} is not a usable SQLite database \(.*malformed")
+
+
+@pytest.mark.parametrize("journal_mode", ["wal", "delete"])
+async def test_a_database_that_stays_locked_is_a_clear_error_not_a_hang(
+    tmp_path: Path, clock: FakeClock, journal_mode: str
+) -> None:
+    path = tmp_path / "jobs.sqlite"
+    if journal_mode == "wal":  # a store's file, write-locked by another connection
+        async with AsyncExitStack() as stack:
+            await started_store(stack, path, clock)
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        if journal_mode == "wal":
+            holder.execute("BEGIN IMMEDIATE")
+        else:  # some other program's file, held exclusively: not even WAL can be set
+            holder.execute("CREATE TABLE other (value)")
+            holder.execute("BEGIN EXCLUSIVE")
+        await start_raises(
+            path,
+            clock,
+            rf"{path} is locked: .* 0.2 s busy timeout",
+            busy_timeout=timedelta(seconds=0.2),
+        )
+    finally:
+        holder.close()
 
 
 async def test_a_corrupt_file_is_a_clear_error(tmp_path: Path, clock: FakeClock) -> None:
@@ -190,8 +266,9 @@ async def test_a_corrupt_file_is_a_clear_error(tmp_path: Path, clock: FakeClock)
 
 
 async def test_a_killed_process_leaves_a_consistent_file(tmp_path: Path) -> None:
-    """SIGKILL a scheduler process mid-run; a new one finds every schedule and reports the
-    jobs the dead one was running as abandoned."""
+    """SIGKILL a scheduler process mid-run. The file is intact; a scheduler started later
+    finds every schedule, reports each job the dead one held as abandoned exactly once, and
+    the misfire rules (here: coalesce to the latest fire time) decide what runs."""
     url = f"sqlite:///{tmp_path / 'jobs.sqlite'}"
     start = datetime.now(timezone.utc) + timedelta(seconds=1)
     async with AsyncScheduler(url) as setup:
@@ -201,6 +278,8 @@ async def test_a_killed_process_leaves_a_consistent_file(tmp_path: Path) -> None
                 IntervalTrigger(seconds=1, start_time=start),
                 id=f"s{index:02}",
                 kwargs={"hold_seconds": 5},
+                coalesce=CoalescePolicy.latest,
+                misfire_grace_time=None,
             )
 
     until = (datetime.now(timezone.utc) + timedelta(minutes=2)).isoformat()
@@ -221,26 +300,54 @@ async def test_a_killed_process_leaves_a_consistent_file(tmp_path: Path) -> None
     finally:
         if process.returncode is None:
             process.kill()
+    started_before_kill = {
+        json.loads(line)["job_id"] for line in (await runs.read_text()).splitlines()
+    }
 
     with sqlite3.connect(tmp_path / "jobs.sqlite") as connection:
         assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        held = {
+            str(UUID(row[0]))
+            for row in connection.execute("SELECT id FROM jobs WHERE acquired_by = 'doomed'")
+        }
+    # every job that started is among those still leased to the dead process
+    assert started_before_kill <= held
 
     abandoned: list[JobReleased] = []
-    reported = anyio.Event()
+    all_reported = anyio.Event()
 
     def on_release(event: JobReleased) -> None:
         if event.outcome is JobOutcome.abandoned:
             abandoned.append(event)
-            reported.set()
+            if len(abandoned) >= len(held):
+                all_reported.set()
 
+    # An hour later, by the restarted scheduler's clock: every schedule has 3,600 fire
+    # times due, every lease of the dead process has expired
+    later = FakeClock(datetime.now(timezone.utc) + timedelta(hours=1))
     async with AsyncScheduler(
-        url, role=SchedulerRole.scheduler, cleanup_interval=0.5
+        url, role=SchedulerRole.scheduler, clock=later, cleanup_interval=0.5
     ) as restarted:
         assert len(await restarted.get_schedules()) == 50
         restarted.subscribe(on_release, JobReleased)
         await restarted.start_in_background()
-        with anyio.fail_after(30):  # the dead process's leases (3 s) expire, cleanup runs
-            await reported.wait()
+        with anyio.fail_after(30):
+            await all_reported.wait()
+            while len(await restarted.get_jobs()) < 50:  # noqa: ASYNC110 - another thread's writes
+                await anyio.sleep(0.05)
+        await restarted.data_store.cleanup()  # a second cleanup finds nothing more
+        jobs_after_restart = await restarted.get_jobs()
+        schedules = await restarted.get_schedules()
         await restarted.stop()
 
+    assert sorted(str(event.job_id) for event in abandoned) == sorted(held)
     assert all(event.scheduler_id == "doomed" for event in abandoned)
+    # coalesce=latest: one job per schedule, for the newest of its 3,600 due fire times
+    assert sorted(str(job.schedule_id) for job in jobs_after_restart) == [
+        schedule.id for schedule in schedules
+    ]
+    newest = {job.scheduled_fire_time for job in jobs_after_restart}
+    assert len(newest) == 1
+    [fire_time] = newest
+    assert fire_time is not None
+    assert later.now() - timedelta(seconds=1) < fire_time <= later.now()
