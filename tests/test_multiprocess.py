@@ -24,6 +24,8 @@ CLUSTER_BACKENDS = ("sqlite", "postgresql", "redis")
 def assert_each_fire_ran_once(result: ClusterResult) -> None:
     assert not result.duplicates, f"fires run more than once: {sorted(result.duplicates)[:10]}"
     assert not result.unexpected, f"runs nobody scheduled: {sorted(result.unexpected)[:10]}"
+    twice = result.released_twice
+    assert not twice, f"jobs released more than once: {sorted(twice.items())[:10]}"
 
 
 @pytest.mark.parametrize("name", CLUSTER_BACKENDS)
@@ -45,6 +47,7 @@ async def test_every_fire_runs_exactly_once(name: str, namespace: str, tmp_path:
     assert_each_fire_ran_once(result)
     assert not result.missing, f"{len(result.missing)} fires never ran"
     assert result.count(JobOutcome.success) == len(result.expected)
+    assert sum(result.releases.values()) == len(result.expected)  # nothing else was released
     # the work was shared: every process ran something
     assert set(result.runs_by_node) == {f"node{index}" for index in range(setup.nodes)}
 

@@ -52,6 +52,8 @@ class ClusterResult:
     #: (schedule id, fire time) of every job released as abandoned
     abandoned_fires: set[tuple[str, str]]
     killed_node: str | None
+    #: how many distinct releases (JobReleased events) each job had; 1 unless released twice
+    releases: Counter[str] = field(default_factory=Counter)
     #: how many jobs the killed node had started and not finished when it was killed
     running_at_kill: int = 0
     stderr: dict[str, str] = field(default_factory=dict)
@@ -59,6 +61,10 @@ class ClusterResult:
     @property
     def duplicates(self) -> dict[tuple[str, str], int]:
         return {key: count for key, count in self.runs.items() if count > 1}
+
+    @property
+    def released_twice(self) -> dict[str, int]:
+        return {job_id: count for job_id, count in self.releases.items() if count > 1}
 
     @property
     def missing(self) -> set[tuple[str, str]]:
@@ -212,10 +218,16 @@ def _collect(
     outcomes: dict[str, str] = {}
     abandoned_nodes: set[str] = set()
     abandoned_fires: set[tuple[str, str]] = set()
+    # Every node hears every release through the broker (or only its own, without one): the
+    # same release is the same (job, outcome, releaser, time) in each file
+    distinct_releases: set[tuple[str, str, str, str]] = set()
     for path in output.glob("events-*.jsonl"):
         for line in path.read_text().splitlines():
             if line.endswith("}"):
                 event = json.loads(line)
+                distinct_releases.add(
+                    (event["job_id"], event["outcome"], event["scheduler_id"], event["timestamp"])
+                )
                 outcomes[event["job_id"]] = event["outcome"]
                 if event["outcome"] == JobOutcome.abandoned.value:
                     abandoned_nodes.add(event["scheduler_id"])
@@ -232,5 +244,6 @@ def _collect(
         abandoned_job_nodes=abandoned_nodes,
         abandoned_fires=abandoned_fires,
         killed_node=killed,
+        releases=Counter(job_id for job_id, *_ in distinct_releases),
         stderr=stderr,
     )
