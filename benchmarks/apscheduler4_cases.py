@@ -13,11 +13,13 @@ import os
 import random
 import sys
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import anyio
-from apscheduler import AsyncScheduler, JobOutcome, JobReleased, current_job
+from apscheduler import AsyncScheduler, JobOutcome, JobReleased, SchedulerRole, current_job
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
@@ -48,13 +50,17 @@ async def _drop_schema(spec: dict[str, Any]) -> None:
             await connection.close()
 
 
-def _scheduler(spec: dict[str, Any]) -> AsyncScheduler:
+def _scheduler(spec: dict[str, Any], role: SchedulerRole = SchedulerRole.both) -> AsyncScheduler:
     if spec.get("store") == "postgresql":
         from apscheduler.datastores.sqlalchemy import SQLAlchemyDataStore
+        from apscheduler.eventbrokers.asyncpg import AsyncpgEventBroker
 
-        # its asyncpg event broker crashes on the current anyio: the local broker is used
-        return AsyncScheduler(SQLAlchemyDataStore(POSTGRESQL_URL, schema=SCHEMA))
-    return AsyncScheduler()
+        return AsyncScheduler(
+            SQLAlchemyDataStore(POSTGRESQL_URL, schema=SCHEMA),
+            AsyncpgEventBroker(POSTGRESQL_URL.replace("+asyncpg", "")),
+            role=role,
+        )
+    return AsyncScheduler(role=role)
 
 
 async def _configure(scheduler: AsyncScheduler, func: Any, spec: dict[str, Any]) -> None:
@@ -82,10 +88,18 @@ async def throughput(spec: dict[str, Any]) -> dict[str, Any]:
             done.set()
 
     await _drop_schema(spec)
-    async with _scheduler(spec) as scheduler:
+    processes = spec.get("processes", 0)
+    role = SchedulerRole.scheduler if processes else SchedulerRole.both
+    async with AsyncExitStack() as stack:
+        scheduler = await stack.enter_async_context(_scheduler(spec, role))
         await _configure(scheduler, func, spec)
         scheduler.subscribe(on_release, {JobReleased})
-        await scheduler.start_in_background()
+        if processes:
+            # worker-only schedulers in other processes; JobReleased comes through the broker
+            go = await stack.enter_async_context(worker_processes(spec, processes))
+            await go()
+        else:
+            await scheduler.start_in_background()
 
         async def produce(jobs: int) -> None:
             for _ in range(jobs):
@@ -100,7 +114,8 @@ async def throughput(spec: dict[str, Any]) -> dict[str, Any]:
         with anyio.fail_after(900):
             await done.wait()
         elapsed = time.perf_counter() - start
-        await scheduler.stop()
+        if not processes:
+            await scheduler.stop()
     await _drop_schema(spec)
     return {
         "jobs_per_second": count / elapsed,
@@ -183,7 +198,56 @@ async def scale(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-CASES = {"throughput": throughput, "lateness": lateness, "scale": scale}
+@asynccontextmanager
+async def worker_processes(
+    spec: dict[str, Any], count: int
+) -> AsyncIterator[Callable[[], Awaitable[None]]]:
+    """Start ``count`` worker-only schedulers in other processes; yield what starts them.
+
+    The same protocol as asched's side: each child prints ``ready`` once connected, starts
+    on a ``go`` line and stops on ``stop``.
+    """
+    child_spec = json.dumps({"case": "worker", "store": spec["store"]})
+    children = [
+        await anyio.open_process([sys.executable, "-m", __spec__.name, child_spec], stderr=None)
+        for _ in range(count)
+    ]
+    try:
+        for child in children:
+            assert child.stdout is not None
+            with anyio.fail_after(60):
+                line = await child.stdout.receive()
+            assert line.strip() == b"ready", line
+
+        async def go() -> None:
+            for child in children:
+                assert child.stdin is not None
+                await child.stdin.send(b"go\n")
+
+        yield go
+    finally:
+        for child in children:
+            assert child.stdin is not None
+            await child.stdin.send(b"stop\n")
+        with anyio.fail_after(60):
+            for child in children:
+                await child.wait()
+
+
+async def worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """A worker-only scheduler that starts on a ``go`` line and stops on ``stop``."""
+    async with _scheduler(spec, SchedulerRole.worker) as scheduler:
+        print("ready", flush=True)
+        for line in ("go", "stop"):
+            received = await anyio.to_thread.run_sync(sys.stdin.readline)
+            assert received.strip() == line, received
+            if line == "go":
+                await scheduler.start_in_background()
+        await scheduler.stop()
+    return {}
+
+
+CASES = {"throughput": throughput, "lateness": lateness, "scale": scale, "worker": worker}
 
 
 def main() -> None:
