@@ -651,27 +651,9 @@ class AsyncScheduler:
         A function seen for the first time is registered implicitly, without overwriting a
         task of the same id that another process already configured.
         """
-        if isinstance(func_or_task_id, str):
-            task = self._tasks.get(func_or_task_id)
-            if task is not None:
-                return task
-        elif callable(func_or_task_id):
-            declaration = self._task_declarations.get(func_or_task_id)
-            task_id = (
-                declaration.id
-                if declaration is not None and declaration.id is not None
-                else callable_name(func_or_task_id)
-            )
-            task = self._tasks.get(task_id)
-            known_function = self._task_functions.get(task_id)
-            # == rather than "is": a bound method is a new object at every attribute access
-            if task is not None and known_function == func_or_task_id:
-                return task
-            if known_function is not None and known_function != func_or_task_id:
-                raise ValueError(
-                    f"another function is already registered as task {task_id!r}; give this "
-                    "one its own id with configure_task('some-id', func=...)"
-                )
+        task = self._known_task(func_or_task_id)
+        if task is not None:
+            return task
 
         task_id, function = self._task_id_and_function(func_or_task_id, None)
         try:
@@ -698,6 +680,35 @@ class AsyncScheduler:
         if function is not None:
             self._task_functions[task_id] = function
         return task
+
+    def _known_task(self, func_or_task_id: Callable[..., Any] | str) -> Task | None:
+        """Return the task already resolved for a function or task id, without any I/O.
+
+        ``None`` if it takes the store to tell.
+
+        :raises ValueError: if another function is registered under the function's task id
+        """
+        if isinstance(func_or_task_id, str):
+            return self._tasks.get(func_or_task_id)
+        if not callable(func_or_task_id):
+            return None
+        declaration = self._task_declarations.get(func_or_task_id)
+        task_id = (
+            declaration.id
+            if declaration is not None and declaration.id is not None
+            else callable_name(func_or_task_id)
+        )
+        task = self._tasks.get(task_id)
+        known_function = self._task_functions.get(task_id)
+        # == rather than "is": a bound method is a new object at every attribute access
+        if task is not None and known_function == func_or_task_id:
+            return task
+        if known_function is not None and known_function != func_or_task_id:
+            raise ValueError(
+                f"another function is already registered as task {task_id!r}; give this "
+                "one its own id with configure_task('some-id', func=...)"
+            )
+        return None
 
     async def get_tasks(self) -> list[Task]:
         """Return all tasks in the data store, sorted by id."""
@@ -1122,21 +1133,32 @@ class AsyncScheduler:
         """
         self._ensure_initialized()
         task = await self._resolve_task(func_or_task_id)
+        job = self._build_job(task, args, kwargs, job_executor, result_expiration_time)
+        await self.data_store.add_jobs([job])
+        return job.id
+
+    def _build_job(
+        self,
+        task: Task,
+        args: Iterable[Any],
+        kwargs: Mapping[str, Any] | None,
+        job_executor: str | None,
+        result_expiration_time: timedelta | float,
+    ) -> Job:
+        """Validate :meth:`add_job`'s options and build its job (no I/O, any thread)."""
         if job_executor is not None:
             self._check_executor_override(task, job_executor)
         if result_expiration_time is not DEFAULT_RESULT_EXPIRATION_TIME:
             result_expiration_time = (
                 as_timedelta(result_expiration_time, field="result_expiration_time") or _ZERO
             )
-        job = Job(
+        return Job(
             task_id=task.id,
             args=tuple(args),
             kwargs=dict(kwargs) if kwargs else {},
             job_executor=job_executor,
             result_expiration_time=result_expiration_time,
         )
-        await self.data_store.add_jobs([job])
-        return job.id
 
     async def get_jobs(self) -> list[Job]:
         """Return the queued and running jobs, oldest first."""

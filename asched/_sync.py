@@ -23,6 +23,7 @@ from ._enums import CoalescePolicy, ConflictPolicy, RunState
 from ._event_thread import EventThread, ThreadedCallback
 from ._scheduler import DEFAULT_RESULT_EXPIRATION_TIME, UNSET, AsyncScheduler
 from ._structures import Job, JobResult, Schedule, Task
+from .datastores.memory import MemoryDataStore
 from .events import Event, Subscription
 from .triggers.base import Trigger
 
@@ -86,6 +87,85 @@ def _stop_signals() -> Iterator[_StopSignals]:
                 signal.signal(signum, handler)
 
 
+class _JobHandoff:
+    """Jobs added from plain code to a memory store, handed to the event loop unawaited.
+
+    The memory store lives in this process and refuses nothing a job built and checked here
+    could hold, so a blocking ``add_job`` need not wait for a round trip to the loop's
+    thread: it queues the job and returns its id. The loop adds what is queued in batches,
+    in order, in a task of the scheduler's; every other blocking call first waits for the
+    jobs queued before it, so ``get_jobs()`` right after ``add_job()`` sees the job.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, scheduler: AsyncScheduler) -> None:
+        self._loop = loop
+        self._scheduler = scheduler
+        self._logger = scheduler.logger
+        self._lock = threading.Lock()
+        self._queue: list[Job] = []
+        self._draining = False
+        self.queued = 0  # jobs queued so far
+        self._added = 0  # of those, jobs the store has taken (written on the loop only)
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+
+    def put(self, job: Job) -> None:
+        """Queue ``job`` for the store (from any thread but the loop's)."""
+        with self._lock:
+            self._queue.append(job)
+            self.queued += 1
+            if self._draining:
+                return  # the running drain takes it
+            self._draining = True
+        # Like every blocking call, a task on the loop (close() waits for it to finish)
+        drain = self._drain()
+        try:
+            asyncio.run_coroutine_threadsafe(drain, self._loop)
+        except RuntimeError:  # the loop is closed
+            drain.close()
+            raise RuntimeError("the scheduler's event loop has stopped") from None
+
+    def pending(self) -> bool:
+        """Whether some queued jobs are not in the store yet."""
+        return self._added < self.queued
+
+    async def _drain(self) -> None:
+        while True:
+            with self._lock:
+                batch, self._queue = self._queue, []
+                if not batch:
+                    self._draining = False
+                    return
+            try:
+                await self._scheduler.data_store.add_jobs(batch)
+            except Exception:
+                self._logger.exception("Could not add %d job(s) added from plain code", len(batch))
+            self._added += len(batch)
+            waiting, self._waiters = self._waiters, []
+            for target, future in waiting:
+                if target <= self._added:
+                    if not future.done():
+                        future.set_result(None)
+                else:
+                    self._waiters.append((target, future))
+
+    async def wait_for(self, count: int) -> None:
+        """Wait until the store has the first ``count`` jobs queued (on the loop)."""
+        if self._added >= count:
+            return
+        future = self._loop.create_future()
+        self._waiters.append((count, future))
+        await future
+
+    async def after(self, count: int, coroutine: Coroutine[Any, Any, _T]) -> _T:
+        """Run ``coroutine`` once the store has the first ``count`` jobs queued."""
+        try:
+            await self.wait_for(count)
+        except BaseException:
+            coroutine.close()
+            raise
+        return await coroutine
+
+
 class Scheduler:
     """A scheduler for code without an event loop of its own.
 
@@ -120,6 +200,7 @@ class Scheduler:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread_id: int | None = None
         self._event_thread = EventThread(self.async_scheduler.logger)
+        self._job_handoff: _JobHandoff | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.async_scheduler!r})"
@@ -163,16 +244,20 @@ class Scheduler:
             except BaseException:
                 exit_stack.close()
                 raise
+            if isinstance(self.async_scheduler.data_store, MemoryDataStore):
+                self._job_handoff = _JobHandoff(loop, self.async_scheduler)
             self._exit_stack, self._portal, self._loop = exit_stack, portal, loop
             return portal
 
     def _close(self, *, wait: bool) -> None:
         with self._lock:
-            exit_stack, portal = self._exit_stack, self._portal
-            self._exit_stack = self._portal = self._loop = None
+            exit_stack, portal, handoff = self._exit_stack, self._portal, self._job_handoff
+            self._exit_stack = self._portal = self._loop = self._job_handoff = None
         if exit_stack is None or portal is None:
             return
         try:
+            if handoff is not None:
+                portal.call(handoff.wait_for, handoff.queued)
             portal.call(partial(self.async_scheduler.stop, wait=wait))
             portal.call(self.async_scheduler.wait_until_stopped)
         finally:
@@ -210,6 +295,9 @@ class Scheduler:
         # Straight onto the loop rather than through the portal (which spawns a task in
         # its own task group for every call): about a fifth less time per call
         coroutine = method(*args, **kwargs)
+        handoff = self._job_handoff
+        if handoff is not None and handoff.pending():
+            coroutine = handoff.after(handoff.queued, coroutine)
         try:
             future = asyncio.run_coroutine_threadsafe(coroutine, loop)
         except RuntimeError:  # the loop is closed
@@ -397,7 +485,22 @@ class Scheduler:
         job_executor: str | None = None,
         result_expiration_time: timedelta | float = DEFAULT_RESULT_EXPIRATION_TIME,
     ) -> UUID:
-        """Queue a function to run once; see :meth:`AsyncScheduler.add_job`."""
+        """Queue a function to run once; see :meth:`AsyncScheduler.add_job`.
+
+        On the memory store, a function whose task is already known is queued for the event
+        loop without waiting for it (nothing there can refuse the job); other calls still see
+        the job, as they wait for the jobs queued before them.
+        """
+        handoff = self._job_handoff
+        if handoff is not None and not self._on_loop_thread():
+            task = self.async_scheduler._known_task(func_or_task_id)
+            if task is not None:
+                job = self.async_scheduler._build_job(
+                    task, args, kwargs, job_executor, result_expiration_time
+                )
+                handoff.put(job)
+                return job.id
+
         job_id: UUID = self._call(
             self.async_scheduler.add_job,
             func_or_task_id,

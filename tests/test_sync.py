@@ -258,6 +258,40 @@ def test_a_blocking_call_from_the_event_loop_thread_fails_clearly() -> None:
     assert "await scheduler.async_scheduler.get_jobs(...)" in str(result.exception)
 
 
+def test_jobs_added_from_many_threads_all_reach_the_store_in_each_threads_order() -> None:
+    with Scheduler() as scheduler:
+        scheduler.start_in_background(paused=True)
+        scheduler.configure_task(jobs.add)
+        added: dict[int, list[UUID]] = {}
+
+        def add_many(thread_number: int) -> None:
+            added[thread_number] = [
+                scheduler.add_job(jobs.add, args=[thread_number]) for _ in range(500)
+            ]
+
+        threads = [threading.Thread(target=add_many, args=[number]) for number in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        queued = scheduler.get_jobs()  # waits for every job added before it
+
+    assert len(queued) == 2000
+    for thread_number, job_ids in added.items():
+        in_store = [job.id for job in queued if job.args == (thread_number,)]
+        assert in_store == job_ids
+
+
+def test_closing_waits_for_the_jobs_added_just_before() -> None:
+    added: list[UUID] = []
+    with Scheduler() as scheduler:
+        scheduler.configure_task(jobs.add)
+        scheduler.subscribe(lambda event: added.append(event.job_id), JobAdded)
+        job_ids = [scheduler.add_job(jobs.add, args=[value]) for value in range(300)]
+
+    assert added == job_ids
+
+
 def test_scheduler_without_with_starts_itself_and_closes() -> None:
     scheduler = Scheduler()
     scheduler.start_in_background()
