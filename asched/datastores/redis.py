@@ -828,10 +828,12 @@ class RedisDataStore(BaseExternalDataStore):
         self._url: str | None = None
         self._client: RedisClient | None = None
         self._own_client = False
+        channel: str | None = None
         if isinstance(url_or_client, str):
             self._url, options = split_url(url_or_client)
             if prefix is None:
                 prefix = options.get("prefix")
+            channel = options.get("channel")
         elif isinstance(url_or_client, (aioredis.Redis, aioredis.RedisCluster)):
             self._client = url_or_client
         else:
@@ -845,6 +847,9 @@ class RedisDataStore(BaseExternalDataStore):
                 f"RedisDataStore: prefix must be a non-empty string without spaces or braces, "
                 f"got {self.prefix!r}"
             )
+        #: the pub/sub channel of the event broker a scheduler makes for this store (see
+        #: :meth:`default_event_broker`): the URL's ``channel``, else the prefix
+        self.channel = channel or self.prefix
         # A hash tag: every key of the store hashes to one Redis Cluster slot, which the
         # multi-key Lua scripts need
         self._root = "{" + self.prefix + "}"
@@ -867,6 +872,18 @@ class RedisDataStore(BaseExternalDataStore):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(prefix={self.prefix!r})"
+
+    def default_event_broker(self) -> EventBroker:
+        """Return a :class:`~asched.eventbrokers.redis.RedisEventBroker` on this store's Redis.
+
+        It uses the store's URL, or the client the store was given (with a pub/sub connection
+        of its own), and the channel :attr:`channel`.
+        """
+        from ..eventbrokers.redis import RedisEventBroker
+
+        target = self._url if self._url is not None else self._client
+        assert target is not None
+        return RedisEventBroker(target, channel=self.channel)
 
     def _is_transient(self, exc: BaseException) -> bool:
         return isinstance(

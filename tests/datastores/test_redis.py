@@ -23,12 +23,13 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from asched import AsyncScheduler, JobOutcome, JobResult
+from asched import AsyncScheduler, JobOutcome, JobResult, SchedulerRole
 from asched._enums import ConflictPolicy
 from asched._structures import Job, Schedule, ScheduleUpdate, Task
 from asched.datastores.base import RetrySettings
 from asched.datastores.redis import LuaScript, RedisClient, RedisDataStore
 from asched.eventbrokers import LocalEventBroker
+from asched.eventbrokers.redis import RedisEventBroker
 from asched.events import (
     JobAcquired,
     JobAdded,
@@ -794,11 +795,71 @@ async def test_jobs_queued_by_an_earlier_version_are_still_run(
     assert {event.schedule_id for event in released.values()} == {"s"}
 
 
-async def test_what_is_neither_a_url_nor_a_client_is_refused() -> None:
+#
+# Clients given by the application; the default event broker
+#
+
+
+async def task_for_wakeups() -> str:
+    return "done"
+
+
+async def test_schedulers_built_from_clients_wake_each_other_at_once(
+    namespace: str, clock: FakeClock
+) -> None:
+    # The clock never moves: the worker's idle poll never comes, only a wake-up does
+    worker_client = aioredis.Redis.from_url(REDIS_URL)
+    producer_client = aioredis.Redis.from_url(REDIS_URL)
+    async with (
+        AsyncScheduler(
+            RedisDataStore(worker_client, prefix=namespace),
+            role=SchedulerRole.worker,
+            clock=clock,
+        ) as worker,
+        AsyncScheduler(
+            RedisDataStore(producer_client, prefix=namespace),
+            role=SchedulerRole.scheduler,
+            clock=clock,
+        ) as producer,
+    ):
+        assert isinstance(worker.event_broker, RedisEventBroker)
+        assert worker.event_broker.channel == namespace
+        await producer.configure_task("wakeups", func=task_for_wakeups)
+        await worker.configure_task("wakeups", func=task_for_wakeups)
+        await worker.start_in_background()
+        await producer.start_in_background()
+        with anyio.fail_after(5):
+            for _ in range(2):  # the worker is asleep when the second job comes
+                job_id = await producer.add_job("wakeups")
+                assert (await producer.get_job_result(job_id)).return_value == "done"
+    # the store and broker leave the application's clients open
+    for client in (worker_client, producer_client):
+        assert await client.ping()
+        await client.aclose()
+
+
+async def test_a_broker_built_from_a_client_relays_events(namespace: str) -> None:
+    clients = [aioredis.Redis.from_url(REDIS_URL) for _ in range(2)]
+    recorder = EventRecorder()
+    async with AsyncExitStack() as stack:
+        brokers = [RedisEventBroker(client, channel=namespace) for client in clients]
+        for broker in brokers:
+            await broker.start(stack, logging.getLogger("test"))
+        brokers[1].subscribe(recorder)
+        await brokers[0].publish(TaskAdded(task_id="relayed"))
+        [event] = await recorder.wait_for(TaskAdded)
+        assert event.task_id == "relayed"
+    for client in clients:
+        assert await client.ping()
+        await client.aclose()
+
+
+@pytest.mark.parametrize("cls", [RedisDataStore, RedisEventBroker])
+async def test_what_is_neither_a_url_nor_a_client_is_refused(cls: type[Any]) -> None:
     with pytest.raises(
         TypeError, match=r"redis:// URL or a redis\.asyncio\.Redis or RedisCluster"
     ):
-        RedisDataStore(6379)  # type: ignore[arg-type]
+        cls(6379)
 
 
 #
@@ -890,6 +951,10 @@ def cluster_client(ports: list[int]) -> aioredis.RedisCluster:
     return aioredis.RedisCluster(host="127.0.0.1", port=ports[0])
 
 
+async def double(value: int) -> int:
+    return value * 2
+
+
 async def test_a_store_on_a_redis_cluster_works_wherever_its_slot_lives(
     redis_cluster: list[int], clock: FakeClock, recorder: EventRecorder
 ) -> None:
@@ -933,3 +998,39 @@ async def test_a_store_on_a_redis_cluster_works_wherever_its_slot_lives(
             keys = [key async for key in client.scan_iter(match=f"{{{prefix}}}:*")]
             if keys:
                 await client.delete(*keys)
+
+
+async def test_schedulers_on_a_redis_cluster_client_run_jobs_and_wake_each_other(
+    redis_cluster: list[int], clock: FakeClock
+) -> None:
+    prefix = f"c{uuid4().hex[:12]}"
+    worker_client, producer_client = cluster_client(redis_cluster), cluster_client(redis_cluster)
+    try:
+        async with (
+            AsyncScheduler(
+                RedisDataStore(worker_client, prefix=prefix),
+                role=SchedulerRole.worker,
+                clock=clock,
+            ) as worker,
+            AsyncScheduler(
+                RedisDataStore(producer_client, prefix=prefix),
+                role=SchedulerRole.scheduler,
+                clock=clock,
+            ) as producer,
+        ):
+            assert isinstance(worker.event_broker, RedisEventBroker)
+            await worker.configure_task("double", func=double)
+            await producer.configure_task("double", func=double)
+            await worker.start_in_background()
+            await producer.start_in_background()
+            with anyio.fail_after(10):
+                for value in (1, 2):
+                    job_id = await producer.add_job("double", args=[value])
+                    result = await producer.get_job_result(job_id)
+                    assert result.return_value == value * 2
+    finally:
+        keys = [key async for key in producer_client.scan_iter(match=f"{{{prefix}}}:*")]
+        if keys:
+            await producer_client.delete(*keys)
+        await worker_client.aclose()
+        await producer_client.aclose()
