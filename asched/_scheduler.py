@@ -126,7 +126,9 @@ class AsyncScheduler:
     :param data_store: a :class:`~asched.datastores.DataStore` or a URL (``memory://``,
         ``sqlite:///path``, ``postgresql://…``, ``redis://…``); default: memory
     :param event_broker: an :class:`~asched.eventbrokers.EventBroker` or a URL; default: the
-        broker matching a data store URL (PostgreSQL LISTEN/NOTIFY, Redis pub/sub), else local
+        broker matching a data store URL (PostgreSQL LISTEN/NOTIFY, Redis pub/sub), or the one
+        a data store object offers (a Redis store's pub/sub, see
+        :meth:`~asched.datastores.DataStore.default_event_broker`), else local
     :param identity: unique id of this scheduler among those sharing the store (default:
         host name, process id and object id)
     :param role: ``scheduler`` (creates jobs from schedules), ``worker`` (runs jobs) or
@@ -169,6 +171,8 @@ class AsyncScheduler:
                 event_broker = store_url
         elif isinstance(data_store, DataStore):
             self.data_store = data_store
+            if event_broker is None:
+                event_broker = data_store.default_event_broker()
         else:
             raise TypeError(f"data_store: expected a DataStore or a URL, got {data_store!r}")
 

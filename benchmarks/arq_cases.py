@@ -8,7 +8,8 @@ second, spread over the second (arq's ``microsecond``). ``scale``: ``schedules``
 jobs far in the future (arq's stored one-off schedules), the Redis memory they take, then how
 late one deferred job due in a second runs. The worker polls every 50 ms throughout.
 
-Uses Redis database 15, flushed before and after: arq's keys have no prefix option.
+Uses Redis database 15. arq's keys have no prefix option but all start with ``arq:``: each case
+deletes those (and nothing else) before and after it runs.
 """
 
 from __future__ import annotations
@@ -32,6 +33,13 @@ from benchmarks.measures import lateness_summary
 SETTINGS = RedisSettings(host="127.0.0.1", port=6379, database=15)
 
 
+async def delete_arq_keys(redis: Any) -> None:
+    """Delete arq's keys (``arq:…``) from the benchmark database, and only those."""
+    keys = [key async for key in redis.scan_iter(match="arq:*", count=1000)]
+    for start in range(0, len(keys), 1000):
+        await redis.delete(*keys[start : start + 1000])
+
+
 async def noop(ctx: dict[str, Any]) -> None:
     pass
 
@@ -52,7 +60,7 @@ def _start_worker(functions: list[Any], **options: Any) -> tuple[Worker, asyncio
 async def throughput(spec: dict[str, Any]) -> dict[str, Any]:
     count = spec["jobs"]
     redis = await create_pool(SETTINGS)
-    await redis.flushdb()
+    await delete_arq_keys(redis)
     worker, worker_task = _start_worker([noop], max_jobs=spec.get("workers", 100))
 
     async def produce(jobs: int) -> None:
@@ -70,7 +78,7 @@ async def throughput(spec: dict[str, Any]) -> dict[str, Any]:
     elapsed = time.perf_counter() - start
     worker_task.cancel()
     await worker.close()
-    await redis.flushdb()
+    await delete_arq_keys(redis)
     await redis.aclose()
     return {"jobs_per_second": count / elapsed, "add_seconds": added - start, "seconds": elapsed}
 
@@ -88,7 +96,7 @@ async def lateness(spec: dict[str, Any]) -> dict[str, Any]:
     """``schedules`` cron jobs firing every second for ``seconds`` s, spread over the second."""
     count, seconds = spec["schedules"], spec["seconds"]
     redis = await create_pool(SETTINGS)
-    await redis.flushdb()
+    await delete_arq_keys(redis)
     cron_jobs = [
         cron(
             measure_lateness,
@@ -106,7 +114,7 @@ async def lateness(spec: dict[str, Any]) -> dict[str, Any]:
     worker_task.cancel()
     with contextlib.suppress(asyncio.CancelledError):  # jobs in flight when it stops
         await worker.close()
-    await redis.flushdb()
+    await delete_arq_keys(redis)
     await redis.aclose()
     return {"fires_per_second": len(measured) / seconds, **lateness_summary(measured)}
 
@@ -125,7 +133,7 @@ async def scale(spec: dict[str, Any]) -> dict[str, Any]:
     now = datetime.now(timezone.utc)
     run_times = [now + timedelta(days=30 + rng.random() * 3650) for _ in range(count)]
     redis = await create_pool(SETTINGS)
-    await redis.flushdb()
+    await delete_arq_keys(redis)
     base_memory = int((await redis.info("memory"))["used_memory"])
 
     async def produce(indexes: range) -> None:
@@ -145,7 +153,7 @@ async def scale(spec: dict[str, Any]) -> dict[str, Any]:
         await asyncio.sleep(0.005)
     worker_task.cancel()
     await worker.close()
-    await redis.flushdb()
+    await delete_arq_keys(redis)
     await redis.aclose()
     return {
         "add_seconds": add_seconds,

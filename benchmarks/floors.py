@@ -31,7 +31,7 @@ from asched._clock import Clock
 from asched.datastores.postgresql import PostgreSQLDataStore
 from asched.eventbrokers import LocalEventBroker
 
-#: a job record as the Redis scripts read it (only the result expiry is looked at)
+#: a job record as the Redis scripts hand it out (they look at none of its fields)
 _REDIS_RECORD = json.dumps({"result_expiration_time": 0})
 
 
@@ -43,26 +43,34 @@ async def redis_floor(spec: dict[str, Any]) -> dict[str, Any]:
     count, batch = spec["jobs"], spec.get("batch", 1)
     prefix = "{asched_floor}"
     client = aioredis.Redis.from_url(spec.get("url", "redis://127.0.0.1:6379/0"))
-    add = redis_store.LuaScript(redis_store._ADD_JOBS)
-    acquire = redis_store.LuaScript(redis_store._ACQUIRE_JOBS)
-    release = redis_store.LuaScript(redis_store._RELEASE_JOBS)
+    scripts = {
+        name: redis_store.LuaScript(source, replayable=replayable, helpers=helpers)
+        for name in ("add_jobs", "acquire_jobs", "release_jobs")
+        for source, replayable, helpers in [redis_store._SCRIPTS[name]]
+    }
+    tokens = iter(range(sys.maxsize))
+
+    async def call(name: str, *args: Any) -> Any:
+        # as the store calls it: a token per call, kept for a repeat for 20 s
+        return await scripts[name](client, prefix, f"floor:{next(tokens)}", 20, *args)
+
     await _delete_keys(client, prefix)
     try:
         start = time.perf_counter()
         for _ in range(count // batch):
             args: list[Any] = []
             for _ in range(batch):
-                args += [str(uuid4()), "task", "", "", _REDIS_RECORD]
-            await add(client, prefix, *args)
+                args += [str(uuid4()), "task", "", "", "", 0, _REDIS_RECORD]
+            await call("add_jobs", *args)
             now = int(time.time() * 1e6)
-            acquired, _missed, _held = await acquire(
-                client, prefix, now, now + 30_000_000, batch, "floor"
+            acquired, _missed, _held, _given_back = await call(
+                "acquire_jobs", now, now + 30_000_000, batch, "floor"
             )
             assert len(acquired) == batch, acquired
             release_args: list[Any] = ["floor"]
-            for job_id in args[::5]:
+            for job_id in args[::7]:
                 release_args += [job_id, "", 1]
-            await release(client, prefix, *release_args)
+            await call("release_jobs", *release_args)
         elapsed = time.perf_counter() - start
     finally:
         await _delete_keys(client, prefix)

@@ -78,6 +78,15 @@ class DataStore(ABC):
         """
         return self._jobs_held_back
 
+    def default_event_broker(self) -> EventBroker | None:
+        """Return a new event broker for a scheduler given this store object and no broker.
+
+        ``None`` (the default) means a local broker. A store whose server can carry events
+        between processes may return a broker on that server, so that schedulers sharing the
+        store wake each other at once instead of at their next poll.
+        """
+        return None
+
     @abstractmethod
     async def start(
         self,

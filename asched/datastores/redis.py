@@ -1,20 +1,27 @@
 """RedisDataStore: schedules, jobs and results in Redis (redis-py's asyncio client).
 
-Every operation that hands out or takes back work is one Lua script, so it is atomic and one
-round trip whatever the batch size: acquiring k schedules or jobs (with their leases and the
-``max_running_jobs`` counters), releasing k results, adding k jobs. Keys live under a prefix:
+Every operation that changes the store is one Lua script, so it is atomic and one round trip
+whatever the batch size (acquisitions take one per 1,000 items): acquiring k schedules or jobs
+(with their leases and the ``max_running_jobs`` counters), releasing k results, adding k
+jobs. Each call carries a token, the same for all its attempts, and the script keeps what a
+repeat needs: a retry after a lost reply gets that instead of acting twice. Keys live under a
+prefix:
 
 - ``{prefix}:schedule:{id}`` hash (times, lease and the fields the scripts look at) and
   ``{prefix}:schedule_record:{id}`` string (the record): apart, the hash stays small enough
   for Redis's compact listpack encoding; ``{prefix}:schedules`` set of ids, ``{prefix}:due``
   sorted set (unleased, unpaused schedules by next run time), ``{prefix}:leased`` sorted
   set (leased ones by lease expiry);
-- ``{prefix}:job:{id}`` hash, ``{prefix}:jobs`` (all, by creation), ``{prefix}:queue``
-  (waiting, by creation), ``{prefix}:running`` (by lease expiry), ``{prefix}:deadlines``
-  (waiting jobs with a start deadline); ``{prefix}:running_tasks`` and
-  ``{prefix}:running_schedules`` hashes count running jobs;
-- ``{prefix}:tasks`` and ``{prefix}:task_limits`` hashes; ``{prefix}:result:{id}`` strings
-  that expire on their own.
+- ``{prefix}:job:{id}`` hash, ``{prefix}:sequence`` (numbers jobs as they come),
+  ``{prefix}:jobs`` (all, by sequence number), ``{prefix}:running`` (by lease expiry),
+  ``{prefix}:deadlines`` (waiting jobs with a start deadline);
+- waiting jobs in lanes, one per (task, schedule): ``{prefix}:lane:{lane}`` sorted sets,
+  ``{prefix}:lanes`` (the lanes that may run, by their first job), and the sets of lanes
+  held back by a limit, ``{prefix}:blocked_task:{id}``, ``{prefix}:blocked_schedule:{id}``
+  and ``{prefix}:blocked``; ``{prefix}:running_tasks`` and ``{prefix}:running_schedules``
+  hashes count running jobs;
+- ``{prefix}:tasks`` and ``{prefix}:task_limits`` hashes; ``{prefix}:result:{id}`` and
+  ``{prefix}:reply:{token}`` strings that expire on their own.
 
 Every key starts with ``{prefix}`` in braces, a Redis Cluster hash tag: all keys of a store
 share one slot, as the multi-key scripts require. Times are integers of microseconds since
@@ -25,12 +32,16 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import json
+import math
+import secrets
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AsyncExitStack
 from datetime import datetime, timedelta, timezone
 from logging import Logger
-from typing import Any
+from typing import Any, TypeAlias
 from uuid import UUID
 
 import attrs
@@ -62,12 +73,14 @@ from .base import (
     BaseExternalDataStore,
     ReleasedJob,
     RetrySettings,
-    cleanup_events,
     job_acquisition_events,
     job_released_event,
     marshal_job_result,
     schedule_release_events,
 )
+
+#: what the store accepts as a client (a Redis Cluster works: all of a store's keys share a slot)
+RedisClient: TypeAlias = aioredis.Redis | aioredis.RedisCluster
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MICROSECOND = timedelta(microseconds=1)
@@ -124,195 +137,503 @@ def decode_record(text: bytes | str) -> dict[str, Any]:
     return decoded
 
 
-# KEYS: prefix. ARGV: now, lease expiry, limit, scheduler id
+# Lua functions shared by the scripts (each script defines those it calls, after
+# "local p = KEYS[1]"). KEYS[1] is always the braced prefix; every other key is built from it,
+# so all of them share its Redis Cluster slot.
+#
+# Queued jobs wait in lanes, one sorted set per (task, schedule) by sequence number, because
+# max_running_jobs limits apply per task and per schedule: {prefix}:lanes holds the lanes that
+# may run, by the sequence number of their first job, and a lane whose limit is reached is set
+# aside whole (in {prefix}:blocked_task:{id} or {prefix}:blocked_schedule:{id}, and in
+# {prefix}:blocked) until a job of that task or schedule ends or the limit changes. An
+# acquisition so never walks past the backlog of a saturated task.
+_LUA_HELPERS = {
+    "lane_of": """
+local function lane_of(task_id, schedule_id)
+  return #task_id .. ':' .. task_id .. ':' .. schedule_id
+end
+""",
+    "split_lane": """
+local function split_lane(lane)
+  local colon = string.find(lane, ':', 1, true)
+  local length = tonumber(string.sub(lane, 1, colon - 1))
+  return string.sub(lane, colon + 1, colon + length), string.sub(lane, colon + length + 2)
+end
+""",
+    "integer": """
+local function integer(value)
+  return string.format('%d', value)
+end
+""",
+    "unblock": """
+-- Lanes set aside by a limit that may have changed, or whose slots freed: they may run again
+local function unblock(set_key)
+  local lanes = redis.call('SMEMBERS', set_key)
+  if #lanes == 0 then return end
+  for _, lane in ipairs(lanes) do
+    local head = redis.call('ZRANGE', p..':lane:'..lane, 0, 0, 'WITHSCORES')
+    if head[1] then redis.call('ZADD', p..':lanes', head[2], lane) end
+    redis.call('SREM', p..':blocked', lane)
+  end
+  redis.call('DEL', set_key)
+end
+""",
+    "job_info": """
+-- task id, schedule id, fire time and result expiration (microseconds, '' for none) of a job,
+-- and who has it; jobs stored by earlier versions have the fire time and result expiration in
+-- their record only
+local function job_info(key)
+  local info = redis.call('HMGET', key, 'task_id', 'schedule_id', 'fire_time', 'result_ttl',
+                          'acquired_by')
+  if info[1] and not info[3] then
+    local record = cjson.decode(redis.call('HGET', key, 'record'))
+    local fire_time = record['scheduled_fire_time']
+    info[3] = type(fire_time) == 'table' and integer(fire_time['$t']) or ''
+    info[4] = integer(math.floor((tonumber(record['result_expiration_time']) or 0) * 1e6 + 0.5))
+  end
+  return info
+end
+""",
+    "keep_result": """
+-- Keeps the result of a job that ended without running (the same JSON as a released result)
+local function keep_result(id, outcome, now, ttl)
+  local microseconds = tonumber(ttl)
+  if not microseconds or microseconds <= 0 then return end
+  local record = '{"job_id":"' .. id .. '","outcome":"' .. outcome ..
+    '","return_value":null,"exception":null,"started_at":null,"finished_at":{"$t":' .. now ..
+    '},"expires_at":{"$t":' .. integer(tonumber(now) + microseconds) .. '}}'
+  redis.call('SET', p..':result:'..id, record, 'PX',
+             integer(math.max(1, math.floor(microseconds / 1000))))
+end
+""",
+    "add_job": """
+-- Queues a job unless its id exists: id, task id, schedule id or '', start deadline or '',
+-- fire time or '', result expiration or '', record
+local function add_job(id, task_id, schedule_id, deadline, fire_time, result_ttl, record)
+  local key = p..':job:'..id
+  if redis.call('EXISTS', key) == 1 then return end
+  local seq = redis.call('INCR', p..':sequence')
+  redis.call('HSET', key, 'task_id', task_id, 'schedule_id', schedule_id,
+             'start_deadline', deadline, 'fire_time', fire_time, 'result_ttl', result_ttl,
+             'record', record, 'sequence', seq)
+  redis.call('ZADD', p..':jobs', seq, id)
+  local lane = lane_of(task_id, schedule_id)
+  local lane_key = p..':lane:'..lane
+  redis.call('ZADD', lane_key, seq, id)
+  if redis.call('ZCARD', lane_key) == 1 then redis.call('ZADD', p..':lanes', seq, lane) end
+  if deadline ~= '' then redis.call('ZADD', p..':deadlines', deadline, id) end
+end
+""",
+    "finish_job": """
+-- Deletes a running job (info: its job_info), counting the slot it frees (see free_slots)
+local function finish_job(id, key, tasks, schedules, info)
+  redis.call('ZREM', p..':running', id)
+  redis.call('ZREM', p..':jobs', id)
+  redis.call('DEL', key)
+  tasks[info[1]] = (tasks[info[1]] or 0) + 1
+  if info[2] ~= '' then schedules[info[2]] = (schedules[info[2]] or 0) + 1 end
+  return info
+end
+""",
+    "free_slots": """
+-- Gives back the running slots finish_job counted; a counter that reaches 0 goes
+local function free_slots(tasks, schedules)
+  for task_id, count in pairs(tasks) do
+    if redis.call('HINCRBY', p..':running_tasks', task_id, -count) <= 0 then
+      redis.call('HDEL', p..':running_tasks', task_id)
+    end
+    unblock(p..':blocked_task:'..task_id)
+  end
+  for schedule_id, count in pairs(schedules) do
+    if redis.call('HINCRBY', p..':running_schedules', schedule_id, -count) <= 0 then
+      redis.call('HDEL', p..':running_schedules', schedule_id)
+    end
+    unblock(p..':blocked_schedule:'..schedule_id)
+  end
+end
+""",
+    "forget_schedule": """
+-- A removed schedule: its limit no longer holds its jobs back, and an idle counter goes
+local function forget_schedule(id)
+  local running = redis.call('HGET', p..':running_schedules', id)
+  if running and tonumber(running) <= 0 then redis.call('HDEL', p..':running_schedules', id) end
+  unblock(p..':blocked_schedule:'..id)
+end
+""",
+}
+#: the helpers each helper calls
+_HELPER_NEEDS = {
+    "job_info": ("integer",),
+    "keep_result": ("integer",),
+    "add_job": ("lane_of",),
+    "free_slots": ("unblock",),
+    "forget_schedule": ("unblock",),
+}
+
+# Makes a script safe to run again after its reply was lost (a timeout or a dropped connection
+# after the server ran it, then a retry). ARGV[1] is a token made once per operation (every
+# attempt sends the same one) and ARGV[2] a TTL in seconds. run() does the work and returns
+# the reply and what a repeat needs (kept, small, under {prefix}:reply:{token}); a repeat
+# returns replay(what was kept) instead of doing the work again.
+_LUA_REPLAY = """
+local reply_key = p..':reply:'..ARGV[1]
+local kept = redis.call('GET', reply_key)
+if kept then return replay(cmsgpack.unpack(kept)) end
+local reply, to_keep = run()
+redis.call('SET', reply_key, cmsgpack.pack(to_keep), 'EX', ARGV[2])
+return reply
+"""
+
+_LUA_SAME_REPLY = """
+local function replay(kept) return kept end
+"""
+
+# ARGV: token, TTL, now, lease expiry, limit, scheduler id, then the tokens of this
+# scheduler's acquisitions that got no answer. Returns (record, hash fields) of each schedule
+# acquired, and the tokens whose schedules were given back
 _ACQUIRE_SCHEDULES = """
-local p = KEYS[1]
-local now, untl, limit, sid = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), ARGV[4]
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', p..':leased', '-inf', now)) do
-  redis.call('ZREM', p..':leased', id)
+local now, untl, limit, sid = tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5]), ARGV[6]
+
+local function schedule_reply(id)
+  local record = redis.call('GET', p..':schedule_record:'..id)
+  return {record, redis.call('HGETALL', p..':schedule:'..id)}
+end
+
+local function unlease(id)
   local key = p..':schedule:'..id
+  redis.call('ZREM', p..':leased', id)
   redis.call('HDEL', key, 'acquired_by', 'acquired_until')
   local nrt = redis.call('HGET', key, 'next_run_time')
   if nrt and nrt ~= '' and redis.call('HGET', key, 'paused') == '0' then
     redis.call('ZADD', p..':due', nrt, id)
   end
 end
-local result = {}
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', p..':due', '-inf', now, 'LIMIT', 0, limit)) do
+
+-- An acquisition whose caller never saw the reply: its schedules are due again at once
+local function give_back(token)
+  local reply_key = p..':reply:'..token
+  local kept = redis.call('GET', reply_key)
+  if not kept then return false end
+  for _, id in ipairs(cmsgpack.unpack(kept)[1]) do
+    if redis.call('HGET', p..':schedule:'..id, 'acquired_by') == sid then unlease(id) end
+  end
+  redis.call('DEL', reply_key)
+  return true
+end
+
+local function run()
+  local given_back = {}
+  for i = 7, #ARGV do
+    if give_back(ARGV[i]) then table.insert(given_back, ARGV[i]) end
+  end
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', p..':leased', '-inf', now)) do
+    unlease(id)
+  end
+  local result, ids = {}, {}
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', p..':due', '-inf', now, 'LIMIT', 0, limit)) do
+    redis.call('ZREM', p..':due', id)
+    redis.call('ZADD', p..':leased', untl, id)
+    redis.call('HSET', p..':schedule:'..id, 'acquired_by', sid, 'acquired_until', untl)
+    table.insert(result, schedule_reply(id))
+    table.insert(ids, id)
+  end
+  return {result, given_back}, {ids, given_back}
+end
+
+local function replay(kept)
+  local result = {}
+  for _, id in ipairs(kept[1]) do
+    if redis.call('HGET', p..':schedule:'..id, 'acquired_by') == sid then
+      table.insert(result, schedule_reply(id))
+    end
+  end
+  return {result, kept[2]}
+end
+"""
+
+# ARGV: token, TTL, id, policy (replace/other), task_id, paused, next_run_time or '',
+# max_running_jobs or '', record, then field/value pairs of the hash. Returns 0 (kept the
+# stored one), 1 (added) or 2 (replaced)
+_ADD_SCHEDULE = (
+    _LUA_SAME_REPLY
+    + """
+local function run()
+  local id, policy = ARGV[3], ARGV[4]
   local key = p..':schedule:'..id
+  local exists = redis.call('EXISTS', key)
+  if exists == 1 and policy ~= 'replace' then return 0, 0 end
+  redis.call('DEL', key)
+  local fields = {}
+  for i = 10, #ARGV do table.insert(fields, ARGV[i]) end
+  redis.call('HSET', key, 'task_id', ARGV[5], 'paused', ARGV[6], 'next_run_time', ARGV[7],
+             'max_running_jobs', ARGV[8], unpack(fields))
+  redis.call('SET', p..':schedule_record:'..id, ARGV[9])
+  redis.call('SADD', p..':schedules', id)
+  redis.call('ZREM', p..':leased', id)
   redis.call('ZREM', p..':due', id)
-  redis.call('ZADD', p..':leased', untl, id)
-  redis.call('HSET', key, 'acquired_by', sid, 'acquired_until', untl)
-  local record = redis.call('GET', p..':schedule_record:'..id)
-  table.insert(result, {record, redis.call('HGETALL', key)})
-end
-return result
-"""
-
-# KEYS: prefix. ARGV: id, policy (replace/other), task_id, paused, next_run_time or '',
-# max_running_jobs or '', record, then field/value pairs of the hash
-_ADD_SCHEDULE = """
-local p, id, policy = KEYS[1], ARGV[1], ARGV[2]
-local key = p..':schedule:'..id
-local exists = redis.call('EXISTS', key)
-if exists == 1 and policy ~= 'replace' then return 0 end
-redis.call('DEL', key)
-local fields = {}
-for i = 8, #ARGV do table.insert(fields, ARGV[i]) end
-redis.call('HSET', key, 'task_id', ARGV[3], 'paused', ARGV[4], 'next_run_time', ARGV[5],
-           'max_running_jobs', ARGV[6], unpack(fields))
-redis.call('SET', p..':schedule_record:'..id, ARGV[7])
-redis.call('SADD', p..':schedules', id)
-redis.call('ZREM', p..':leased', id)
-redis.call('ZREM', p..':due', id)
-if ARGV[4] == '0' and ARGV[5] ~= '' then redis.call('ZADD', p..':due', ARGV[5], id) end
-if exists == 1 then return 2 end
-return 1
-"""
-
-# KEYS: prefix. ARGV: triples of job id, task id, schedule id or '', start deadline or '',
-# record (5 per job)
-_ADD_JOBS = """
-local p = KEYS[1]
-local added = {}
-for i = 1, #ARGV, 5 do
-  local id = ARGV[i]
-  local key = p..':job:'..id
-  if redis.call('EXISTS', key) == 0 then
-    local seq = redis.call('INCR', p..':sequence')
-    redis.call('HSET', key, 'task_id', ARGV[i+1], 'schedule_id', ARGV[i+2],
-               'start_deadline', ARGV[i+3], 'record', ARGV[i+4], 'sequence', seq)
-    redis.call('ZADD', p..':jobs', seq, id)
-    redis.call('ZADD', p..':queue', seq, id)
-    if ARGV[i+3] ~= '' then redis.call('ZADD', p..':deadlines', ARGV[i+3], id) end
-    table.insert(added, id)
+  if ARGV[6] == '0' and ARGV[7] ~= '' then redis.call('ZADD', p..':due', ARGV[7], id) end
+  if exists == 1 then
+    unblock(p..':blocked_schedule:'..id)  -- its limit may have changed
+    return 2, 2
   end
+  return 1, 1
 end
-return added
 """
+)
 
-# KEYS: prefix. ARGV: now, lease expiry, limit, worker id. Returns the acquired records, the
-# records of jobs that missed their start deadline, and 1 if a limit held a job back
+# ARGV: token, TTL, then schedule ids. Returns (id, task id) of each schedule removed
+_REMOVE_SCHEDULES = (
+    _LUA_SAME_REPLY
+    + """
+local function run()
+  local removed = {}
+  for i = 3, #ARGV do
+    local id = ARGV[i]
+    local key = p..':schedule:'..id
+    local task_id = redis.call('HGET', key, 'task_id')
+    if redis.call('DEL', key, p..':schedule_record:'..id) > 0 then
+      table.insert(removed, {id, task_id or ''})
+    end
+    redis.call('SREM', p..':schedules', id)
+    redis.call('ZREM', p..':due', id)
+    redis.call('ZREM', p..':leased', id)
+    forget_schedule(id)
+  end
+  return removed, removed
+end
+"""
+)
+
+# ARGV: token, TTL, then 7 values per job (see add_job)
+_ADD_JOBS = (
+    _LUA_SAME_REPLY
+    + """
+local function run()
+  for i = 3, #ARGV, 7 do
+    add_job(ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5], ARGV[i+6])
+  end
+  return 0, 0
+end
+"""
+)
+
+# ARGV: token, TTL, now, lease expiry, limit, worker id, then the tokens of this worker's
+# acquisitions that got no answer. Returns the acquired records, (id, task id, schedule id,
+# fire time) of each job found past its start deadline, 1 if some lane is held back by a
+# limit, and the tokens whose jobs were given back
 _ACQUIRE_JOBS = """
-local p = KEYS[1]
-local now, untl, limit, sid = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), ARGV[4]
-local acquired, missed = {}, {}
-local offset, scanned, held = 0, 0, 0
-local budget = limit * 4 + 100
-while #acquired < limit and scanned < budget do
-  local ids = redis.call('ZRANGE', p..':queue', offset, offset + limit - 1)
-  if #ids == 0 then break end
-  for _, id in ipairs(ids) do
-    scanned = scanned + 1
+local now, untl, limit, sid = tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5]), ARGV[6]
+
+-- An acquisition whose caller never saw the reply: its jobs go back to their lanes, and the
+-- jobs it found past their start deadline are reported now
+local function give_back(token, missed)
+  local reply_key = p..':reply:'..token
+  local kept = redis.call('GET', reply_key)
+  if not kept then return false end
+  kept = cmsgpack.unpack(kept)
+  local tasks, schedules = {}, {}
+  for _, id in ipairs(kept[1]) do
     local key = p..':job:'..id
-    local job = redis.call('HMGET', key, 'task_id', 'schedule_id', 'start_deadline', 'record')
-    local task_id, schedule_id, deadline = job[1], job[2], job[3]
-    if deadline and deadline ~= '' and tonumber(deadline) < now then
-      redis.call('ZREM', p..':queue', id)
-      redis.call('ZREM', p..':deadlines', id)
-      redis.call('ZREM', p..':jobs', id)
-      redis.call('DEL', key)
-      table.insert(missed, job[4])
+    local job = redis.call('HMGET', key, 'acquired_by', 'task_id', 'schedule_id',
+                           'start_deadline', 'sequence')
+    if job[1] == sid then
+      redis.call('HDEL', key, 'acquired_by', 'acquired_until')
+      redis.call('ZREM', p..':running', id)
+      if job[4] ~= '' then redis.call('ZADD', p..':deadlines', job[4], id) end
+      local lane = lane_of(job[2], job[3])
+      local lane_key = p..':lane:'..lane
+      redis.call('ZADD', lane_key, job[5], id)
+      redis.call('ZADD', p..':lanes', redis.call('ZRANGE', lane_key, 0, 0, 'WITHSCORES')[2], lane)
+      tasks[job[2]] = (tasks[job[2]] or 0) + 1
+      if job[3] ~= '' then schedules[job[3]] = (schedules[job[3]] or 0) + 1 end
+    end
+  end
+  free_slots(tasks, schedules)
+  for _, job in ipairs(kept[2]) do table.insert(missed, job) end
+  redis.call('DEL', reply_key)
+  return true
+end
+
+-- How many jobs of the lane may start now (limit at most), and the set to put it in if none
+local function room_in(task_id, schedule_id, room)
+  local task_limit = redis.call('HGET', p..':task_limits', task_id)
+  if task_limit then
+    local free = tonumber(task_limit) -
+      tonumber(redis.call('HGET', p..':running_tasks', task_id) or '0')
+    if free <= 0 then return 0, p..':blocked_task:'..task_id end
+    if free < room then room = free end
+  end
+  if schedule_id ~= '' then
+    local schedule_limit = redis.call('HGET', p..':schedule:'..schedule_id, 'max_running_jobs')
+    if schedule_limit and schedule_limit ~= '' then
+      local free = tonumber(schedule_limit) -
+        tonumber(redis.call('HGET', p..':running_schedules', schedule_id) or '0')
+      if free <= 0 then return 0, p..':blocked_schedule:'..schedule_id end
+      if free < room then room = free end
+    end
+  end
+  return room, nil
+end
+
+local function run()
+  local acquired, ids, missed, given_back = {}, {}, {}, {}
+  for i = 7, #ARGV do
+    if give_back(ARGV[i], missed) then table.insert(given_back, ARGV[i]) end
+  end
+  while #ids < limit do
+    local head = redis.call('ZPOPMIN', p..':lanes')
+    if #head == 0 then break end
+    local lane = head[1]
+    local task_id, schedule_id = split_lane(lane)
+    local room, blocker = room_in(task_id, schedule_id, limit - #ids)
+    local lane_key = p..':lane:'..lane
+    if blocker then
+      redis.call('SADD', blocker, lane)
+      redis.call('SADD', p..':blocked', lane)
     else
-      local allowed = true
-      local task_limit = redis.call('HGET', p..':task_limits', task_id)
-      if task_limit then
-        local running = tonumber(redis.call('HGET', p..':running_tasks', task_id) or '0')
-        if running >= tonumber(task_limit) then allowed = false end
-      end
-      if allowed and schedule_id ~= '' then
-        local schedule_limit = redis.call('HGET', p..':schedule:'..schedule_id,
-                                          'max_running_jobs')
-        if schedule_limit and schedule_limit ~= '' then
-          local running = tonumber(
-            redis.call('HGET', p..':running_schedules', schedule_id) or '0')
-          if running >= tonumber(schedule_limit) then allowed = false end
+      -- take this lane's jobs while they are older than every other lane's first job
+      local next_lane = redis.call('ZRANGE', p..':lanes', 0, 0, 'WITHSCORES')
+      local bound = next_lane[2] and tonumber(next_lane[2]) or math.huge
+      -- head: the score of the lane's first job left; false once it is empty, nil if unknown.
+      -- One entry more than there is room for is read, to learn the head without another call
+      local taken, stop, head = 0, false, nil
+      while not stop do
+        local wanted = room + 1
+        local entries = redis.call('ZRANGE', lane_key, 0, wanted - 1, 'WITHSCORES')
+        local processed = 0
+        head = nil
+        for i = 1, #entries, 2 do
+          if room == 0 or tonumber(entries[i + 1]) > bound then
+            stop, head = true, entries[i + 1]
+            break
+          end
+          processed = processed + 1
+          local id = entries[i]
+          local key = p..':job:'..id
+          local job = redis.call('HMGET', key, 'start_deadline', 'record')
+          local deadline = job[1]
+          if deadline and deadline ~= '' and tonumber(deadline) < now then
+            local info = job_info(key)
+            redis.call('ZREM', p..':deadlines', id)
+            redis.call('ZREM', p..':jobs', id)
+            redis.call('DEL', key)
+            keep_result(id, 'missed_start_deadline', ARGV[3], info[4])
+            table.insert(missed, {id, info[1], info[2], info[3]})
+          elseif job[2] then
+            if deadline ~= '' then redis.call('ZREM', p..':deadlines', id) end
+            redis.call('ZADD', p..':running', untl, id)
+            redis.call('HSET', key, 'acquired_by', sid, 'acquired_until', untl)
+            table.insert(acquired, job[2])
+            table.insert(ids, id)
+            taken = taken + 1
+            room = room - 1
+          end
         end
+        if processed > 0 then redis.call('ZREMRANGEBYRANK', lane_key, 0, processed - 1) end
+        if not stop and #entries < wanted * 2 then stop, head = true, false end
       end
-      if allowed then
-        redis.call('ZREM', p..':queue', id)
-        redis.call('ZREM', p..':deadlines', id)
-        redis.call('ZADD', p..':running', untl, id)
-        redis.call('HSET', key, 'acquired_by', sid, 'acquired_until', untl)
-        redis.call('HINCRBY', p..':running_tasks', task_id, 1)
+      if taken > 0 then
+        redis.call('HINCRBY', p..':running_tasks', task_id, taken)
         if schedule_id ~= '' then
-          redis.call('HINCRBY', p..':running_schedules', schedule_id, 1)
+          redis.call('HINCRBY', p..':running_schedules', schedule_id, taken)
         end
-        table.insert(acquired, job[4])
-        if #acquired >= limit then break end
-      else
-        offset = offset + 1
-        held = 1
+      end
+      if head == nil then head = redis.call('ZRANGE', lane_key, 0, 0, 'WITHSCORES')[2] or false end
+      if head then redis.call('ZADD', p..':lanes', head, lane) end
+    end
+  end
+  local held = redis.call('EXISTS', p..':blocked')
+  return {acquired, missed, held, given_back}, {ids, missed, held, given_back}
+end
+
+local function replay(kept)
+  local acquired = {}
+  for _, id in ipairs(kept[1]) do
+    local job = redis.call('HMGET', p..':job:'..id, 'acquired_by', 'record')
+    if job[1] == sid then table.insert(acquired, job[2]) end
+  end
+  return {acquired, kept[2], kept[3], kept[4]}
+end
+"""
+
+# ARGV: token, TTL, worker id, then triples of job id, result record, TTL in ms (an empty
+# record: the job keeps no result). Returns (id, task id, schedule id, fire time) of each job
+# released
+_RELEASE_JOBS = (
+    _LUA_SAME_REPLY
+    + """
+local function run()
+  local sid, released, tasks, schedules = ARGV[3], {}, {}, {}
+  for i = 4, #ARGV, 3 do
+    local id = ARGV[i]
+    local key = p..':job:'..id
+    local info = job_info(key)
+    if info[5] == sid then
+      finish_job(id, key, tasks, schedules, info)
+      table.insert(released, {id, info[1], info[2], info[3]})
+      if ARGV[i+1] ~= '' then  -- a kept result
+        redis.call('SET', p..':result:'..id, ARGV[i+1], 'PX', ARGV[i+2])
       end
     end
   end
-end
-if scanned >= budget then held = 1 end
-return {acquired, missed, held}
-"""
-
-# Frees a job's running slot and deletes it; shared by release and cleanup
-_FINISH_JOB = """
-local function finish_job(p, id, key)
-  local job = redis.call('HMGET', key, 'task_id', 'schedule_id', 'record')
-  redis.call('ZREM', p..':running', id)
-  redis.call('ZREM', p..':jobs', id)
-  redis.call('HINCRBY', p..':running_tasks', job[1], -1)
-  if job[2] ~= '' then redis.call('HINCRBY', p..':running_schedules', job[2], -1) end
-  redis.call('DEL', key)
-  return job[3]
+  free_slots(tasks, schedules)
+  return released, released
 end
 """
+)
 
-# KEYS: prefix. ARGV: worker id, then triples of job id, result record, TTL in ms (an empty
-# record: the job keeps no result)
-_RELEASE_JOBS = (
-    _FINISH_JOB
+# ARGV: token, TTL, now. Returns (owner, id, task id, schedule id, fire time) of each abandoned
+# job and (id, task id, schedule id, fire time) of each queued job past its start deadline;
+# their results are kept here
+_CLEANUP = (
+    _LUA_SAME_REPLY
     + """
-local p, sid = KEYS[1], ARGV[1]
-local released = {}
-for i = 2, #ARGV, 3 do
-  local id = ARGV[i]
-  local key = p..':job:'..id
-  if redis.call('HGET', key, 'acquired_by') == sid then
-    table.insert(released, finish_job(p, id, key))
-    if ARGV[i+1] ~= '' then  -- a kept result
-      redis.call('SET', p..':result:'..id, ARGV[i+1], 'PX', ARGV[i+2])
+local function run()
+  local now = ARGV[3]
+  local abandoned, overdue, tasks, schedules = {}, {}, {}, {}
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', p..':running', '-inf', now)) do
+    local key = p..':job:'..id
+    local info = job_info(key)
+    local owner = info[5]
+    if owner then
+      finish_job(id, key, tasks, schedules, info)
+      keep_result(id, 'abandoned', now, info[4])
+      table.insert(abandoned, {owner, id, info[1], info[2], info[3]})
+    else
+      redis.call('ZREM', p..':running', id)
     end
   end
+  free_slots(tasks, schedules)
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', p..':deadlines', '-inf', '(' .. now)) do
+    local key = p..':job:'..id
+    redis.call('ZREM', p..':deadlines', id)
+    redis.call('ZREM', p..':jobs', id)
+    if redis.call('EXISTS', key) == 1 then
+      local info = job_info(key)
+      local lane = lane_of(info[1], info[2])
+      local lane_key = p..':lane:'..lane
+      redis.call('ZREM', lane_key, id)
+      local head = redis.call('ZRANGE', lane_key, 0, 0, 'WITHSCORES')
+      if head[1] then
+        redis.call('ZADD', p..':lanes', 'XX', head[2], lane)
+      else
+        redis.call('ZREM', p..':lanes', lane)
+        redis.call('SREM', p..':blocked', lane)
+      end
+      redis.call('DEL', key)
+      keep_result(id, 'missed_start_deadline', now, info[4])
+      table.insert(overdue, {id, info[1], info[2], info[3]})
+    end
+  end
+  local reply = {abandoned, overdue}
+  return reply, reply
 end
-return released
 """
 )
 
-# KEYS: prefix. ARGV: now
-_CLEANUP = (
-    _FINISH_JOB
-    + """
-local p, now = KEYS[1], tonumber(ARGV[1])
-local abandoned, overdue = {}, {}
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', p..':running', '-inf', now)) do
-  local key = p..':job:'..id
-  local owner = redis.call('HGET', key, 'acquired_by')
-  local record = finish_job(p, id, key)
-  if record then table.insert(abandoned, {owner or '', record}) end
-end
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', p..':deadlines', '-inf', '(' .. now)) do
-  local key = p..':job:'..id
-  local record = redis.call('HGET', key, 'record')
-  redis.call('ZREM', p..':deadlines', id)
-  redis.call('ZREM', p..':queue', id)
-  redis.call('ZREM', p..':jobs', id)
-  redis.call('DEL', key)
-  if record then table.insert(overdue, record) end
-end
-return {abandoned, overdue}
-"""
-)
-
-# KEYS: prefix. ARGV: worker id, lease expiry, job ids...
+# ARGV: worker id, lease expiry, job ids... (repeating it does no harm: no token)
 _EXTEND_LEASES = """
-local p, sid, untl = KEYS[1], ARGV[1], ARGV[2]
+local sid, untl = ARGV[1], ARGV[2]
 for i = 3, #ARGV do
   local key = p..':job:'..ARGV[i]
   if redis.call('HGET', key, 'acquired_by') == sid then
@@ -323,46 +644,123 @@ end
 return 0
 """
 
-# KEYS: prefix. ARGV: scheduler id, then per update: id, next_fire_time, next_run_time,
-# last_fire_time ('' = None), job count, then per job the 5 _ADD_JOBS values
-_RELEASE_SCHEDULES = """
-local p, sid = KEYS[1], ARGV[1]
-local owned = {}
-local i = 2
-while i <= #ARGV do
-  local id, nft, nrt, lft, njobs = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], tonumber(ARGV[i+4])
-  local key = p..':schedule:'..id
-  i = i + 5
-  if redis.call('HGET', key, 'acquired_by') == sid then
-    table.insert(owned, {id, redis.call('HGET', key, 'task_id')})
-    for j = i, i + (njobs - 1) * 5, 5 do
-      local jkey = p..':job:'..ARGV[j]
-      if redis.call('EXISTS', jkey) == 0 then
-        local seq = redis.call('INCR', p..':sequence')
-        redis.call('HSET', jkey, 'task_id', ARGV[j+1], 'schedule_id', ARGV[j+2],
-                   'start_deadline', ARGV[j+3], 'record', ARGV[j+4], 'sequence', seq)
-        redis.call('ZADD', p..':jobs', seq, ARGV[j])
-        redis.call('ZADD', p..':queue', seq, ARGV[j])
-        if ARGV[j+3] ~= '' then redis.call('ZADD', p..':deadlines', ARGV[j+3], ARGV[j]) end
+# ARGV: token, TTL, scheduler id, then per update: id, next_fire_time, next_run_time,
+# last_fire_time ('' = None), job count, kept result count, then per job the 7 add_job values,
+# then per kept result of a missed job its id, record and TTL in ms. Returns (id, task id)
+# of each schedule still leased by the scheduler (the others' updates are dropped)
+_RELEASE_SCHEDULES = (
+    _LUA_SAME_REPLY
+    + """
+local function run()
+  local sid, owned, i = ARGV[3], {}, 4
+  while i <= #ARGV do
+    local id, nft, nrt, lft = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3]
+    local first_job = i + 6
+    local first_result = first_job + tonumber(ARGV[i+4]) * 7
+    i = first_result + tonumber(ARGV[i+5]) * 3
+    local key = p..':schedule:'..id
+    if redis.call('HGET', key, 'acquired_by') == sid then
+      table.insert(owned, {id, redis.call('HGET', key, 'task_id')})
+      for j = first_job, first_result - 1, 7 do
+        add_job(ARGV[j], ARGV[j+1], ARGV[j+2], ARGV[j+3], ARGV[j+4], ARGV[j+5], ARGV[j+6])
       end
-    end
-    redis.call('ZREM', p..':leased', id)
-    if nft == '' then
-      redis.call('DEL', key, p..':schedule_record:'..id)
-      redis.call('SREM', p..':schedules', id)
-      redis.call('ZREM', p..':due', id)
-    else
-      redis.call('HDEL', key, 'acquired_by', 'acquired_until')
-      redis.call('HSET', key, 'next_fire_time', nft, 'next_run_time', nrt, 'last_fire_time', lft)
-      if redis.call('HGET', key, 'paused') == '0' and nrt ~= '' then
-        redis.call('ZADD', p..':due', nrt, id)
+      for j = first_result, i - 1, 3 do
+        redis.call('SET', p..':result:'..ARGV[j], ARGV[j+1], 'PX', ARGV[j+2])
+      end
+      redis.call('ZREM', p..':leased', id)
+      if nft == '' then
+        redis.call('DEL', key, p..':schedule_record:'..id)
+        redis.call('SREM', p..':schedules', id)
+        redis.call('ZREM', p..':due', id)
+        forget_schedule(id)
+      else
+        redis.call('HDEL', key, 'acquired_by', 'acquired_until')
+        redis.call('HSET', key, 'next_fire_time', nft, 'next_run_time', nrt,
+                   'last_fire_time', lft)
+        if redis.call('HGET', key, 'paused') == '0' and nrt ~= '' then
+          redis.call('ZADD', p..':due', nrt, id)
+        end
       end
     end
   end
-  i = i + njobs * 5
+  return owned, owned
 end
-return owned
 """
+)
+
+# ARGV: token, TTL, task id, task JSON, max_running_jobs or ''. Returns 1 if the task is new
+_ADD_TASK = (
+    _LUA_SAME_REPLY
+    + """
+local function run()
+  local id = ARGV[3]
+  local created = redis.call('HSET', p..':tasks', id, ARGV[4])
+  if ARGV[5] == '' then
+    redis.call('HDEL', p..':task_limits', id)
+  else
+    redis.call('HSET', p..':task_limits', id, ARGV[5])
+  end
+  unblock(p..':blocked_task:'..id)  -- its limit may have changed
+  return created, created
+end
+"""
+)
+
+# ARGV: token, TTL, task id. Returns 1 if there was such a task
+_REMOVE_TASK = (
+    _LUA_SAME_REPLY
+    + """
+local function run()
+  local id = ARGV[3]
+  local removed = redis.call('HDEL', p..':tasks', id)
+  redis.call('HDEL', p..':task_limits', id)
+  unblock(p..':blocked_task:'..id)
+  return removed, removed
+end
+"""
+)
+
+# ARGV: batch size. Moves that many jobs from the single queue of earlier versions
+# ({prefix}:queue) into lanes; returns how many are left (repeating it does no harm)
+_MOVE_QUEUE_TO_LANES = """
+local ids = redis.call('ZRANGE', p..':queue', 0, tonumber(ARGV[1]) - 1, 'WITHSCORES')
+for i = 1, #ids, 2 do
+  local id, seq = ids[i], ids[i + 1]
+  local job = redis.call('HMGET', p..':job:'..id, 'task_id', 'schedule_id')
+  if job[1] then
+    local lane = lane_of(job[1], job[2] or '')
+    local lane_key = p..':lane:'..lane
+    redis.call('ZADD', lane_key, seq, id)
+    redis.call('ZADD', p..':lanes', redis.call('ZRANGE', lane_key, 0, 0, 'WITHSCORES')[2], lane)
+  end
+  redis.call('ZREM', p..':queue', id)
+end
+return redis.call('ZCARD', p..':queue')
+"""
+
+_SCRIPTS: dict[str, tuple[str, bool, tuple[str, ...]]] = {
+    # name: (source, replayable, the helpers it calls)
+    "acquire_schedules": (_ACQUIRE_SCHEDULES, True, ()),
+    "add_schedule": (_ADD_SCHEDULE, True, ("unblock",)),
+    "remove_schedules": (_REMOVE_SCHEDULES, True, ("forget_schedule",)),
+    "release_schedules": (_RELEASE_SCHEDULES, True, ("add_job", "forget_schedule")),
+    "add_jobs": (_ADD_JOBS, True, ("add_job",)),
+    "acquire_jobs": (
+        _ACQUIRE_JOBS,
+        True,
+        ("lane_of", "split_lane", "job_info", "keep_result", "free_slots"),
+    ),
+    "release_jobs": (_RELEASE_JOBS, True, ("job_info", "finish_job", "free_slots")),
+    "cleanup": (
+        _CLEANUP,
+        True,
+        ("lane_of", "job_info", "keep_result", "finish_job", "free_slots"),
+    ),
+    "extend_leases": (_EXTEND_LEASES, False, ()),
+    "add_task": (_ADD_TASK, True, ("unblock",)),
+    "remove_task": (_REMOVE_TASK, True, ("unblock",)),
+    "move_queue_to_lanes": (_MOVE_QUEUE_TO_LANES, False, ("lane_of",)),
+}
 
 
 class LuaScript:
@@ -370,13 +768,26 @@ class LuaScript:
 
     redis-py's ``Script`` objects cost about a third more client CPU per call than a plain
     ``execute_command("EVALSHA", ...)``, and every job passes through three scripts.
+
+    :param body: the script
+    :param replayable: whether it takes a token and a TTL first, and keeps what a repeat of the
+        call needs (see ``_LUA_REPLAY``)
+    :param helpers: the functions of ``_LUA_HELPERS`` it calls (only those are defined: a
+        Lua function costs its closure on every call)
     """
 
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+    def __init__(self, body: str, *, replayable: bool, helpers: Iterable[str] = ()) -> None:
+        self.replayable = replayable
+        needed = set(helpers)
+        for name in list(needed):
+            needed.update(_HELPER_NEEDS.get(name, ()))
+        defined = [_LUA_HELPERS[name] for name in _LUA_HELPERS if name in needed]
+        self.source = "\n".join(
+            ["local p = KEYS[1]", *defined, body, _LUA_REPLAY if replayable else ""]
+        )
+        self.sha = hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
 
-    async def __call__(self, client: aioredis.Redis, key: str, *args: Any) -> Any:
+    async def __call__(self, client: RedisClient, key: str, *args: Any) -> Any:
         """Run the script on ``key`` with ``args``; return its reply."""
         execute: Callable[..., Awaitable[Any]] = client.execute_command
         try:
@@ -386,19 +797,28 @@ class LuaScript:
             return await execute("EVAL", self.source, 1, key, *args)
 
 
+#: jobs moved per script call when moving the queue of an earlier version into lanes
+_QUEUE_MOVE_BATCH = 1000
+#: the most schedules or jobs one script call acquires (larger limits take several calls)
+_ACQUIRE_BATCH = 1000
+
+
 class RedisDataStore(BaseExternalDataStore):
     """Keeps tasks, schedules, jobs and results in Redis.
 
     :param url_or_client: a ``redis://`` URL (``?prefix=name`` picks the key prefix) or a
-        ``redis.asyncio.Redis`` client the application already has (not closed by the store)
+        ``redis.asyncio.Redis`` or ``redis.asyncio.RedisCluster`` client the application
+        already has (not closed by the store)
     :param prefix: the prefix of every key of this store
     :param serializer: turns job arguments, return values and exceptions into bytes
     :param retry_settings: how to retry after transient connection errors
+    :raises TypeError: if ``url_or_client`` is neither a URL nor a client
+    :raises ValueError: if the prefix is empty or holds spaces or braces
     """
 
     def __init__(
         self,
-        url_or_client: str | aioredis.Redis,
+        url_or_client: str | RedisClient,
         *,
         prefix: str | None = None,
         serializer: Serializer | None = None,
@@ -406,17 +826,20 @@ class RedisDataStore(BaseExternalDataStore):
     ) -> None:
         super().__init__(serializer=serializer, retry_settings=retry_settings)
         self._url: str | None = None
-        self._client: aioredis.Redis | None = None
+        self._client: RedisClient | None = None
+        self._own_client = False
+        channel: str | None = None
         if isinstance(url_or_client, str):
             self._url, options = split_url(url_or_client)
             if prefix is None:
                 prefix = options.get("prefix")
-        elif isinstance(url_or_client, aioredis.Redis):
+            channel = options.get("channel")
+        elif isinstance(url_or_client, (aioredis.Redis, aioredis.RedisCluster)):
             self._client = url_or_client
         else:
             raise TypeError(
-                f"RedisDataStore: expected a redis:// URL or a redis.asyncio.Redis client, got "
-                f"{url_or_client!r}"
+                f"RedisDataStore: expected a redis:// URL or a redis.asyncio.Redis or "
+                f"RedisCluster client, got {url_or_client!r}"
             )
         self.prefix = "asched" if prefix is None else prefix
         if not self.prefix or any(c.isspace() or c in "{}" for c in self.prefix):
@@ -424,16 +847,43 @@ class RedisDataStore(BaseExternalDataStore):
                 f"RedisDataStore: prefix must be a non-empty string without spaces or braces, "
                 f"got {self.prefix!r}"
             )
+        #: the pub/sub channel of the event broker a scheduler makes for this store (see
+        #: :meth:`default_event_broker`): the URL's ``channel``, else the prefix
+        self.channel = channel or self.prefix
         # A hash tag: every key of the store hashes to one Redis Cluster slot, which the
         # multi-key Lua scripts need
         self._root = "{" + self.prefix + "}"
         self._clock = Clock()
         self._event_broker: EventBroker | None = None
-        self._scripts: dict[str, LuaScript] = {}
+        self._scripts = {
+            name: LuaScript(source, replayable=replayable, helpers=helpers)
+            for name, (source, replayable, helpers) in _SCRIPTS.items()
+        }
         self._job_writer = WriteBatcher(self._write_jobs)
+        # Tokens of replayable script calls: unique per operation, the same for its retries
+        self._token_base = f"{secrets.token_hex(8)}:"
+        self._token_numbers = itertools.count()
+        # How long a repeat of a call may come after it: a few times the longest retry wait
+        settings = self.retry_settings
+        retry_waits = sum(settings.wait_after(failed) for failed in range(1, settings.attempts))
+        self._reply_ttl = max(10, math.ceil(3 * retry_waits))
+        # (script, scheduler id) -> (token, when it failed) of acquisitions that got no answer
+        self._unanswered: dict[tuple[str, str], list[tuple[str, float]]] = {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(prefix={self.prefix!r})"
+
+    def default_event_broker(self) -> EventBroker:
+        """Return a :class:`~asched.eventbrokers.redis.RedisEventBroker` on this store's Redis.
+
+        It uses the store's URL, or the client the store was given (with a pub/sub connection
+        of its own), and the channel :attr:`channel`.
+        """
+        from ..eventbrokers.redis import RedisEventBroker
+
+        target = self._url if self._url is not None else self._client
+        assert target is not None
+        return RedisEventBroker(target, channel=self.channel)
 
     def _is_transient(self, exc: BaseException) -> bool:
         return isinstance(
@@ -447,7 +897,7 @@ class RedisDataStore(BaseExternalDataStore):
         logger: Logger,
         clock: Clock,
     ) -> None:
-        """Connect and register the scripts; see :meth:`DataStore.start`."""
+        """Connect, and move jobs queued by an earlier version into lanes; see the base class."""
         self._event_broker = event_broker
         self._logger = logger
         self._clock = clock
@@ -456,39 +906,53 @@ class RedisDataStore(BaseExternalDataStore):
             self._client = aioredis.Redis.from_url(
                 self._url, health_check_interval=10, client_name=f"asched-{self.prefix}"
             )
+            self._own_client = True
             exit_stack.push_async_callback(self._close_client)
-        client = self._client
-        self._scripts = {
-            name: LuaScript(source)
-            for name, source in {
-                "acquire_schedules": _ACQUIRE_SCHEDULES,
-                "add_schedule": _ADD_SCHEDULE,
-                "release_schedules": _RELEASE_SCHEDULES,
-                "add_jobs": _ADD_JOBS,
-                "acquire_jobs": _ACQUIRE_JOBS,
-                "release_jobs": _RELEASE_JOBS,
-                "cleanup": _CLEANUP,
-                "extend_leases": _EXTEND_LEASES,
-            }.items()
-        }
-        async for attempt in self._retrying():
-            with attempt:
-                await client.ping()
+        while await self._call("move_queue_to_lanes", _QUEUE_MOVE_BATCH):
+            pass
 
     async def _close_client(self) -> None:
-        if self._client is not None:
+        if self._client is not None and self._own_client:
             await self._client.aclose()
             self._client = None
+            self._own_client = False
 
     @property
-    def _redis(self) -> aioredis.Redis:
+    def _redis(self) -> RedisClient:
         if self._client is None:
             raise RuntimeError("RedisDataStore: the store has not been started")
         return self._client
 
-    async def _call(self, script: str, *args: Any) -> Any:
+    async def _call(self, script: str, *args: Any, token: str | None = None) -> Any:
         run_script, client, root = self._scripts[script], self._redis, self._root
+        if run_script.replayable:
+            # one token for every attempt: a retry after a lost reply gets the kept reply
+            token = token or f"{self._token_base}{next(self._token_numbers)}"
+            args = (token, self._reply_ttl, *args)
         return await self._with_retries(lambda: run_script(client, root, *args))
+
+    async def _acquire(self, script: str, scheduler_id: str, *args: Any) -> Any:
+        """Run an acquiring script; return its reply without the given-back tokens at its end.
+
+        A call that raised (retries exhausted) or was cancelled may have leased items that its
+        caller never saw. Its token is passed to this scheduler's next acquisition, whose
+        script hands such items back (a token is forgotten once its kept reply has expired).
+        """
+        unanswered = self._unanswered.setdefault((script, scheduler_id), [])
+        started = time.monotonic()
+        unanswered[:] = [(old, at) for old, at in unanswered if started - at < self._reply_ttl]
+        token = f"{self._token_base}{next(self._token_numbers)}"
+        try:
+            *reply, given_back = await self._call(
+                script, *args, scheduler_id, *[old for old, _ in unanswered], token=token
+            )
+        except BaseException:
+            unanswered.append((token, time.monotonic()))
+            raise
+        if given_back:
+            done = {_text(old) for old in given_back}
+            unanswered[:] = [(old, at) for old, at in unanswered if old not in done]
+        return reply
 
     async def _publish(self, events: Iterable[Event]) -> None:
         if self._event_broker is not None:
@@ -504,27 +968,14 @@ class RedisDataStore(BaseExternalDataStore):
 
     async def add_task(self, task: Task) -> None:
         """Add or replace a task; see :meth:`DataStore.add_task`."""
-        async for attempt in self._retrying():
-            with attempt:
-                async with self._redis.pipeline(transaction=True) as pipeline:
-                    pipeline.hset(self._key("tasks"), task.id, json.dumps(task.marshal()))
-                    if task.max_running_jobs is None:
-                        pipeline.hdel(self._key("task_limits"), task.id)
-                    else:
-                        pipeline.hset(self._key("task_limits"), task.id, task.max_running_jobs)
-                    created, _ = await pipeline.execute()
+        limit = "" if task.max_running_jobs is None else task.max_running_jobs
+        created = await self._call("add_task", task.id, json.dumps(task.marshal()), limit)
         event_class = TaskAdded if created else TaskUpdated
         await self._publish([event_class(task_id=task.id)])
 
     async def remove_task(self, task_id: str) -> None:
         """Remove a task; see :meth:`DataStore.remove_task`."""
-        async for attempt in self._retrying():
-            with attempt:
-                async with self._redis.pipeline(transaction=True) as pipeline:
-                    pipeline.hdel(self._key("tasks"), task_id)
-                    pipeline.hdel(self._key("task_limits"), task_id)
-                    removed, _ = await pipeline.execute()
-        if not removed:
+        if not await self._call("remove_task", task_id):
             raise TaskLookupError(task_id)
         await self._publish([TaskRemoved(task_id=task_id)])
 
@@ -621,29 +1072,13 @@ class RedisDataStore(BaseExternalDataStore):
         id_list = list(ids)
         if not id_list:
             return
-        async for attempt in self._retrying():
-            with attempt:
-                async with self._redis.pipeline(transaction=True) as pipeline:
-                    for schedule_id in id_list:
-                        pipeline.hget(self._key("schedule", schedule_id), "task_id")
-                        pipeline.delete(
-                            self._key("schedule", schedule_id),
-                            self._key("schedule_record", schedule_id),
-                        )
-                        pipeline.srem(self._key("schedules"), schedule_id)
-                        pipeline.zrem(self._key("due"), schedule_id)
-                        pipeline.zrem(self._key("leased"), schedule_id)
-                    replies = await pipeline.execute()
-        events: list[Event] = []
-        for index, schedule_id in enumerate(id_list):
-            task_id, deleted = replies[index * 5], replies[index * 5 + 1]
-            if deleted:
-                events.append(
-                    ScheduleRemoved(
-                        schedule_id=schedule_id, task_id=task_id.decode(), finished=finished
-                    )
-                )
-        await self._publish(events)
+        removed = await self._call("remove_schedules", *id_list)
+        await self._publish(
+            ScheduleRemoved(
+                schedule_id=_text(schedule_id), task_id=_text(task_id), finished=finished
+            )
+            for schedule_id, task_id in removed
+        )
 
     async def get_schedules(self, ids: Iterable[str] | None = None) -> list[Schedule]:
         """Return schedules sorted by id; see :meth:`DataStore.get_schedules`."""
@@ -666,17 +1101,26 @@ class RedisDataStore(BaseExternalDataStore):
     ) -> list[Schedule]:
         """Lease due schedules; see :meth:`DataStore.acquire_schedules`."""
         now = self._clock.now()
-        replies = await self._call(
-            "acquire_schedules",
-            _to_db(now),
-            _to_db(now + lease_duration),
-            limit,
-            scheduler_id,
-        )
+        args = (_to_db(now), _to_db(now + lease_duration))
+        replies: list[Any] = []
+        while len(replies) < limit:  # calls of _ACQUIRE_BATCH at most: none holds Redis long
+            batch = min(limit - len(replies), _ACQUIRE_BATCH)
+            try:
+                (acquired,) = await self._acquire("acquire_schedules", scheduler_id, *args, batch)
+            except Exception:
+                if not replies:
+                    raise
+                self._logger.warning("Could not acquire more schedules", exc_info=True)
+                break
+            replies += acquired
+            if len(acquired) < batch:
+                break
         return await self._schedules_from_replies(replies)
 
     def _job_args(self, job: Job) -> list[Any]:
+        """Return the 7 values that the scripts' add_job takes for ``job``."""
         deadline = _to_db(job.start_deadline)
+        fire_time = _to_db(job.scheduled_fire_time)
         record = job.marshal(self.serializer)
         record["id"] = job_id = str(job.id)  # one str() for the key and the record
         return [
@@ -684,6 +1128,8 @@ class RedisDataStore(BaseExternalDataStore):
             job.task_id,
             job.schedule_id or "",
             "" if deadline is None else deadline,
+            "" if fire_time is None else fire_time,
+            job.result_expiration_time // _MICROSECOND,
             encode_record(record),
         ]
 
@@ -695,15 +1141,24 @@ class RedisDataStore(BaseExternalDataStore):
             return
         now = self._clock.now()
         args: list[Any] = [scheduler_id]
+        missed: dict[str, list[tuple[Job, JobResult]]] = {}
         for update in updates:
             times = (update.next_fire_time, update.next_run_time, update.last_fire_time)
+            results = missed[update.schedule_id] = [
+                (job, JobResult.for_job(job, JobOutcome.missed_start_deadline, finished_at=now))
+                for job in update.missed_jobs
+            ]
+            kept = [(job, result) for job, result in results if job.result_expiration_time]
             args.append(update.schedule_id)
             args.extend("" if value is None else _to_db(value) for value in times)
-            args.append(len(update.jobs))
+            args += [len(update.jobs), len(kept)]
             for job in update.jobs:
                 args.extend(self._job_args(job))
+            for job, result in kept:
+                record = encode_record(result.marshal(self.serializer))
+                args += [str(job.id), record, self._ttl_ms(result)]
         owned = {
-            schedule_id.decode(): task_id.decode()
+            _text(schedule_id): _text(task_id)
             for schedule_id, task_id in await self._call("release_schedules", *args)
         }
 
@@ -714,14 +1169,8 @@ class RedisDataStore(BaseExternalDataStore):
                     "Dropped the update of schedule %r: its lease was lost", update.schedule_id
                 )
                 continue
-            missed = [
-                (job, JobResult.for_job(job, JobOutcome.missed_start_deadline, finished_at=now))
-                for job in update.missed_jobs
-            ]
-            for job, result in missed:
-                await self._keep_result(result, job)
             events += schedule_release_events(
-                scheduler_id, update, owned[update.schedule_id], missed
+                scheduler_id, update, owned[update.schedule_id], missed[update.schedule_id]
             )
         await self._publish(events)
 
@@ -770,25 +1219,32 @@ class RedisDataStore(BaseExternalDataStore):
         return jobs
 
     async def get_jobs(self, ids: Iterable[UUID] | None = None) -> list[Job]:
-        """Return queued and running jobs in creation order; see the base class."""
+        """Return queued and running jobs in creation order; see the base class.
+
+        With ``ids``, only those jobs are read (one hash each), however many jobs there are.
+        """
         async for attempt in self._retrying():
             with attempt:
-                ordered = [
-                    _text(member) for member in await self._redis.zrange(self._key("jobs"), 0, -1)
-                ]
-                if ids is not None:
-                    wanted = {str(job_id) for job_id in ids}
-                    ordered = [job_id for job_id in ordered if job_id in wanted]
+                if ids is None:
+                    members = await self._redis.zrange(self._key("jobs"), 0, -1)
+                    id_list = [_text(member) for member in members]
+                else:
+                    id_list = list(dict.fromkeys(str(job_id) for job_id in ids))
                 async with self._redis.pipeline(transaction=False) as pipeline:
-                    for job_id in ordered:
+                    for job_id in id_list:
                         pipeline.hmget(
-                            self._key("job", job_id), "record", "acquired_by", "acquired_until"
+                            self._key("job", job_id),
+                            "record",
+                            "acquired_by",
+                            "acquired_until",
+                            "sequence",
                         )
                     replies = await pipeline.execute()
+        found = [reply for reply in replies if reply[0] is not None]
+        if ids is not None:
+            found.sort(key=lambda reply: int(reply[3]))
         jobs: list[Job] = []
-        for record, acquired_by, acquired_until in replies:
-            if record is None:
-                continue
+        for record, acquired_by, acquired_until, _ in found:
             (job,) = await self._jobs_from_records([record])
             jobs.append(
                 attrs.evolve(
@@ -804,32 +1260,38 @@ class RedisDataStore(BaseExternalDataStore):
     ) -> list[Job]:
         """Lease queued jobs, oldest first; see :meth:`DataStore.acquire_jobs`."""
         now = self._clock.now()
-        acquired_records, missed_records, held_back = await self._call(
-            "acquire_jobs", _to_db(now), _to_db(now + lease_duration), limit, scheduler_id
-        )
-        self._jobs_held_back = bool(held_back)
-        jobs = await self._jobs_from_records(acquired_records)
-        missed = await self._jobs_from_records(missed_records)
-        for job in missed:
-            await self._keep_result(
-                JobResult.for_job(job, JobOutcome.missed_start_deadline, finished_at=now), job
+        args = (_to_db(now), _to_db(now + lease_duration))
+        records: list[Any] = []
+        missed: list[Any] = []
+        while len(records) < limit:  # calls of _ACQUIRE_BATCH at most: none holds Redis long
+            batch = min(limit - len(records), _ACQUIRE_BATCH)
+            try:
+                acquired, newly_missed, held_back = await self._acquire(
+                    "acquire_jobs", scheduler_id, *args, batch
+                )
+            except Exception:
+                if not records and not missed:
+                    raise
+                self._logger.warning("Could not acquire more jobs", exc_info=True)
+                break
+            records += acquired
+            missed += newly_missed
+            self._jobs_held_back = bool(held_back)
+            if len(acquired) < batch:
+                break
+        jobs = await self._jobs_from_records(records)
+        events = job_acquisition_events(scheduler_id, now, jobs, ())
+        events.extend(
+            job_released_event(
+                scheduler_id, job, _ended(job, JobOutcome.missed_start_deadline, now)
             )
-        events = job_acquisition_events(scheduler_id, now, jobs, missed)
+            for job in map(_released_job, missed)
+        )
         await self._publish(events)
         return jobs
 
     def _ttl_ms(self, result: JobResult) -> int:
         return max(1, (result.expires_at - self._clock.now()) // timedelta(milliseconds=1))
-
-    async def _keep_result(self, result: JobResult, job: Job) -> None:
-        """Store the result of a job ended outside release_jobs (missed, abandoned)."""
-        if job.result_expiration_time > timedelta(0):
-            record = encode_record(result.marshal(self.serializer))
-            async for attempt in self._retrying():
-                with attempt:
-                    await self._redis.set(
-                        self._key("result", str(job.id)), record, px=self._ttl_ms(result)
-                    )
 
     async def release_jobs(self, scheduler_id: str, results: Sequence[JobResult]) -> None:
         """Finish acquired jobs; see :meth:`DataStore.release_jobs`."""
@@ -846,8 +1308,7 @@ class RedisDataStore(BaseExternalDataStore):
             else:
                 record["job_id"] = job_id  # one str() for both uses
                 args += [job_id, encode_record(record), self._ttl_ms(kept)]
-        records = await self._call("release_jobs", *args)
-        released = [ReleasedJob.from_record(decode_record(record)) for record in records]
+        released = map(_released_job, await self._call("release_jobs", *args))
         await self._publish(
             job_released_event(scheduler_id, job, kept_results[job.id]) for job in released
         )
@@ -874,25 +1335,42 @@ class RedisDataStore(BaseExternalDataStore):
             await self._call("extend_leases", scheduler_id, until, *id_list)
 
     async def cleanup(self) -> None:
-        """Release abandoned and overdue jobs; see the base class (results expire by TTL)."""
+        """Release abandoned and overdue jobs, keeping their results, in one script call.
+
+        See :meth:`DataStore.cleanup`; kept results expire on their own (a Redis TTL).
+        """
         now = self._clock.now()
         abandoned, overdue = await self._call("cleanup", _to_db(now))
-        abandoned_jobs = [
-            attrs.evolve(job, acquired_by=_text(owner) or None)
-            for owner, record in abandoned
-            for job in await self._jobs_from_records([record])
-        ]
-        overdue_jobs = await self._jobs_from_records(overdue)
-        for job in abandoned_jobs:
-            await self._keep_result(
-                JobResult.for_job(job, JobOutcome.abandoned, finished_at=now), job
+        events: list[Event] = []
+        for owner, *fields in abandoned:
+            job, scheduler_id = _released_job(fields), _text(owner) or "cleanup"
+            self._logger.warning(
+                "Job %s (task %r) was abandoned: the lease of %s on it expired",
+                job.id,
+                job.task_id,
+                scheduler_id,
             )
-        for job in overdue_jobs:
-            await self._keep_result(
-                JobResult.for_job(job, JobOutcome.missed_start_deadline, finished_at=now), job
+            events.append(
+                job_released_event(scheduler_id, job, _ended(job, JobOutcome.abandoned, now))
             )
-        events = cleanup_events(now, abandoned_jobs, overdue_jobs, self._logger)
+        events.extend(
+            job_released_event("cleanup", job, _ended(job, JobOutcome.missed_start_deadline, now))
+            for job in map(_released_job, overdue)
+        )
         await self._publish(events)
+
+
+def _released_job(fields: Sequence[bytes]) -> ReleasedJob:
+    """Read a job as the scripts report one they ended: id, task id, schedule id, fire time."""
+    job_id, task_id, schedule_id, fire_time = fields
+    return ReleasedJob(
+        UUID(job_id.decode()), task_id.decode(), _text(schedule_id) or None, _from_db(fire_time)
+    )
+
+
+def _ended(job: ReleasedJob, outcome: JobOutcome, now: datetime) -> JobResult:
+    """Return the result of a job ended without running, for its event (the script kept it)."""
+    return JobResult(job_id=job.id, outcome=outcome, finished_at=now, expires_at=now)
 
 
 def _text(value: Any) -> str:

@@ -1,22 +1,50 @@
-"""Redis specifics: key prefixes, real connection kills, broker resubscription."""
+"""Redis specifics: key prefixes, lost replies, real connection kills, Redis Cluster."""
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
 from contextlib import AsyncExitStack
 from datetime import datetime, timedelta
+from functools import partial
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
 
 import anyio
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
-from asched import AsyncScheduler
+from asched import AsyncScheduler, JobOutcome, JobResult, SchedulerRole
 from asched._enums import ConflictPolicy
 from asched._structures import Job, Schedule, ScheduleUpdate, Task
-from asched.datastores.redis import RedisDataStore
+from asched.datastores.base import RetrySettings
+from asched.datastores.redis import LuaScript, RedisClient, RedisDataStore
 from asched.eventbrokers import LocalEventBroker
+from asched.eventbrokers.redis import RedisEventBroker
+from asched.events import (
+    JobAcquired,
+    JobAdded,
+    JobReleased,
+    ScheduleAdded,
+    ScheduleRemoved,
+    ScheduleUpdated,
+    TaskAdded,
+    TaskRemoved,
+    TaskUpdated,
+)
+from asched.triggers import DateTrigger
 from tests.backends.redis import delete_keys, kill_connections, url_for
 from tests.clock import FakeClock
+from tests.conftest import EventRecorder, ids_of
 from tests.datastores import due_schedule
 from tests.services import REDIS_URL, require_redis
 
@@ -36,12 +64,87 @@ async def _redis(namespace: str) -> object:
     await delete_keys(f"{namespace}_other")
 
 
-async def started_store(stack: AsyncExitStack, url: str, clock: FakeClock) -> RedisDataStore:
-    store = RedisDataStore(url)
+LEASE = timedelta(seconds=30)
+#: retries quick enough for tests that lose replies on purpose
+QUICK_RETRIES = RetrySettings(wait_min=0.001, wait_max=0.01)
+
+
+async def started_store(
+    stack: AsyncExitStack,
+    url_or_client: str | RedisClient,
+    clock: FakeClock,
+    recorder: EventRecorder | None = None,
+    **options: Any,
+) -> RedisDataStore:
+    store = RedisDataStore(url_or_client, **options)
     broker = LocalEventBroker()
     await broker.start(stack, logging.getLogger("test"))
+    if recorder is not None:
+        broker.subscribe(recorder)
     await store.start(stack, broker, logging.getLogger("test"), clock)
     return store
+
+
+class ReplyLosingClient(aioredis.Redis):
+    """A real client that throws away chosen replies to script calls after the server ran them.
+
+    As a timeout or a dropped connection at the worst moment does: the server acted, and the
+    caller sees a connection error (and retries). ``lose(args)`` chooses the replies to lose;
+    ``hold(args)`` those to wait for forever instead (until the caller is cancelled).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.commands: list[tuple[Any, ...]] = []
+        self.lost = 0
+        self.lose: Callable[[tuple[Any, ...]], bool] = lambda args: False
+        self.hold: Callable[[tuple[Any, ...]], bool] = lambda args: False
+        self.held = anyio.Event()
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        self.commands.append(args)
+        reply = await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
+        if args[0] in ("EVALSHA", "EVAL"):
+            if self.hold(args):
+                self.held.set()
+                await anyio.sleep_forever()
+            if self.lose(args):
+                self.lost += 1
+                raise RedisConnectionError("test: the reply was lost on its way")
+        return reply
+
+    def lose_first_reply_of_each_call(self) -> None:
+        seen: set[tuple[Any, ...]] = set()
+
+        def lose(args: tuple[Any, ...]) -> bool:
+            call = args[3:]  # EVALSHA or EVAL, sha or source, 1, then the key and arguments
+            if call in seen:
+                return False
+            seen.add(call)
+            return True
+
+        self.lose = lose
+
+    def lose_every_reply_of(self, script: LuaScript) -> None:
+        self.lose = lambda args: args[1] in (script.sha, script.source)
+
+
+def losing_client() -> ReplyLosingClient:
+    client = ReplyLosingClient.from_url(REDIS_URL)
+    assert isinstance(client, ReplyLosingClient)
+    return client
+
+
+def script_of(store: RedisDataStore, name: str) -> LuaScript:
+    return store._scripts[name]
+
+
+async def prefix_keys(namespace: str) -> set[str]:
+    client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        return {key.decode() async for key in client.scan_iter(match=f"{{{namespace}}}:*")}
+    finally:
+        await client.aclose()
 
 
 async def move_on(
@@ -117,24 +220,20 @@ async def test_scheduler_on_a_redis_url_runs_a_job(namespace: str) -> None:
             assert await scheduler.run_job(double, args=[21]) == 42
 
 
-async def test_scripts_are_sent_again_after_the_server_forgets_them(
-    namespace: str, clock: FakeClock
-) -> None:
-    # a restarted server (or SCRIPT FLUSH) has no cached scripts: the store must send them
-    # again, not fail (other clients' scripts are reloaded on demand the same way)
-    async with AsyncExitStack() as stack:
-        store = await started_store(stack, url_for(namespace), clock)
-        await store.add_task(Task(id="task", job_executor="async"))
-        for _ in range(2):  # forgotten, then sent again; the second round starts cached
-            client = aioredis.Redis.from_url(REDIS_URL)
-            try:
-                await client.script_flush()
-            finally:
-                await client.aclose()
-            job = Job(task_id="task", created_at=clock.now())
-            await store.add_jobs([job])
-            acquired = await store.acquire_jobs("worker", timedelta(minutes=1), 5)
-            assert [acquired_job.id for acquired_job in acquired] == [job.id]
+async def test_a_script_the_server_does_not_have_is_sent_in_full() -> None:
+    # A restarted server has no cached scripts: EVALSHA fails with NOSCRIPT and the script is
+    # sent in full (and cached). A script no server has seen stands for it, without flushing
+    # the shared server's cache
+    script = LuaScript(f"return ARGV[1] .. ' {uuid4()}'", replayable=False)
+    client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        assert await client.script_exists(script.sha) == [False]
+        first = await script(client, "{unused}", "hello")
+        assert await client.script_exists(script.sha) == [True]
+        assert await script(client, "{unused}", "hello") == first
+        assert first.startswith(b"hello ")
+    finally:
+        await client.aclose()
 
 
 async def test_schedules_stay_compact_and_leave_no_keys_behind(
@@ -194,3 +293,744 @@ async def test_schedules_stored_with_the_record_inside_their_hash_still_load(
         await move_on(store, acquired, later)
         [moved_on] = await store.get_schedules()
         assert moved_on.next_fire_time == later
+
+
+#
+# Lost replies: a script the server ran, whose reply never reached the caller
+#
+
+
+def counts(recorder: EventRecorder, event_type: type[Any]) -> dict[Any, int]:
+    """How many events of the type each job, schedule or task got."""
+    found: dict[Any, int] = {}
+    for event in recorder.of_type(event_type):
+        key = getattr(event, "job_id", None) or getattr(event, "schedule_id", None)
+        key = key or event.task_id
+        found[key] = found.get(key, 0) + 1
+    return found
+
+
+async def test_tasks_and_schedules_change_once_when_each_first_reply_is_lost(
+    namespace: str, clock: FakeClock, recorder: EventRecorder
+) -> None:
+    client = losing_client()
+    client.lose_first_reply_of_each_call()
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(client.aclose)
+        store = await started_store(
+            stack, client, clock, recorder, prefix=namespace, retry_settings=QUICK_RETRIES
+        )
+        await store.add_task(Task(id="task", job_executor="async"))
+        await store.add_task(Task(id="task", job_executor="async", max_running_jobs=2))
+        for schedule_id in ("a", "b"):
+            await store.add_schedule(due_schedule(schedule_id, clock), ConflictPolicy.exception)
+        await store.add_schedule(due_schedule("a", clock), ConflictPolicy.replace)
+
+        acquired = await store.acquire_schedules("me", LEASE, 10)
+        assert ids_of(acquired) == ["a", "b"]
+        later = clock.now() + timedelta(seconds=1)
+        job = Job(task_id="task", schedule_id="a", created_at=clock.now())
+        await store.release_schedules(
+            "me",
+            [
+                ScheduleUpdate(
+                    schedule_id="a",
+                    next_fire_time=later,
+                    next_run_time=later,
+                    last_fire_time=clock.now(),
+                    jobs=(job,),
+                ),
+                ScheduleUpdate(
+                    schedule_id="b",
+                    next_fire_time=None,
+                    next_run_time=None,
+                    last_fire_time=clock.now(),
+                ),
+            ],
+        )
+        assert ids_of(await store.get_jobs()) == [job.id]
+        await store.remove_schedules(["a"])
+        await store.remove_task("task")
+
+        assert ids_of(await store.get_schedules()) == []
+        assert await store.get_tasks() == []
+    assert client.lost >= 9  # every script call above lost its first reply
+    assert counts(recorder, TaskAdded) == {"task": 1}
+    assert counts(recorder, TaskUpdated) == {"task": 1}
+    assert counts(recorder, TaskRemoved) == {"task": 1}
+    assert counts(recorder, ScheduleAdded) == {"a": 1, "b": 1}
+    assert counts(recorder, ScheduleUpdated) == {"a": 2}  # replaced, then moved on
+    assert counts(recorder, ScheduleRemoved) == {"a": 1, "b": 1}
+    assert counts(recorder, JobAdded) == {job.id: 1}
+
+
+async def test_jobs_run_once_when_each_first_reply_is_lost(
+    namespace: str, clock: FakeClock, recorder: EventRecorder
+) -> None:
+    client = losing_client()
+    client.lose_first_reply_of_each_call()
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(client.aclose)
+        store = await started_store(
+            stack, client, clock, recorder, prefix=namespace, retry_settings=QUICK_RETRIES
+        )
+        await store.add_task(Task(id="task", job_executor="async"))
+        kept = timedelta(minutes=5)
+        jobs = [Job(task_id="task", created_at=clock.now(), result_expiration_time=kept)]
+        late = Job(
+            task_id="task",
+            created_at=clock.now(),
+            start_deadline=clock.now() + timedelta(seconds=1),
+            result_expiration_time=kept,
+        )
+        jobs += [Job(task_id="task", created_at=clock.now()) for _ in range(3)]
+        abandoned = Job(task_id="task", created_at=clock.now(), result_expiration_time=kept)
+        await store.add_jobs([*jobs[:1], late, *jobs[1:], abandoned])
+        clock.advance(2)
+
+        acquired = await store.acquire_jobs("me", LEASE, 4)
+        assert ids_of(acquired) == ids_of(jobs)
+        await store.release_jobs(
+            "me",
+            [JobResult.for_job(job, JobOutcome.success, finished_at=clock.now()) for job in jobs],
+        )
+        assert ids_of(await store.acquire_jobs("gone", LEASE, 10)) == [abandoned.id]
+        clock.advance(LEASE.total_seconds() + 1)
+        await store.cleanup()
+
+        assert await store.get_jobs() == []
+        outcomes = {}
+        for job in (jobs[0], late, abandoned):
+            result = await store.get_job_result(job.id)
+            assert result is not None
+            outcomes[job.id] = result.outcome
+    assert client.lost >= 5
+    assert outcomes == {
+        jobs[0].id: JobOutcome.success,
+        late.id: JobOutcome.missed_start_deadline,
+        abandoned.id: JobOutcome.abandoned,
+    }
+    assert counts(recorder, JobAcquired) == {job.id: 1 for job in [*jobs, abandoned]}
+    assert counts(recorder, JobReleased) == {job.id: 1 for job in [*jobs, late, abandoned]}
+
+
+async def test_replies_lost_to_real_timeouts_lose_and_repeat_nothing(
+    namespace: str, clock: FakeClock, recorder: EventRecorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A client that waits 50 ms for a reply against scripts given batches that take the
+    # server longer (100-200 ms here): the server runs each script, the client gives up,
+    # drops the connection and retries; the repeats answer in a few milliseconds
+    count = 3000
+    # (redis-py's own retries off: each timeout reaches the store, which logs its retry)
+    client = aioredis.Redis.from_url(REDIS_URL, socket_timeout=0.05, retry=Retry(NoBackoff(), 0))
+    retries = RetrySettings(attempts=30, wait_min=0.01, wait_max=0.05)
+
+    def lost_replies() -> int:
+        return sum("transient error" in record.getMessage() for record in caplog.records)
+
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(client.aclose)
+        helper = await started_store(stack, url_for(namespace), clock)
+        store = await started_store(
+            stack, client, clock, recorder, prefix=namespace, retry_settings=retries
+        )
+        await helper.add_task(Task(id="task", job_executor="async"))
+        kept = timedelta(minutes=5)
+        late = [
+            Job(
+                task_id="task",
+                created_at=clock.now(),
+                start_deadline=clock.now() + timedelta(seconds=1),
+                result_expiration_time=kept,
+            )
+            for _ in range(count)
+        ]
+        await helper.add_jobs(late)
+        on_time = [
+            Job(task_id="task", created_at=clock.now(), result_expiration_time=kept)
+            for _ in range(count)
+        ]
+        with caplog.at_level(logging.WARNING):
+            await store.add_jobs(on_time)
+            assert lost_replies() >= 1
+            clock.advance(2)
+
+            caplog.clear()
+            acquired = await store.acquire_jobs("me", LEASE, 10)  # the late ones go first
+            assert lost_replies() >= 1
+            while batch := await store.acquire_jobs("me", LEASE, 500):
+                acquired += batch
+            assert sorted(ids_of(acquired)) == sorted(ids_of(on_time))
+
+            caplog.clear()
+            await store.release_jobs(
+                "me",
+                [
+                    JobResult.for_job(job, JobOutcome.success, finished_at=clock.now())
+                    for job in acquired
+                ],
+            )
+            assert lost_replies() >= 1
+
+            abandoned = [
+                Job(task_id="task", created_at=clock.now(), result_expiration_time=kept)
+                for _ in range(count)
+            ]
+            await helper.add_jobs(abandoned)
+            assert len(await helper.acquire_jobs("gone", LEASE, count)) == count
+            clock.advance(LEASE.total_seconds() + 1)
+            caplog.clear()
+            await store.cleanup()
+            assert lost_replies() >= 1
+
+        assert await helper.get_jobs() == []
+        for job in (late[0], on_time[-1], abandoned[0]):
+            assert await helper.get_job_result(job.id) is not None
+    released = counts(recorder, JobReleased)
+    assert released == {job.id: 1 for job in [*late, *on_time, *abandoned]}
+    assert counts(recorder, JobAcquired) == {job.id: 1 for job in on_time}
+    outcomes = {event.job_id: event.outcome for event in recorder.of_type(JobReleased)}
+    assert {outcomes[job.id] for job in late} == {JobOutcome.missed_start_deadline}
+    assert {outcomes[job.id] for job in abandoned} == {JobOutcome.abandoned}
+
+
+@pytest.mark.parametrize("how", ["retries run out", "cancelled"])
+async def test_jobs_an_unanswered_acquisition_took_are_handed_out_by_the_next(
+    namespace: str, clock: FakeClock, recorder: EventRecorder, how: str
+) -> None:
+    client = losing_client()
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(client.aclose)
+        store = await started_store(
+            stack,
+            client,
+            clock,
+            recorder,
+            prefix=namespace,
+            retry_settings=RetrySettings(attempts=2, wait_min=0.001),
+        )
+        await store.add_task(Task(id="task", job_executor="async"))
+        late = Job(
+            task_id="task", created_at=clock.now(), start_deadline=clock.now() + timedelta(1)
+        )
+        jobs = [Job(task_id="task", created_at=clock.now()) for _ in range(3)]
+        await store.add_jobs([late, *jobs])
+        clock.advance(timedelta(days=2).total_seconds())
+        acquisition = script_of(store, "acquire_jobs")
+        if how == "retries run out":
+            client.lose_every_reply_of(acquisition)
+            with pytest.raises(RedisConnectionError):
+                await store.acquire_jobs("me", LEASE, 10)
+            client.lose = lambda args: False
+        else:
+            client.hold = lambda args: args[1] in (acquisition.sha, acquisition.source)
+            with anyio.fail_after(10):
+                async with anyio.create_task_group() as task_group:
+                    task_group.start_soon(store.acquire_jobs, "me", LEASE, 10)
+                    await client.held.wait()  # the server ran it; the reply waits
+                    task_group.cancel_scope.cancel()
+            client.hold = lambda args: False
+        assert not recorder.of_type(JobAcquired)
+
+        assert ids_of(await store.acquire_jobs("me", LEASE, 10)) == ids_of(jobs)
+    assert counts(recorder, JobAcquired) == {job.id: 1 for job in jobs}
+    assert counts(recorder, JobReleased) == {late.id: 1}  # the missed job, reported once
+
+
+async def test_schedules_an_unanswered_acquisition_took_are_handed_out_by_the_next(
+    namespace: str, clock: FakeClock
+) -> None:
+    client = losing_client()
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(client.aclose)
+        store = await started_store(
+            stack,
+            client,
+            clock,
+            prefix=namespace,
+            retry_settings=RetrySettings(attempts=2, wait_min=0.001),
+        )
+        for schedule_id in ("a", "b"):
+            await store.add_schedule(due_schedule(schedule_id, clock), ConflictPolicy.exception)
+        client.lose_every_reply_of(script_of(store, "acquire_schedules"))
+        with pytest.raises(RedisConnectionError):
+            await store.acquire_schedules("me", LEASE, 10)
+        client.lose = lambda args: False
+
+        # due again at once, not when the lease runs out
+        assert ids_of(await store.acquire_schedules("me", LEASE, 10)) == ["a", "b"]
+        assert await store.acquire_schedules("me", LEASE, 10) == []
+
+
+#
+# Results of jobs that end without running, and running-job counters
+#
+
+
+async def test_results_of_jobs_ended_outside_a_release_are_kept_by_the_script_itself(
+    namespace: str, clock: FakeClock
+) -> None:
+    # Even when no reply ever arrives (the client gives up at once), the results are kept:
+    # they are written by the same script, not by calls made after its reply
+    client = losing_client()
+    kept = timedelta(minutes=5)
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(client.aclose)
+        helper = await started_store(stack, url_for(namespace), clock)
+        store = await started_store(
+            stack,
+            client,
+            clock,
+            prefix=namespace,
+            retry_settings=RetrySettings(attempts=1),
+        )
+        await helper.add_task(Task(id="task", job_executor="async"))
+        deadline = clock.now() + timedelta(seconds=1)
+        missed = Job(
+            task_id="unlimited",
+            created_at=clock.now(),
+            start_deadline=deadline,
+            result_expiration_time=kept,
+        )
+        abandoned = Job(task_id="task", created_at=clock.now(), result_expiration_time=kept)
+        await helper.add_jobs([abandoned, missed])
+        assert ids_of(await helper.acquire_jobs("gone", LEASE, 1)) == [abandoned.id]
+        overdue = Job(
+            task_id="task",
+            created_at=clock.now(),
+            start_deadline=deadline,
+            result_expiration_time=kept,
+        )
+        await helper.add_task(Task(id="task", job_executor="async", max_running_jobs=1))
+        await helper.add_jobs([overdue])  # waits for the slot the abandoned job holds
+        await helper.add_schedule(due_schedule("s", clock), ConflictPolicy.exception)
+        await helper.acquire_schedules("me", LEASE, 1)
+        skipped = Job(
+            task_id="task", schedule_id="s", created_at=clock.now(), result_expiration_time=kept
+        )
+        clock.advance(2)
+
+        client.lose_every_reply_of(script_of(store, "acquire_jobs"))
+        with pytest.raises(RedisConnectionError):
+            await store.acquire_jobs("me", LEASE, 10)
+        client.lose_every_reply_of(script_of(store, "release_schedules"))
+        update = ScheduleUpdate(
+            schedule_id="s",
+            next_fire_time=None,
+            next_run_time=None,
+            last_fire_time=clock.now(),
+            missed_jobs=(skipped,),
+        )
+        with pytest.raises(RedisConnectionError):
+            await store.release_schedules("me", [update])
+        clock.advance(LEASE.total_seconds())
+        client.lose_every_reply_of(script_of(store, "cleanup"))
+        with pytest.raises(RedisConnectionError):
+            await store.cleanup()
+
+        outcomes = {}
+        for job in (missed, skipped, abandoned, overdue):
+            result = await helper.get_job_result(job.id)
+            assert result is not None, job
+            outcomes[job.id] = (result.outcome, result.expires_at)
+    assert outcomes == {
+        missed.id: (JobOutcome.missed_start_deadline, clock.now() - LEASE + kept),
+        skipped.id: (JobOutcome.missed_start_deadline, clock.now() - LEASE + kept),
+        abandoned.id: (JobOutcome.abandoned, clock.now() + kept),
+        overdue.id: (JobOutcome.missed_start_deadline, clock.now() + kept),
+    }
+
+
+async def test_cleanup_is_one_script_call_whatever_it_releases(
+    namespace: str, clock: FakeClock, recorder: EventRecorder
+) -> None:
+    client = losing_client()
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(client.aclose)
+        store = await started_store(stack, client, clock, recorder, prefix=namespace)
+        await store.add_task(Task(id="task", job_executor="async"))
+        jobs = [
+            Job(task_id="task", created_at=clock.now(), result_expiration_time=timedelta(1))
+            for _ in range(50)
+        ]
+        await store.add_jobs(jobs)
+        await store.acquire_jobs("gone", LEASE, 50)
+        clock.advance(LEASE.total_seconds() + 1)
+        client.commands.clear()
+        await store.cleanup()
+        assert [command[0] for command in client.commands] == ["EVALSHA"]
+        results = [await store.get_job_result(job.id) for job in jobs]
+    assert {result.outcome for result in results if result} == {JobOutcome.abandoned}
+    assert None not in results
+    assert len(recorder.of_type(JobReleased)) == 50
+
+
+async def test_no_running_job_counters_remain_once_the_jobs_of_one_off_schedules_finish(
+    namespace: str, clock: FakeClock
+) -> None:
+    async with AsyncExitStack() as stack:
+        store = await started_store(stack, url_for(namespace), clock)
+        await store.add_task(Task(id="task", job_executor="async"))
+        for index in range(200):
+            schedule = Schedule(
+                id=f"once-{index}",
+                task_id="task",
+                trigger=DateTrigger(clock.now()),
+                next_fire_time=clock.now(),
+                next_run_time=clock.now(),
+                max_running_jobs=1 if index % 2 else None,
+            )
+            await store.add_schedule(schedule, ConflictPolicy.exception)
+        schedules = await store.acquire_schedules("me", LEASE, 200)
+        await store.release_schedules(
+            "me",
+            [
+                ScheduleUpdate(
+                    schedule_id=schedule.id,
+                    next_fire_time=None,
+                    next_run_time=None,
+                    last_fire_time=clock.now(),
+                    jobs=(Job(task_id="task", schedule_id=schedule.id, created_at=clock.now()),),
+                )
+                for schedule in schedules
+            ],
+        )
+        jobs = await store.acquire_jobs("me", LEASE, 200)
+        assert len(jobs) == 200
+        await store.release_jobs(
+            "me",
+            [JobResult.for_job(job, JobOutcome.success, finished_at=clock.now()) for job in jobs],
+        )
+
+        client = aioredis.Redis.from_url(REDIS_URL)
+        try:
+            # a counter left at zero by an earlier version goes when its schedule goes
+            await store.add_schedule(due_schedule("old", clock), ConflictPolicy.exception)
+            await client.hset(f"{{{namespace}}}:running_schedules", "old", 0)
+            await store.remove_schedules(["old"])
+            for name in ("running_schedules", "running_tasks"):
+                assert await client.hgetall(f"{{{namespace}}}:{name}") == {}
+        finally:
+            await client.aclose()
+    # nothing per schedule or per job is left behind either
+    kinds = {key.split(":")[1] for key in await prefix_keys(namespace)}
+    assert kinds <= {"tasks", "sequence", "reply"}
+
+
+async def test_reading_some_jobs_reads_only_those_jobs(namespace: str, clock: FakeClock) -> None:
+    sent: list[tuple[Any, ...]] = []
+
+    class RecordingConnection(aioredis.Connection):
+        def pack_command(self, *args: Any) -> list[bytes]:
+            sent.append(args)  # pipelines pack each of their commands with this too
+            return super().pack_command(*args)
+
+    pool = aioredis.ConnectionPool.from_url(REDIS_URL, connection_class=RecordingConnection)
+    client = aioredis.Redis.from_pool(pool)  # closes the pool when closed
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(client.aclose)
+        store = await started_store(stack, client, clock, prefix=namespace)
+        await store.add_task(Task(id="task", job_executor="async"))
+        jobs = []
+        for _ in range(300):
+            jobs.append(Job(task_id="task", created_at=clock.now()))
+            clock.advance(0.001)
+        await store.add_jobs(jobs)
+        sent.clear()
+
+        assert await store.get_jobs([jobs[200].id, uuid4(), jobs[7].id]) == [jobs[7], jobs[200]]
+    keys = {str(command[1]) for command in sent if len(command) > 1}
+    assert f"{{{namespace}}}:jobs" not in keys
+    assert len([command for command in sent if command[0] == "HMGET"]) == 3
+
+
+async def test_jobs_queued_by_an_earlier_version_are_still_run(
+    namespace: str, clock: FakeClock, recorder: EventRecorder
+) -> None:
+    # Earlier versions kept one queue ({prefix}:queue) and no fire time or result expiration
+    # beside the record: such jobs are moved into lanes when a store starts, and released
+    # (run or abandoned) with what their records say
+    client = aioredis.Redis.from_url(REDIS_URL)
+    root = f"{{{namespace}}}"
+    fire_time = clock.now() - timedelta(seconds=5)
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(client.aclose)
+        writer = await started_store(stack, url_for(namespace), clock)
+        await writer.add_task(Task(id="task", job_executor="async"))
+        old_jobs = [
+            Job(
+                task_id="task",
+                schedule_id="s",
+                scheduled_fire_time=fire_time,
+                created_at=clock.now(),
+                result_expiration_time=timedelta(minutes=1),
+            )
+            for _ in range(2)
+        ]
+        await writer.add_jobs(old_jobs)
+        lanes = [key for key in await prefix_keys(namespace) if ":lane" in key]
+        for key in lanes:
+            await client.delete(key)
+        for sequence, job in enumerate(old_jobs, 1):
+            await client.hdel(f"{root}:job:{job.id}", "fire_time", "result_ttl")
+            await client.zadd(f"{root}:queue", {str(job.id): sequence})
+
+        store = await started_store(stack, url_for(namespace), clock, recorder)
+        assert not await client.exists(f"{root}:queue")
+        run, gone = await store.acquire_jobs("me", LEASE, 10)
+        await store.release_jobs(
+            "me", [JobResult.for_job(run, JobOutcome.success, finished_at=clock.now())]
+        )
+        clock.advance(LEASE.total_seconds() + 1)
+        await store.cleanup()
+        result = await store.get_job_result(gone.id)
+    assert ids_of([run, gone]) == ids_of(old_jobs)
+    assert result is not None
+    assert (result.outcome, result.expires_at) == (
+        JobOutcome.abandoned,
+        clock.now() + timedelta(minutes=1),
+    )
+    released = {event.job_id: event for event in recorder.of_type(JobReleased)}
+    assert {event.scheduled_fire_time for event in released.values()} == {fire_time}
+    assert {event.schedule_id for event in released.values()} == {"s"}
+
+
+#
+# Clients given by the application; the default event broker
+#
+
+
+async def task_for_wakeups() -> str:
+    return "done"
+
+
+async def test_schedulers_built_from_clients_wake_each_other_at_once(
+    namespace: str, clock: FakeClock
+) -> None:
+    # The clock never moves: the worker's idle poll never comes, only a wake-up does
+    worker_client = aioredis.Redis.from_url(REDIS_URL)
+    producer_client = aioredis.Redis.from_url(REDIS_URL)
+    async with (
+        AsyncScheduler(
+            RedisDataStore(worker_client, prefix=namespace),
+            role=SchedulerRole.worker,
+            clock=clock,
+        ) as worker,
+        AsyncScheduler(
+            RedisDataStore(producer_client, prefix=namespace),
+            role=SchedulerRole.scheduler,
+            clock=clock,
+        ) as producer,
+    ):
+        assert isinstance(worker.event_broker, RedisEventBroker)
+        assert worker.event_broker.channel == namespace
+        await producer.configure_task("wakeups", func=task_for_wakeups)
+        await worker.configure_task("wakeups", func=task_for_wakeups)
+        await worker.start_in_background()
+        await producer.start_in_background()
+        with anyio.fail_after(5):
+            for _ in range(2):  # the worker is asleep when the second job comes
+                job_id = await producer.add_job("wakeups")
+                assert (await producer.get_job_result(job_id)).return_value == "done"
+    # the store and broker leave the application's clients open
+    for client in (worker_client, producer_client):
+        assert await client.ping()
+        await client.aclose()
+
+
+async def test_a_broker_built_from_a_client_relays_events(namespace: str) -> None:
+    clients = [aioredis.Redis.from_url(REDIS_URL) for _ in range(2)]
+    recorder = EventRecorder()
+    async with AsyncExitStack() as stack:
+        brokers = [RedisEventBroker(client, channel=namespace) for client in clients]
+        for broker in brokers:
+            await broker.start(stack, logging.getLogger("test"))
+        brokers[1].subscribe(recorder)
+        await brokers[0].publish(TaskAdded(task_id="relayed"))
+        [event] = await recorder.wait_for(TaskAdded)
+        assert event.task_id == "relayed"
+    for client in clients:
+        assert await client.ping()
+        await client.aclose()
+
+
+@pytest.mark.parametrize("cls", [RedisDataStore, RedisEventBroker])
+async def test_what_is_neither_a_url_nor_a_client_is_refused(cls: type[Any]) -> None:
+    with pytest.raises(
+        TypeError, match=r"redis:// URL or a redis\.asyncio\.Redis or RedisCluster"
+    ):
+        cls(6379)
+
+
+#
+# Redis Cluster: a real three-node cluster on loopback ports, started for these tests
+#
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _wait_until(check: Callable[[], bool], what: str, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the test Redis Cluster did not come up: {what}")
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[int]]:
+    """Start three cluster-enabled redis-server processes, join them, and stop them after."""
+    server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+    if server is None or cli is None:
+        pytest.skip("redis-server and redis-cli are not on PATH: no local Redis Cluster to test")
+    folder: Path = tmp_path_factory.mktemp("redis-cluster")
+    ports: list[int] = []
+    candidates = iter(range(21000 + os.getpid() % 4000, 40000, 7))
+    while len(ports) < 3:  # a node also listens on its port + 10000 (the cluster bus)
+        port = next(candidates)
+        if _port_is_free(port) and _port_is_free(port + 10000):
+            ports.append(port)
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        for port in ports:
+            processes.append(
+                subprocess.Popen(
+                    [
+                        server,
+                        *("--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder)),
+                        *("--cluster-enabled", "yes", "--cluster-config-file", f"{port}.conf"),
+                        *("--save", "", "--appendonly", "no"),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+
+        def answers(port: int) -> bool:
+            reply = subprocess.run([cli, "-p", str(port), "ping"], capture_output=True)
+            return reply.stdout.strip() == b"PONG"
+
+        for port in ports:
+            _wait_until(partial(answers, port), f"port {port} does not answer")
+        subprocess.run(
+            [
+                *(cli, "--cluster", "create", *(f"127.0.0.1:{port}" for port in ports)),
+                *("--cluster-replicas", "0", "--cluster-yes"),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+
+        def cluster_ok(port: int) -> bool:
+            info = subprocess.run([cli, "-p", str(port), "cluster", "info"], capture_output=True)
+            return b"cluster_state:ok" in info.stdout
+
+        for port in ports:
+            _wait_until(partial(cluster_ok, port), f"node {port} is not ready")
+        yield ports
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def cluster_client(ports: list[int]) -> aioredis.RedisCluster:
+    return aioredis.RedisCluster(host="127.0.0.1", port=ports[0])
+
+
+async def double(value: int) -> int:
+    return value * 2
+
+
+async def test_a_store_on_a_redis_cluster_works_wherever_its_slot_lives(
+    redis_cluster: list[int], clock: FakeClock, recorder: EventRecorder
+) -> None:
+    client = cluster_client(redis_cluster)
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(client.aclose)
+        await client.initialize()
+        # one prefix per node: each store's keys all live in its prefix's slot
+        prefixes: dict[str, str] = {}
+        for index in range(1000):
+            prefix = f"cluster{index}"
+            node = client.get_node_from_key(f"{{{prefix}}}")
+            assert node is not None
+            prefixes.setdefault(node.name, prefix)
+            if len(prefixes) == len(redis_cluster):
+                break
+        assert len(prefixes) == 3
+        for prefix in prefixes.values():
+            recorder.clear()
+            store = await started_store(stack, client, clock, recorder, prefix=prefix)
+            await store.add_task(Task(id="task", job_executor="async", max_running_jobs=5))
+            await store.add_schedule(due_schedule("s", clock), ConflictPolicy.exception)
+            assert await store.get_next_schedule_run_time() == clock.now()
+            [schedule] = await store.acquire_schedules("me", LEASE, 10)
+            job = Job(task_id="task", schedule_id="s", created_at=clock.now())
+            await move_on(store, schedule, None)
+            await store.add_jobs([job])
+            assert await store.get_jobs([job.id]) == [job]
+            [acquired] = await store.acquire_jobs("me", LEASE, 10)
+            await store.extend_acquired_leases("me", [acquired.id], LEASE)
+            result = JobResult.for_job(
+                acquired, JobOutcome.success, finished_at=clock.now(), return_value=42
+            )
+            await store.release_jobs("me", [result])
+            await store.cleanup()
+            await store.remove_schedules(["s"])
+            await store.remove_task("task")
+            assert await store.get_jobs() == []
+            assert await store.get_schedules() == []
+            assert len(recorder.of_type(JobReleased)) == 1
+            keys = [key async for key in client.scan_iter(match=f"{{{prefix}}}:*")]
+            if keys:
+                await client.delete(*keys)
+
+
+async def test_schedulers_on_a_redis_cluster_client_run_jobs_and_wake_each_other(
+    redis_cluster: list[int], clock: FakeClock
+) -> None:
+    prefix = f"c{uuid4().hex[:12]}"
+    worker_client, producer_client = cluster_client(redis_cluster), cluster_client(redis_cluster)
+    try:
+        async with (
+            AsyncScheduler(
+                RedisDataStore(worker_client, prefix=prefix),
+                role=SchedulerRole.worker,
+                clock=clock,
+            ) as worker,
+            AsyncScheduler(
+                RedisDataStore(producer_client, prefix=prefix),
+                role=SchedulerRole.scheduler,
+                clock=clock,
+            ) as producer,
+        ):
+            assert isinstance(worker.event_broker, RedisEventBroker)
+            await worker.configure_task("double", func=double)
+            await producer.configure_task("double", func=double)
+            await worker.start_in_background()
+            await producer.start_in_background()
+            with anyio.fail_after(10):
+                for value in (1, 2):
+                    job_id = await producer.add_job("double", args=[value])
+                    result = await producer.get_job_result(job_id)
+                    assert result.return_value == value * 2
+    finally:
+        keys = [key async for key in producer_client.scan_iter(match=f"{{{prefix}}}:*")]
+        if keys:
+            await producer_client.delete(*keys)
+        await worker_client.aclose()
+        await producer_client.aclose()
