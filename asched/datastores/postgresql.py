@@ -56,7 +56,7 @@ from .base import (
 #: bumped whenever the tables change; a store refuses a schema of another version
 SCHEMA_VERSION = 1
 
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 _SCHEDULE_COLUMNS = (
     "id, task_id, trigger, args, kwargs, name, paused, coalesce, misfire_grace_time, "
@@ -170,7 +170,7 @@ CREATE INDEX IF NOT EXISTS job_results_expiry ON {schema}.job_results (expires_a
 
 
 def _quoted_identifier(name: str, field: str) -> str:
-    if not isinstance(name, str) or not _IDENTIFIER.match(name):
+    if not isinstance(name, str) or not _IDENTIFIER.fullmatch(name):
         raise ValueError(
             f"PostgreSQLDataStore: {field} must be a plain identifier (letters, digits, "
             f"underscores, at most 63 characters, not starting with a digit), got {name!r}"

@@ -101,7 +101,9 @@ async def test_schemas_are_isolated(namespace: str, clock: FakeClock) -> None:
         await drop_schema(other)
 
 
-@pytest.mark.parametrize("name", ["bad-name", "1abc", 'x"; DROP TABLE y; --', ""])
+@pytest.mark.parametrize(
+    "name", ["bad-name", "1abc", 'x"; DROP TABLE y; --', "", "jobs\n", "x" * 64]
+)
 def test_schema_name_must_be_a_plain_identifier(name: str) -> None:
     with pytest.raises(ValueError, match="schema must be a plain identifier"):
         PostgreSQLDataStore(POSTGRESQL_URL, schema=name)
