@@ -78,6 +78,15 @@ class DataStore(ABC):
         """
         return self._jobs_held_back
 
+    def default_event_broker(self) -> EventBroker | None:
+        """Return the event broker for a scheduler given this store and no broker.
+
+        ``None`` (this default) means the local broker. A store whose server can carry events
+        between processes may return a broker for them, on a channel only schedulers sharing
+        this store's data listen to.
+        """
+        return None
+
     @abstractmethod
     async def start(
         self,
