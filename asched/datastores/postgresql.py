@@ -301,11 +301,13 @@ def _statements(schema: str) -> dict[str, str]:
                     next_fire_time = u.next_fire_time, next_run_time = u.next_run_time,
                     last_fire_time = u.last_fire_time, acquired_by = NULL, acquired_until = NULL
                 FROM updates u
-                WHERE s.id = u.id AND s.acquired_by = $1 AND u.next_fire_time IS NOT NULL
+                WHERE s.id = ANY($2::text[]) AND s.id = u.id AND s.acquired_by = $1
+                  AND u.next_fire_time IS NOT NULL
                 RETURNING s.id, s.task_id
             ), finished AS (
                 DELETE FROM {schema}.schedules s USING updates u
-                WHERE s.id = u.id AND s.acquired_by = $1 AND u.next_fire_time IS NULL
+                WHERE s.id = ANY($2::text[]) AND s.id = u.id AND s.acquired_by = $1
+                  AND u.next_fire_time IS NULL
                 RETURNING s.id, s.task_id
             ), owned AS (
                 SELECT id, task_id FROM moved UNION ALL SELECT id, task_id FROM finished
@@ -406,12 +408,15 @@ def _statements(schema: str) -> dict[str, str]:
                 UPDATE {schema}.job_slots x SET taken = x.taken + g.jobs
                 FROM granted g WHERE x.kind = g.kind AND x.id = g.id
             ), acquired AS (
+                -- rows by primary key (= ANY of an array): a join could scan the whole table
                 UPDATE {schema}.jobs j SET acquired_by = $1, acquired_until = $3,
-                    task_slot = c.task_slot, schedule_slot = c.schedule_slot
-                FROM chosen c WHERE j.id = c.id
+                    task_slot = j.id = ANY(ARRAY(SELECT id FROM chosen WHERE task_slot)),
+                    schedule_slot = j.id = ANY(ARRAY(SELECT id FROM chosen WHERE schedule_slot))
+                WHERE j.id = ANY(ARRAY(SELECT id FROM chosen))
                 RETURNING {job_columns}
             ), missed AS (
-                DELETE FROM {schema}.jobs j USING candidates c WHERE j.id = c.id AND c.missed
+                DELETE FROM {schema}.jobs j
+                WHERE j.id = ANY(ARRAY(SELECT id FROM candidates WHERE missed))
                 RETURNING {job_columns}
             ), kept AS (
                 INSERT INTO {schema}.job_results (job_id, outcome, finished_at, expires_at)
@@ -619,7 +624,10 @@ class PostgreSQLDataStore(BaseExternalDataStore):
                         # defaults and the URL's, at no cost per statement
                         server_settings={
                             "default_transaction_isolation": "read committed",
-                            # compiling a statement of this store costs more than running it
+                            # planning or compiling a statement of this store costs more than
+                            # running it: asyncpg prepares each once per connection, and the
+                            # server keeps one plan for it
+                            "plan_cache_mode": "force_generic_plan",
                             "jit": "off",
                         },
                     )
@@ -628,9 +636,9 @@ class PostgreSQLDataStore(BaseExternalDataStore):
             async for attempt in self._retrying():
                 with attempt:
                     async with self._pool.acquire() as connection:
-                        isolation, jit = await connection.fetchrow(
+                        isolation, plan_cache_mode, jit = await connection.fetchrow(
                             "SELECT current_setting('default_transaction_isolation'), "
-                            "current_setting('jit')"
+                            "current_setting('plan_cache_mode'), current_setting('jit')"
                         )
             self._autocommit = isolation == "read committed"
             if not self._autocommit:
@@ -639,10 +647,11 @@ class PostgreSQLDataStore(BaseExternalDataStore):
                     "runs in an explicit READ COMMITTED transaction (two more round trips)",
                     isolation,
                 )
-            if jit == "on":
+            if (plan_cache_mode, jit) != ("force_generic_plan", "off"):
                 self._logger.info(
-                    "PostgreSQLDataStore: JIT is on in the application's pool; with a large "
-                    "queue the store's statements run faster with server_settings={'jit': 'off'}"
+                    "PostgreSQLDataStore: the store's statements run faster on connections with "
+                    "server_settings={'plan_cache_mode': 'force_generic_plan', 'jit': 'off'}, "
+                    "as in the pool the store opens itself"
                 )
 
         async for attempt in self._retrying():

@@ -460,8 +460,23 @@ async def test_next_lookups_read_one_partial_index_each(schema: str, clock: Fake
         for table in ("schedules", "jobs", "tasks", "job_slots"):
             await connection.execute(f"VACUUM ANALYZE {quoted}.{table}")  # sets the visibility map
 
+        # the plans the store runs: its pool keeps one generic plan per prepared statement
+        await connection.execute("SET plan_cache_mode = force_generic_plan")
+        types = {
+            "next_schedule_run_time": "",
+            "acquire_schedules": "text, timestamptz, timestamptz, bigint",
+            "acquire_jobs": "text, timestamptz, timestamptz, bigint",
+        }
+
         async def plan(name: str, *args: object) -> list[dict[str, Any]]:
-            text = await connection.fetchval(f"EXPLAIN (FORMAT JSON) {statements[name]}", *args)
+            parameters = f"({types[name]})" if types[name] else ""
+            await connection.execute(f"PREPARE {name} {parameters} AS {statements[name]}")
+            # EXPLAIN EXECUTE takes no bound parameters: the arguments go in as literals
+            arguments = ", ".join(
+                f"'{arg.isoformat()}'" if isinstance(arg, datetime) else repr(arg) for arg in args
+            )
+            execute = f"EXECUTE {name}({arguments})" if args else f"EXECUTE {name}"
+            text = await connection.fetchval(f"EXPLAIN (FORMAT JSON) {execute}")
             return list(plan_nodes(json.loads(text)[0]["Plan"]))
 
         soon = clock.now() + timedelta(minutes=30)
