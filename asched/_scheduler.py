@@ -172,6 +172,7 @@ class AsyncScheduler:
         elif isinstance(data_store, DataStore):
             self.data_store = data_store
             if event_broker is None:
+                # the store's own broker where it has one (on a channel of its own), else local
                 event_broker = data_store.default_event_broker()
         else:
             raise TypeError(f"data_store: expected a DataStore or a URL, got {data_store!r}")

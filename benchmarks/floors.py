@@ -111,7 +111,7 @@ async def postgresql_floor(spec: dict[str, Any]) -> dict[str, Any]:
         select = await connection.prepare(
             f"""
             SELECT id FROM {schema}.jobs WHERE acquired_by IS NULL
-            ORDER BY sequence LIMIT $1 FOR UPDATE SKIP LOCKED
+            ORDER BY created_at, id LIMIT $1 FOR UPDATE SKIP LOCKED
             """
         )
         update = await connection.prepare(

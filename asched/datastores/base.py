@@ -79,11 +79,12 @@ class DataStore(ABC):
         return self._jobs_held_back
 
     def default_event_broker(self) -> EventBroker | None:
-        """Return a new event broker for a scheduler given this store object and no broker.
+        """Return the event broker for a scheduler given this store and no broker.
 
-        ``None`` (the default) means a local broker. A store whose server can carry events
-        between processes may return a broker on that server, so that schedulers sharing the
-        store wake each other at once instead of at their next poll.
+        ``None`` (this default) means the local broker. A store whose server can carry events
+        between processes may return a broker for them, on a channel only schedulers sharing
+        this store's data listen to, so that they wake each other at once instead of at
+        their next poll.
         """
         return None
 

@@ -1,11 +1,17 @@
 """PostgreSQLDataStore: schedules, jobs and results in PostgreSQL, through asyncpg.
 
-Every operation is one transaction and one batch: acquiring k schedules or jobs is one
-``UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED)``, adding k jobs one
-``INSERT ... SELECT FROM unnest(...)``, releasing k results one ``DELETE ... RETURNING``
-plus one insert of the kept results. Leases (``acquired_by``/``acquired_until``) make a
-vanished scheduler's work acquirable again. ``max_running_jobs`` limits are checked under a
-transaction-level advisory lock per task, so concurrent workers never exceed them.
+Every operation that hands out or takes back work is one statement, sent in autocommit mode
+(one round trip): acquiring k schedules or jobs, adding k jobs, releasing k results or k
+schedule updates. Leases (``acquired_by``/``acquired_until``) make a vanished scheduler's
+work acquirable again.
+
+``max_running_jobs`` is kept in counters, one row of ``job_slots`` per limited task or
+schedule. An acquisition locks the counters its candidates need (in one order, at their
+latest committed values: READ COMMITTED's ``FOR UPDATE``), grants what is free and adds what
+it granted, all in the same statement; each job records which counters it holds
+(``task_slot``, ``schedule_slot``) and the statement that deletes it (release, cleanup)
+gives them back. Every transaction runs at READ COMMITTED, whatever the server's default:
+these statements rely on its re-reading of locked rows.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import datetime, timedelta
 from logging import Logger
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from uuid import UUID
 
@@ -53,10 +59,13 @@ from .base import (
     schedule_release_events,
 )
 
-#: bumped whenever the tables change; a store refuses a schema of another version
-SCHEMA_VERSION = 1
+if TYPE_CHECKING:
+    from ..eventbrokers.postgresql import PostgreSQLEventBroker
 
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+#: bumped whenever the tables change; a store migrates older schemas and refuses newer ones
+SCHEMA_VERSION = 2
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 _SCHEDULE_COLUMNS = (
     "id, task_id, trigger, args, kwargs, name, paused, coalesce, misfire_grace_time, "
@@ -67,42 +76,55 @@ _JOB_COLUMNS = (
     "id, task_id, args, kwargs, schedule_id, scheduled_fire_time, jitter, start_deadline, "
     "job_executor, result_expiration_time, created_at, acquired_by, acquired_until"
 )
+_JOB_TYPES = (
+    "uuid, text, bytea, bytea, text, timestamptz, float8, timestamptz, text, float8, "
+    "timestamptz, text, timestamptz"
+)
 _RESULT_COLUMNS = "job_id, outcome, return_value, exception, started_at, finished_at, expires_at"
+_RESULT_TYPES = "uuid, text, bytea, bytea, timestamptz, timestamptz, timestamptz"
 
 
-def _saturated_lanes(schema: str) -> str:
-    """Return CTEs: tasks and schedules at their running-jobs limit, and whether any are."""
-    return f"""
-    WITH running AS (
-        SELECT task_id, schedule_id, count(*) AS jobs
-        FROM {schema}.jobs WHERE acquired_by IS NOT NULL
-        GROUP BY task_id, schedule_id
-    ), saturated_tasks AS (
-        SELECT t.id FROM {schema}.tasks t
-        JOIN running r ON r.task_id = t.id
-        WHERE t.max_running_jobs IS NOT NULL
-        GROUP BY t.id, t.max_running_jobs
-        HAVING sum(r.jobs) >= t.max_running_jobs
-    ), saturated_schedules AS (
-        SELECT s.id FROM {schema}.schedules s
-        JOIN running r ON r.schedule_id = s.id
-        WHERE s.max_running_jobs IS NOT NULL
-        GROUP BY s.id, s.max_running_jobs
-        HAVING sum(r.jobs) >= s.max_running_jobs
-    ), held_back AS (
-        SELECT EXISTS (SELECT FROM saturated_tasks)
-               OR EXISTS (SELECT FROM saturated_schedules) AS held_back
+def _unnest(first: int, types: str, names: str) -> str:
+    """``unnest($first::type[], ...) AS r(names)``: one array parameter per column."""
+    arrays = ", ".join(
+        f"${first + index}::{name.strip()}[]" for index, name in enumerate(types.split(","))
     )
+    return f"unnest({arrays}) AS r({names})"
+
+
+def _prefixed(alias: str, columns: str) -> str:
+    return ", ".join(f"{alias}.{column}" for column in columns.split(", "))
+
+
+# The indexes of version 2. Each "next" lookup reads one partial index in its own order:
+# due unleased schedules by (next_run_time, id), leased ones by lease expiry, queued jobs by
+# (created_at, id), so acquiring k items reads k index entries and k rows.
+_INDEXES = """
+CREATE INDEX schedules_due ON {schema}.schedules (next_run_time, id)
+    WHERE NOT paused AND acquired_by IS NULL AND next_run_time IS NOT NULL;
+CREATE INDEX schedules_leased ON {schema}.schedules (acquired_until)
+    WHERE acquired_by IS NOT NULL AND NOT paused;
+CREATE INDEX jobs_queued ON {schema}.jobs (created_at, id) WHERE acquired_by IS NULL;
+"""
+
+_JOB_SLOTS = """
+CREATE TABLE {schema}.job_slots (
+    kind text NOT NULL CHECK (kind IN ('task', 'schedule')),
+    id text NOT NULL,
+    taken integer NOT NULL,
+    PRIMARY KEY (kind, id)
+);
+CREATE INDEX job_slots_taken ON {schema}.job_slots (kind, id) WHERE taken > 0;
+"""
+
+_DDL = (
     """
-
-
-_DDL = """
 CREATE SCHEMA IF NOT EXISTS {schema};
-CREATE TABLE IF NOT EXISTS {schema}.metadata (
+CREATE TABLE {schema}.metadata (
     key text PRIMARY KEY,
     value text NOT NULL
 );
-CREATE TABLE IF NOT EXISTS {schema}.tasks (
+CREATE TABLE {schema}.tasks (
     id text PRIMARY KEY,
     func_ref text,
     job_executor text NOT NULL,
@@ -110,7 +132,7 @@ CREATE TABLE IF NOT EXISTS {schema}.tasks (
     misfire_grace_time double precision,
     metadata jsonb NOT NULL
 );
-CREATE TABLE IF NOT EXISTS {schema}.schedules (
+CREATE TABLE {schema}.schedules (
     id text PRIMARY KEY,
     task_id text NOT NULL,
     trigger jsonb NOT NULL,
@@ -131,13 +153,8 @@ CREATE TABLE IF NOT EXISTS {schema}.schedules (
     acquired_by text,
     acquired_until timestamptz
 );
-CREATE INDEX IF NOT EXISTS schedules_due
-    ON {schema}.schedules (next_run_time) WHERE NOT paused AND next_run_time IS NOT NULL;
-CREATE INDEX IF NOT EXISTS schedules_leased
-    ON {schema}.schedules (acquired_until) WHERE acquired_by IS NOT NULL;
-CREATE TABLE IF NOT EXISTS {schema}.jobs (
+CREATE TABLE {schema}.jobs (
     id uuid PRIMARY KEY,
-    sequence bigserial NOT NULL,
     task_id text NOT NULL,
     args bytea NOT NULL,
     kwargs bytea NOT NULL,
@@ -149,14 +166,15 @@ CREATE TABLE IF NOT EXISTS {schema}.jobs (
     result_expiration_time double precision NOT NULL,
     created_at timestamptz NOT NULL,
     acquired_by text,
-    acquired_until timestamptz
+    acquired_until timestamptz,
+    task_slot boolean NOT NULL DEFAULT false,
+    schedule_slot boolean NOT NULL DEFAULT false
 );
-CREATE INDEX IF NOT EXISTS jobs_queued ON {schema}.jobs (sequence) WHERE acquired_by IS NULL;
-CREATE INDEX IF NOT EXISTS jobs_running
+CREATE INDEX jobs_running
     ON {schema}.jobs (task_id, schedule_id) WHERE acquired_by IS NOT NULL;
-CREATE INDEX IF NOT EXISTS jobs_deadline
+CREATE INDEX jobs_deadline
     ON {schema}.jobs (start_deadline) WHERE acquired_by IS NULL AND start_deadline IS NOT NULL;
-CREATE TABLE IF NOT EXISTS {schema}.job_results (
+CREATE TABLE {schema}.job_results (
     job_id uuid PRIMARY KEY,
     outcome text NOT NULL,
     return_value bytea,
@@ -165,12 +183,314 @@ CREATE TABLE IF NOT EXISTS {schema}.job_results (
     finished_at timestamptz NOT NULL,
     expires_at timestamptz NOT NULL
 );
-CREATE INDEX IF NOT EXISTS job_results_expiry ON {schema}.job_results (expires_at);
+CREATE INDEX job_results_expiry ON {schema}.job_results (expires_at);
 """
+    + _JOB_SLOTS
+    + _INDEXES
+)
+
+# Version 1 -> 2: running-job counters (jobs running now keep the slots they hold), and the
+# indexes that keep "next" lookups on one index each.
+_MIGRATE_FROM_1 = (
+    """
+ALTER TABLE {schema}.jobs
+    ADD COLUMN task_slot boolean NOT NULL DEFAULT false,
+    ADD COLUMN schedule_slot boolean NOT NULL DEFAULT false;
+"""
+    + _JOB_SLOTS
+    + """
+UPDATE {schema}.jobs j SET task_slot = true FROM {schema}.tasks t
+    WHERE t.id = j.task_id AND t.max_running_jobs IS NOT NULL AND j.acquired_by IS NOT NULL;
+UPDATE {schema}.jobs j SET schedule_slot = true FROM {schema}.schedules s
+    WHERE s.id = j.schedule_id AND s.max_running_jobs IS NOT NULL AND j.acquired_by IS NOT NULL;
+INSERT INTO {schema}.job_slots (kind, id, taken)
+    SELECT 'task', t.id,
+           (SELECT count(*) FROM {schema}.jobs j WHERE j.task_id = t.id AND j.task_slot)
+    FROM {schema}.tasks t WHERE t.max_running_jobs IS NOT NULL;
+INSERT INTO {schema}.job_slots (kind, id, taken)
+    SELECT 'schedule', s.id,
+           (SELECT count(*) FROM {schema}.jobs j WHERE j.schedule_id = s.id AND j.schedule_slot)
+    FROM {schema}.schedules s WHERE s.max_running_jobs IS NOT NULL;
+DROP INDEX {schema}.schedules_due;
+DROP INDEX {schema}.schedules_leased;
+DROP INDEX {schema}.jobs_queued;
+ALTER TABLE {schema}.jobs DROP COLUMN sequence;
+"""
+    + _INDEXES
+    + """
+UPDATE {schema}.metadata SET value = '2' WHERE key = 'schema_version';
+"""
+)
+
+#: the tables of a store, to tell an asched schema from someone else's
+_TABLES = ("metadata", "tasks", "schedules", "jobs", "job_results", "job_slots")
+
+
+def _give_back_slots(schema: str, deleted: str) -> str:
+    """CTEs that return the slots held by the job rows in CTE ``deleted`` to their counters.
+
+    The counters are locked in (kind, id) order, the order acquisitions lock them in, so
+    releases and acquisitions never deadlock. A locking query here joins only MATERIALIZED
+    CTEs: joined to the inlined subquery instead, a counter row that a concurrent transaction
+    had updated was dropped when re-read (PostgreSQL 15), and its slots never came back.
+    """
+    return f"""
+    freed AS MATERIALIZED (
+        SELECT 'task' AS kind, task_id AS id, count(*) AS jobs
+        FROM {deleted} WHERE task_slot GROUP BY task_id
+        UNION ALL
+        SELECT 'schedule', schedule_id, count(*)
+        FROM {deleted} WHERE schedule_slot GROUP BY schedule_id
+    ), freed_locked AS (
+        SELECT x.kind, x.id, f.jobs FROM {schema}.job_slots x
+        JOIN freed f ON f.kind = x.kind AND f.id = x.id
+        ORDER BY x.kind, x.id
+        FOR UPDATE OF x
+    ), given_back AS (
+        UPDATE {schema}.job_slots x SET taken = x.taken - l.jobs
+        FROM freed_locked l WHERE x.kind = l.kind AND x.id = l.id
+    )
+    """
+
+
+def _statements(schema: str) -> dict[str, str]:
+    """Build the store's hot statements, once per store (``schema`` is a quoted identifier)."""
+    job_columns = _prefixed("j", _JOB_COLUMNS)
+    return {
+        # $1 scheduler, $2 lease end, $3 now, $4 limit
+        "acquire_schedules": f"""
+            WITH unleased AS (
+                SELECT id, next_run_time FROM {schema}.schedules
+                WHERE NOT paused AND acquired_by IS NULL AND next_run_time <= $3
+                ORDER BY next_run_time, id
+                LIMIT $4
+                FOR UPDATE SKIP LOCKED
+            ), expired AS (
+                SELECT id, next_run_time FROM {schema}.schedules
+                WHERE NOT paused AND acquired_by IS NOT NULL AND acquired_until <= $3
+                  AND next_run_time <= $3
+                ORDER BY acquired_until
+                LIMIT $4
+                FOR UPDATE SKIP LOCKED
+            ), chosen AS (
+                SELECT id FROM (SELECT * FROM unleased UNION ALL SELECT * FROM expired) c
+                ORDER BY next_run_time, id
+                LIMIT $4
+            )
+            UPDATE {schema}.schedules s SET acquired_by = $1, acquired_until = $2
+            WHERE s.id = ANY(ARRAY(SELECT id FROM chosen))
+            RETURNING {_prefixed("s", _SCHEDULE_COLUMNS)}
+            """,
+        "next_schedule_run_time": f"""
+            SELECT least(
+                (SELECT min(next_run_time) FROM {schema}.schedules
+                 WHERE NOT paused AND acquired_by IS NULL AND next_run_time IS NOT NULL),
+                (SELECT min(acquired_until) FROM {schema}.schedules
+                 WHERE acquired_by IS NOT NULL AND NOT paused)
+            )
+            """,
+        # $1 scheduler, $2..$5 updates (id, next fire, next run, last fire), $6..$19 jobs
+        # (13 columns and the schedule of the update), $20..$27 missed results likewise
+        "release_schedules": f"""
+            WITH updates AS MATERIALIZED (
+                SELECT * FROM unnest($2::text[], $3::timestamptz[], $4::timestamptz[],
+                                     $5::timestamptz[])
+                    AS u(id, next_fire_time, next_run_time, last_fire_time)
+            ), moved AS (
+                UPDATE {schema}.schedules s SET
+                    next_fire_time = u.next_fire_time, next_run_time = u.next_run_time,
+                    last_fire_time = u.last_fire_time, acquired_by = NULL, acquired_until = NULL
+                FROM updates u
+                WHERE s.id = ANY($2::text[]) AND s.id = u.id AND s.acquired_by = $1
+                  AND u.next_fire_time IS NOT NULL
+                RETURNING s.id, s.task_id
+            ), finished AS (
+                DELETE FROM {schema}.schedules s USING updates u
+                WHERE s.id = ANY($2::text[]) AND s.id = u.id AND s.acquired_by = $1
+                  AND u.next_fire_time IS NULL
+                RETURNING s.id, s.task_id
+            ), owned AS (
+                SELECT id, task_id FROM moved UNION ALL SELECT id, task_id FROM finished
+            ), new_jobs AS (
+                INSERT INTO {schema}.jobs ({_JOB_COLUMNS})
+                SELECT {_prefixed("r", _JOB_COLUMNS)}
+                FROM {_unnest(6, _JOB_TYPES + ", text", _JOB_COLUMNS + ", owner")}
+                WHERE r.owner IN (SELECT id FROM owned)
+                ON CONFLICT (id) DO NOTHING
+            ), kept AS (
+                INSERT INTO {schema}.job_results ({_RESULT_COLUMNS})
+                SELECT {_prefixed("r", _RESULT_COLUMNS)}
+                FROM {_unnest(20, _RESULT_TYPES + ", text", _RESULT_COLUMNS + ", owner")}
+                WHERE r.owner IN (SELECT id FROM owned)
+                ON CONFLICT (job_id) DO NOTHING
+            )
+            SELECT id, task_id FROM owned
+            """,
+        "insert_jobs": f"""
+            INSERT INTO {schema}.jobs ({_JOB_COLUMNS})
+            SELECT * FROM {_unnest(1, _JOB_TYPES, _JOB_COLUMNS)}
+            ON CONFLICT (id) DO NOTHING
+            """,
+        # $1 scheduler, $2 now, $3 lease end, $4 limit. Candidates: the oldest queued jobs,
+        # leaving out those of tasks and schedules already at their limit (a saturated lane
+        # must not starve the ones behind it) unless they are past their start deadline.
+        # Then the counters of the candidates' limited lanes are locked at their latest
+        # values, each lane gets what is free (schedule first, then task, so that a job
+        # holds both or neither), and the counters grow by what was granted.
+        "acquire_jobs": f"""
+            WITH saturated AS (
+                -- lanes at their limit, found through the counters above zero (few)
+                SELECT x.kind, x.id FROM {schema}.job_slots x
+                WHERE x.taken > 0 AND x.taken >= CASE x.kind
+                    WHEN 'task' THEN
+                        (SELECT t.max_running_jobs FROM {schema}.tasks t WHERE t.id = x.id)
+                    ELSE
+                        (SELECT s.max_running_jobs FROM {schema}.schedules s WHERE s.id = x.id)
+                    END
+            ), queued AS (
+                SELECT j.id, j.task_id, j.schedule_id, j.created_at,
+                       j.start_deadline < $2 AS missed
+                FROM {schema}.jobs j
+                WHERE j.acquired_by IS NULL
+                  AND (j.start_deadline < $2 OR (
+                      j.task_id NOT IN (SELECT id FROM saturated WHERE kind = 'task')
+                      AND (j.schedule_id IS NULL
+                           OR j.schedule_id NOT IN (
+                               SELECT id FROM saturated WHERE kind = 'schedule'))))
+                ORDER BY j.created_at, j.id
+                LIMIT $4
+                FOR UPDATE OF j SKIP LOCKED
+            ), candidates AS (
+                SELECT q.*,
+                       (SELECT max_running_jobs FROM {schema}.tasks WHERE id = q.task_id)
+                           AS task_limit,
+                       (SELECT max_running_jobs FROM {schema}.schedules WHERE id = q.schedule_id)
+                           AS schedule_limit
+                FROM queued q
+            ), wanted AS MATERIALIZED (
+                SELECT 'task' AS kind, task_id AS id FROM candidates
+                WHERE task_limit IS NOT NULL AND missed IS NOT TRUE
+                UNION
+                SELECT 'schedule', schedule_id FROM candidates
+                WHERE schedule_limit IS NOT NULL AND missed IS NOT TRUE
+            ), lanes AS (
+                SELECT x.kind, x.id, x.taken FROM {schema}.job_slots x
+                WHERE (x.kind, x.id) IN (SELECT kind, id FROM wanted)
+                ORDER BY x.kind, x.id
+                FOR UPDATE OF x
+            ), schedule_granted AS (
+                SELECT c.*, row_number() OVER (PARTITION BY c.task_id ORDER BY c.created_at, c.id)
+                    AS task_rank
+                FROM (
+                    SELECT c.*,
+                           row_number() OVER (PARTITION BY c.schedule_id
+                                              ORDER BY c.created_at, c.id) AS schedule_rank
+                    FROM candidates c WHERE c.missed IS NOT TRUE
+                ) c
+                LEFT JOIN lanes l ON l.kind = 'schedule' AND l.id = c.schedule_id
+                WHERE c.schedule_limit IS NULL
+                   OR c.schedule_rank <= c.schedule_limit - coalesce(l.taken, c.schedule_limit)
+            ), chosen AS (
+                SELECT c.id, c.task_id, c.schedule_id,
+                       c.task_limit IS NOT NULL AS task_slot,
+                       c.schedule_limit IS NOT NULL AS schedule_slot
+                FROM schedule_granted c
+                LEFT JOIN lanes l ON l.kind = 'task' AND l.id = c.task_id
+                WHERE c.task_limit IS NULL
+                   OR c.task_rank <= c.task_limit - coalesce(l.taken, c.task_limit)
+            ), granted AS (
+                SELECT 'task' AS kind, task_id AS id, count(*) AS jobs
+                FROM chosen WHERE task_slot GROUP BY task_id
+                UNION ALL
+                SELECT 'schedule', schedule_id, count(*)
+                FROM chosen WHERE schedule_slot GROUP BY schedule_id
+            ), taken AS (
+                UPDATE {schema}.job_slots x SET taken = x.taken + g.jobs
+                FROM granted g WHERE x.kind = g.kind AND x.id = g.id
+            ), acquired AS (
+                -- rows by primary key (= ANY of an array): a join could scan the whole table
+                UPDATE {schema}.jobs j SET acquired_by = $1, acquired_until = $3,
+                    task_slot = j.id = ANY(ARRAY(SELECT id FROM chosen WHERE task_slot)),
+                    schedule_slot = j.id = ANY(ARRAY(SELECT id FROM chosen WHERE schedule_slot))
+                WHERE j.id = ANY(ARRAY(SELECT id FROM chosen))
+                RETURNING {job_columns}
+            ), missed AS (
+                DELETE FROM {schema}.jobs j
+                WHERE j.id = ANY(ARRAY(SELECT id FROM candidates WHERE missed))
+                RETURNING {job_columns}
+            ), kept AS (
+                INSERT INTO {schema}.job_results (job_id, outcome, finished_at, expires_at)
+                SELECT id, 'missed_start_deadline', $2,
+                       $2 + make_interval(secs => result_expiration_time)
+                FROM missed WHERE result_expiration_time > 0
+                ON CONFLICT (job_id) DO NOTHING
+            ), held_back AS (
+                -- a lane that was full already, a candidate refused for a limit, or a lane
+                -- this acquisition filled
+                SELECT EXISTS (SELECT FROM saturated) OR EXISTS (
+                    SELECT FROM candidates c
+                    WHERE c.missed IS NOT TRUE AND c.id NOT IN (SELECT id FROM chosen)
+                ) OR EXISTS (
+                    SELECT FROM granted g JOIN lanes l ON l.kind = g.kind AND l.id = g.id
+                    JOIN candidates c ON (g.kind = 'task' AND c.task_id = g.id
+                                          AND l.taken + g.jobs >= c.task_limit)
+                                      OR (g.kind = 'schedule' AND c.schedule_id = g.id
+                                          AND l.taken + g.jobs >= c.schedule_limit)
+                ) AS value
+            )
+            SELECT 'acquired' AS fate, * FROM acquired
+            UNION ALL SELECT 'missed', * FROM missed
+            UNION ALL
+            SELECT 'held_back', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+                   NULL, NULL, NULL
+            FROM held_back WHERE value
+            """,
+        # $1 scheduler, $2 job ids, $3..$9 the kept results
+        "release_jobs": f"""
+            WITH released AS (
+                DELETE FROM {schema}.jobs
+                WHERE id = ANY($2::uuid[]) AND acquired_by = $1
+                RETURNING id, task_id, schedule_id, scheduled_fire_time, task_slot,
+                          schedule_slot
+            ), kept AS (
+                INSERT INTO {schema}.job_results ({_RESULT_COLUMNS})
+                SELECT {_prefixed("r", _RESULT_COLUMNS)}
+                FROM {_unnest(3, _RESULT_TYPES, _RESULT_COLUMNS)}
+                JOIN released ON released.id = r.job_id
+                ON CONFLICT (job_id) DO NOTHING
+            ), {_give_back_slots(schema, "released")}
+            SELECT id, task_id, schedule_id, scheduled_fire_time FROM released
+            """,
+        # $1 now
+        "cleanup": f"""
+            WITH expired AS (
+                DELETE FROM {schema}.job_results WHERE expires_at <= $1
+            ), abandoned AS (
+                DELETE FROM {schema}.jobs
+                WHERE acquired_by IS NOT NULL AND acquired_until <= $1
+                RETURNING {_JOB_COLUMNS}, task_slot, schedule_slot
+            ), overdue AS (
+                DELETE FROM {schema}.jobs
+                WHERE acquired_by IS NULL AND start_deadline < $1
+                RETURNING {_JOB_COLUMNS}
+            ), kept AS (
+                INSERT INTO {schema}.job_results (job_id, outcome, finished_at, expires_at)
+                SELECT id, 'abandoned', $1, $1 + make_interval(secs => result_expiration_time)
+                FROM abandoned WHERE result_expiration_time > 0
+                UNION ALL
+                SELECT id, 'missed_start_deadline', $1,
+                       $1 + make_interval(secs => result_expiration_time)
+                FROM overdue WHERE result_expiration_time > 0
+                ON CONFLICT (job_id) DO NOTHING
+            ), {_give_back_slots(schema, "abandoned")}
+            SELECT 'abandoned' AS fate, {_JOB_COLUMNS} FROM abandoned
+            UNION ALL SELECT 'overdue', {_JOB_COLUMNS} FROM overdue
+            """,
+    }
 
 
 def _quoted_identifier(name: str, field: str) -> str:
-    if not isinstance(name, str) or not _IDENTIFIER.match(name):
+    if not isinstance(name, str) or not _IDENTIFIER.fullmatch(name):
         raise ValueError(
             f"PostgreSQLDataStore: {field} must be a plain identifier (letters, digits, "
             f"underscores, at most 63 characters, not starting with a digit), got {name!r}"
@@ -227,13 +547,30 @@ class PostgreSQLDataStore(BaseExternalDataStore):
             )
         self.schema = "asched" if schema is None else schema
         self._schema = _quoted_identifier(self.schema, "schema")
+        self._sql = _statements(self._schema)
         self._pool_size = pool_size
         self._clock = Clock()
         self._event_broker: EventBroker | None = None
         self._job_writer = WriteBatcher(self._write_jobs)
+        # True when single statements may go in autocommit: the connections' default
+        # isolation is READ COMMITTED (always on a pool the store opens itself)
+        self._autocommit = True
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(schema={self.schema!r})"
+
+    def default_event_broker(self) -> PostgreSQLEventBroker | None:
+        """Return a LISTEN/NOTIFY broker on this store's database, on the schema's channel.
+
+        ``None`` for a store on an application's pool (there is no URL to connect with): give
+        the scheduler a :class:`~asched.eventbrokers.postgresql.PostgreSQLEventBroker` with
+        ``channel=`` this store's schema.
+        """
+        from ..eventbrokers.postgresql import PostgreSQLEventBroker
+
+        if self._dsn is None:
+            return None
+        return PostgreSQLEventBroker(self._dsn, channel=self.schema)
 
     #
     # Lifecycle
@@ -265,9 +602,10 @@ class PostgreSQLDataStore(BaseExternalDataStore):
         logger: Logger,
         clock: Clock,
     ) -> None:
-        """Open the pool and create the schema if needed; see :meth:`DataStore.start`.
+        """Open the pool, create or migrate the schema; see :meth:`DataStore.start`.
 
-        :raises RuntimeError: if the schema holds tables of another asched version
+        :raises RuntimeError: if the schema holds tables of a newer asched version, or tables
+            that are not asched's
         """
         self._event_broker = event_broker
         self._logger = logger
@@ -282,29 +620,91 @@ class PostgreSQLDataStore(BaseExternalDataStore):
                         # pg_terminate_backend and restarts close connections: check them
                         max_inactive_connection_lifetime=60,
                         reset=_keep_session,
+                        # a startup setting: outranks the server's, database's and role's
+                        # defaults and the URL's, at no cost per statement
+                        server_settings={
+                            "default_transaction_isolation": "read committed",
+                            # planning or compiling a statement of this store costs more than
+                            # running it: asyncpg prepares each once per connection, and the
+                            # server keeps one plan for it
+                            "plan_cache_mode": "force_generic_plan",
+                            "jit": "off",
+                        },
                     )
             exit_stack.push_async_callback(self._close_pool)
+        else:
+            async for attempt in self._retrying():
+                with attempt:
+                    async with self._pool.acquire() as connection:
+                        isolation, plan_cache_mode, jit = await connection.fetchrow(
+                            "SELECT current_setting('default_transaction_isolation'), "
+                            "current_setting('plan_cache_mode'), current_setting('jit')"
+                        )
+            self._autocommit = isolation == "read committed"
+            if not self._autocommit:
+                self._logger.warning(
+                    "PostgreSQLDataStore: the application's pool defaults to %s; each operation "
+                    "runs in an explicit READ COMMITTED transaction (two more round trips)",
+                    isolation,
+                )
+            if (plan_cache_mode, jit) != ("force_generic_plan", "off"):
+                self._logger.info(
+                    "PostgreSQLDataStore: the store's statements run faster on connections with "
+                    "server_settings={'plan_cache_mode': 'force_generic_plan', 'jit': 'off'}, "
+                    "as in the pool the store opens itself"
+                )
 
         async for attempt in self._retrying():
             with attempt:
-                async with self._transaction() as connection:
-                    await connection.execute(
-                        "SELECT pg_advisory_xact_lock(hashtext($1))", f"asched:{self.schema}"
-                    )
-                    await connection.execute(_DDL.format(schema=self._schema))
-                    await connection.execute(
-                        f"INSERT INTO {self._schema}.metadata (key, value) "
-                        "VALUES ('schema_version', $1) ON CONFLICT (key) DO NOTHING",
-                        str(SCHEMA_VERSION),
-                    )
-                    version = await connection.fetchval(
-                        f"SELECT value FROM {self._schema}.metadata WHERE key = 'schema_version'"
-                    )
-        if version != str(SCHEMA_VERSION):
-            raise RuntimeError(
-                f"PostgreSQLDataStore: schema {self.schema!r} has version {version}, this "
-                f"asched uses version {SCHEMA_VERSION}; migrate it or use another schema"
+                await self._create_or_migrate_schema()
+
+    async def _create_or_migrate_schema(self) -> None:
+        """Create the tables, or migrate older ones, before anything else touches them."""
+        async with self._transaction() as connection:
+            # concurrent starts take turns; each statement after the lock sees what the
+            # previous holder committed (READ COMMITTED)
+            await connection.execute(
+                "SELECT pg_advisory_xact_lock(hashtext($1))", f"asched:{self.schema}"
             )
+            tables = set(
+                await connection.fetchval(
+                    "SELECT coalesce(array_agg(tablename::text), '{}') FROM pg_tables "
+                    "WHERE schemaname = $1 AND tablename = ANY($2::text[])",
+                    self.schema,
+                    list(_TABLES),
+                )
+            )
+            if "metadata" not in tables:
+                if tables:
+                    raise RuntimeError(
+                        f"PostgreSQLDataStore: schema {self.schema!r} has tables "
+                        f"{sorted(tables)} but no asched metadata table; it is not an asched "
+                        "schema: use another schema"
+                    )
+                await connection.execute(_DDL.format(schema=self._schema))
+                await connection.execute(
+                    f"INSERT INTO {self._schema}.metadata (key, value) "
+                    "VALUES ('schema_version', $1)",
+                    str(SCHEMA_VERSION),
+                )
+                return
+
+            version = await connection.fetchval(
+                f"SELECT value FROM {self._schema}.metadata WHERE key = 'schema_version'"
+            )
+            if version == "1":
+                self._logger.info(
+                    "PostgreSQLDataStore: migrating schema %r from version 1 to %d",
+                    self.schema,
+                    SCHEMA_VERSION,
+                )
+                await connection.execute(_MIGRATE_FROM_1.format(schema=self._schema))
+            elif version != str(SCHEMA_VERSION):
+                raise RuntimeError(
+                    f"PostgreSQLDataStore: schema {self.schema!r} has version {version}, this "
+                    f"asched uses version {SCHEMA_VERSION} (and migrates version 1); use the "
+                    "asched that wrote it, or another schema"
+                )
 
     async def _close_pool(self) -> None:
         if self._pool is not None:
@@ -313,17 +713,28 @@ class PostgreSQLDataStore(BaseExternalDataStore):
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
-        """Lend a pooled connection in autocommit mode: one statement, one round trip."""
+        """Lend a pooled connection for one statement: autocommit, one round trip.
+
+        On an application's pool that defaults to another isolation level the statement runs
+        in a READ COMMITTED transaction instead.
+        """
         if self._pool is None:
             raise RuntimeError("PostgreSQLDataStore: the store has not been started")
         async with self._pool.acquire() as connection:
-            yield connection
+            if self._autocommit:
+                yield connection
+            else:
+                async with connection.transaction(isolation="read_committed"):
+                    yield connection
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[asyncpg.Connection]:
         if self._pool is None:
             raise RuntimeError("PostgreSQLDataStore: the store has not been started")
-        async with self._pool.acquire() as connection, connection.transaction():
+        async with (
+            self._pool.acquire() as connection,
+            connection.transaction(isolation="read_committed"),
+        ):
             yield connection
 
     async def _publish(self, events: Iterable[Event]) -> None:
@@ -339,23 +750,31 @@ class PostgreSQLDataStore(BaseExternalDataStore):
     #
 
     async def add_task(self, task: Task) -> None:
-        """Add or replace a task; see :meth:`DataStore.add_task`."""
+        """Add or replace a task; see :meth:`DataStore.add_task`.
+
+        Setting a limit makes the task's running jobs hold its slots (a job handed out by an
+        acquisition that is under way at that moment may still run beside the new limit).
+        """
         record = task.marshal()
         async for attempt in self._retrying():
             with attempt:
                 async with self._connection() as connection:
                     inserted = await connection.fetchval(
                         f"""
-                        INSERT INTO {self._schema}.tasks
-                            (id, func_ref, job_executor, max_running_jobs, misfire_grace_time,
-                             metadata)
-                        VALUES ($1, $2, $3, $4, $5, $6)
-                        ON CONFLICT (id) DO UPDATE SET
-                            func_ref = excluded.func_ref, job_executor = excluded.job_executor,
-                            max_running_jobs = excluded.max_running_jobs,
-                            misfire_grace_time = excluded.misfire_grace_time,
-                            metadata = excluded.metadata
-                        RETURNING xmax = 0
+                        WITH written AS (
+                            INSERT INTO {self._schema}.tasks
+                                (id, func_ref, job_executor, max_running_jobs,
+                                 misfire_grace_time, metadata)
+                            VALUES ($1, $2, $3, $4, $5, $6)
+                            ON CONFLICT (id) DO UPDATE SET
+                                func_ref = excluded.func_ref,
+                                job_executor = excluded.job_executor,
+                                max_running_jobs = excluded.max_running_jobs,
+                                misfire_grace_time = excluded.misfire_grace_time,
+                                metadata = excluded.metadata
+                            RETURNING xmax = 0 AS inserted
+                        ), {self._slot_counting("task", "task_id", "$4")}
+                        SELECT inserted FROM written
                         """,
                         record["id"],
                         record["func_ref"],
@@ -367,13 +786,43 @@ class PostgreSQLDataStore(BaseExternalDataStore):
         event_class = TaskAdded if inserted else TaskUpdated
         await self._publish([event_class(task_id=task.id)])
 
+    def _slot_counting(self, kind: str, column: str, limit: str) -> str:
+        """CTEs run when a task or schedule ($1) gets a limit: its counter, holding its jobs.
+
+        Running jobs that hold no slot of the lane yet take one, and the counter (created if
+        missing) grows by their number, so a limit set while jobs run counts them.
+        """
+        return f"""
+        counted AS (
+            UPDATE {self._schema}.jobs SET {kind}_slot = true
+            WHERE {column} = $1 AND acquired_by IS NOT NULL AND NOT {kind}_slot
+              AND {limit}::integer IS NOT NULL AND EXISTS (SELECT FROM written)
+            RETURNING 1
+        ), counter AS (
+            INSERT INTO {self._schema}.job_slots (kind, id, taken)
+            SELECT '{kind}', $1, (SELECT count(*) FROM counted)
+            WHERE {limit}::integer IS NOT NULL AND EXISTS (SELECT FROM written)
+            ON CONFLICT (kind, id) DO UPDATE SET taken = job_slots.taken + excluded.taken
+                WHERE excluded.taken > 0
+        )
+        """
+
     async def remove_task(self, task_id: str) -> None:
         """Remove a task; see :meth:`DataStore.remove_task`."""
         async for attempt in self._retrying():
             with attempt:
                 async with self._connection() as connection:
                     removed = await connection.fetchval(
-                        f"DELETE FROM {self._schema}.tasks WHERE id = $1 RETURNING id", task_id
+                        f"""
+                        WITH removed AS (
+                            DELETE FROM {self._schema}.tasks WHERE id = $1 RETURNING id
+                        ), unused AS (
+                            DELETE FROM {self._schema}.job_slots
+                            WHERE kind = 'task' AND id IN (SELECT id FROM removed) AND taken = 0
+                        )
+                        SELECT id FROM removed
+                        """,
+                        task_id,
                     )
         if removed is None:
             raise TaskLookupError(task_id)
@@ -449,6 +898,13 @@ class PostgreSQLDataStore(BaseExternalDataStore):
             statement = f"{insert} ON CONFLICT (id) DO UPDATE SET {updates} RETURNING xmax = 0"
         else:
             statement = f"{insert} ON CONFLICT (id) DO NOTHING RETURNING true"
+        if schedule.max_running_jobs is not None:
+            limit = f"${_SCHEDULE_COLUMNS.split(', ').index('max_running_jobs') + 1}"
+            statement = f"""
+                WITH written AS ({statement} AS inserted),
+                {self._slot_counting("schedule", "schedule_id", limit)}
+                SELECT inserted FROM written
+                """
 
         async for attempt in self._retrying():
             with attempt:
@@ -481,8 +937,17 @@ class PostgreSQLDataStore(BaseExternalDataStore):
             with attempt:
                 async with self._connection() as connection:
                     rows = await connection.fetch(
-                        f"DELETE FROM {self._schema}.schedules WHERE id = ANY($1::text[]) "
-                        "RETURNING id, task_id",
+                        f"""
+                        WITH removed AS (
+                            DELETE FROM {self._schema}.schedules WHERE id = ANY($1::text[])
+                            RETURNING id, task_id
+                        ), unused AS (
+                            DELETE FROM {self._schema}.job_slots
+                            WHERE kind = 'schedule' AND id IN (SELECT id FROM removed)
+                              AND taken = 0
+                        )
+                        SELECT id, task_id FROM removed
+                        """,
                         id_list,
                     )
         await self._publish(
@@ -511,23 +976,12 @@ class PostgreSQLDataStore(BaseExternalDataStore):
         self, scheduler_id: str, lease_duration: timedelta, limit: int
     ) -> list[Schedule]:
         """Lease due schedules; see :meth:`DataStore.acquire_schedules`."""
-        now = self._now()
         async for attempt in self._retrying():
             with attempt:
                 async with self._connection() as connection:
+                    now = self._now()  # each attempt's own: a retry must not shorten the lease
                     rows = await connection.fetch(
-                        f"""
-                        UPDATE {self._schema}.schedules SET acquired_by = $1, acquired_until = $2
-                        WHERE id IN (
-                            SELECT id FROM {self._schema}.schedules
-                            WHERE NOT paused AND next_run_time <= $3
-                              AND (acquired_until IS NULL OR acquired_until <= $3)
-                            ORDER BY next_run_time, id
-                            LIMIT $4
-                            FOR UPDATE SKIP LOCKED
-                        )
-                        RETURNING {_SCHEDULE_COLUMNS}
-                        """,
+                        self._sql["acquire_schedules"],
                         scheduler_id,
                         now + lease_duration,
                         now,
@@ -540,73 +994,44 @@ class PostgreSQLDataStore(BaseExternalDataStore):
     async def release_schedules(
         self, scheduler_id: str, updates: Sequence[ScheduleUpdate]
     ) -> None:
-        """Apply scheduler decisions; see :meth:`DataStore.release_schedules`."""
+        """Apply scheduler decisions in one statement; see :meth:`DataStore.release_schedules`."""
         if not updates:
             return
         by_id = {update.schedule_id: update for update in updates}
         now = self._now()
-        # Serialize outside the transaction: it is the slow part, and it may raise
-        job_rows = [self._job_values(job) for update in updates for job in update.jobs]
+        # Serialized before the statement: it is the slow part, and it may raise
+        job_rows = [
+            [*self._job_values(job), update.schedule_id]
+            for update in by_id.values()
+            for job in update.jobs
+        ]
         missed: list[tuple[str, Job, JobResult]] = []
-        for update in updates:
+        for update in by_id.values():
             for job in update.missed_jobs:
                 result = JobResult.for_job(job, JobOutcome.missed_start_deadline, finished_at=now)
                 missed.append((update.schedule_id, job, result))
+        kept = [
+            [*(record[name] for name in _RESULT_COLUMNS.split(", ")), schedule_id]
+            for schedule_id, job, result in missed
+            if job.result_expiration_time > timedelta(0)
+            for record in [result.marshal(self.serializer)]
+        ]
+        moved = list(by_id.values())
 
-        async for attempt in self._retrying():
-            with attempt:
-                async with self._transaction() as connection:
-                    owned = {
-                        row["id"]: row["task_id"]
-                        for row in await connection.fetch(
-                            f"SELECT id, task_id FROM {self._schema}.schedules "
-                            "WHERE id = ANY($1::text[]) AND acquired_by = $2 FOR UPDATE",
-                            list(by_id),
-                            scheduler_id,
-                        )
-                    }
-                    jobs = [row for row in job_rows if row[4] in owned]
-                    if jobs:
-                        await self._insert_jobs(connection, jobs)
-                    kept = [
-                        result.marshal(self.serializer)
-                        for schedule_id, job, result in missed
-                        if schedule_id in owned and job.result_expiration_time > timedelta(0)
-                    ]
-                    if kept:
-                        await self._insert_results(connection, kept)
-                    finished = [
-                        schedule_id
-                        for schedule_id in owned
-                        if by_id[schedule_id].next_fire_time is None
-                    ]
-                    if finished:
-                        await connection.execute(
-                            f"DELETE FROM {self._schema}.schedules WHERE id = ANY($1::text[])",
-                            finished,
-                        )
-                    moved = [
-                        by_id[schedule_id] for schedule_id in owned if schedule_id not in finished
-                    ]
-                    if moved:
-                        await connection.execute(
-                            f"""
-                            UPDATE {self._schema}.schedules AS s SET
-                                next_fire_time = u.next_fire_time,
-                                next_run_time = u.next_run_time,
-                                last_fire_time = u.last_fire_time,
-                                acquired_by = NULL, acquired_until = NULL
-                            FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[],
-                                        $4::timestamptz[])
-                                AS u(id, next_fire_time, next_run_time, last_fire_time)
-                            WHERE s.id = u.id
-                            """,
-                            [update.schedule_id for update in moved],
-                            [update.next_fire_time for update in moved],
-                            [update.next_run_time for update in moved],
-                            [update.last_fire_time for update in moved],
-                        )
+        async def release() -> list[asyncpg.Record]:
+            async with self._connection() as connection:
+                return await connection.fetch(  # type: ignore[no-any-return]
+                    self._sql["release_schedules"],
+                    scheduler_id,
+                    [update.schedule_id for update in moved],
+                    [update.next_fire_time for update in moved],
+                    [update.next_run_time for update in moved],
+                    [update.last_fire_time for update in moved],
+                    *_columns(job_rows, 14),
+                    *_columns(kept, 8),
+                )
 
+        owned = {row["id"]: row["task_id"] for row in await self._with_retries(release)}
         dropped = set(by_id) - set(owned)
         if dropped:
             self._logger.debug("Dropped the updates of schedules %s: leases lost", sorted(dropped))
@@ -626,15 +1051,7 @@ class PostgreSQLDataStore(BaseExternalDataStore):
             with attempt:
                 async with self._connection() as connection:
                     value: datetime | None = await connection.fetchval(
-                        f"""
-                        SELECT least(
-                            (SELECT min(next_run_time) FROM {self._schema}.schedules
-                             WHERE NOT paused AND next_run_time IS NOT NULL
-                               AND acquired_by IS NULL),
-                            (SELECT min(acquired_until) FROM {self._schema}.schedules
-                             WHERE acquired_by IS NOT NULL AND NOT paused)
-                        )
-                        """
+                        self._sql["next_schedule_run_time"]
                     )
         return value
 
@@ -645,35 +1062,6 @@ class PostgreSQLDataStore(BaseExternalDataStore):
     def _job_values(self, job: Job) -> list[Any]:
         record = job.marshal(self.serializer)
         return [record[column] for column in _JOB_COLUMNS.split(", ")]
-
-    async def _insert_jobs(self, connection: asyncpg.Connection, rows: list[list[Any]]) -> None:
-        columns = list(zip(*rows, strict=True))
-        await connection.execute(
-            f"""
-            INSERT INTO {self._schema}.jobs ({_JOB_COLUMNS})
-            SELECT * FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::bytea[], $5::text[],
-                                 $6::timestamptz[], $7::float8[], $8::timestamptz[], $9::text[],
-                                 $10::float8[], $11::timestamptz[], $12::text[],
-                                 $13::timestamptz[])
-            ORDER BY 11
-            ON CONFLICT (id) DO NOTHING
-            """,
-            *[list(column) for column in columns],
-        )
-
-    async def _insert_results(
-        self, connection: asyncpg.Connection, records: list[dict[str, Any]]
-    ) -> None:
-        names = _RESULT_COLUMNS.split(", ")
-        await connection.execute(
-            f"""
-            INSERT INTO {self._schema}.job_results ({_RESULT_COLUMNS})
-            SELECT * FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::bytea[],
-                                 $5::timestamptz[], $6::timestamptz[], $7::timestamptz[])
-            ON CONFLICT (job_id) DO NOTHING
-            """,
-            *[[record[name] for record in records] for name in names],
-        )
 
     async def add_jobs(self, jobs: Sequence[Job]) -> None:
         """Queue jobs; see :meth:`DataStore.add_jobs`."""
@@ -691,7 +1079,7 @@ class PostgreSQLDataStore(BaseExternalDataStore):
 
         async def insert() -> None:
             async with self._connection() as connection:
-                await self._insert_jobs(connection, rows)
+                await connection.execute(self._sql["insert_jobs"], *_columns(rows, 13))
 
         await self._with_retries(insert)
 
@@ -714,12 +1102,13 @@ class PostgreSQLDataStore(BaseExternalDataStore):
                 async with self._connection() as connection:
                     if ids is None:
                         rows = await connection.fetch(
-                            f"SELECT {_JOB_COLUMNS} FROM {self._schema}.jobs ORDER BY sequence"
+                            f"SELECT {_JOB_COLUMNS} FROM {self._schema}.jobs "
+                            "ORDER BY created_at, id"
                         )
                     else:
                         rows = await connection.fetch(
                             f"SELECT {_JOB_COLUMNS} FROM {self._schema}.jobs "
-                            "WHERE id = ANY($1::uuid[]) ORDER BY sequence",
+                            "WHERE id = ANY($1::uuid[]) ORDER BY created_at, id",
                             list(ids),
                         )
         return await self._jobs_from_rows(rows)
@@ -727,177 +1116,29 @@ class PostgreSQLDataStore(BaseExternalDataStore):
     async def acquire_jobs(
         self, scheduler_id: str, lease_duration: timedelta, limit: int
     ) -> list[Job]:
-        """Lease queued jobs, oldest first; see :meth:`DataStore.acquire_jobs`."""
-        now = self._now()
+        """Lease queued jobs, oldest first, in one statement; see the base class."""
 
-        async def acquire() -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
-            async with self._transaction() as connection:
-                return await self._acquire_jobs(
-                    connection, scheduler_id, now, now + lease_duration, limit
+        async def acquire() -> tuple[datetime, list[asyncpg.Record]]:
+            async with self._connection() as connection:
+                now = self._now()  # each attempt's own: a retry must not shorten the lease
+                rows = await connection.fetch(
+                    self._sql["acquire_jobs"], scheduler_id, now, now + lease_duration, limit
                 )
+                return now, rows
 
-        acquired_rows, missed_rows = await self._with_retries(acquire)
-
+        now, rows = await self._with_retries(acquire)
+        acquired_rows = sorted(
+            (row for row in rows if row["fate"] == "acquired"),
+            key=lambda row: (row["created_at"], row["id"]),
+        )
+        self._jobs_held_back = any(row["fate"] == "held_back" for row in rows)
         jobs = await self._jobs_from_rows(acquired_rows)
-        missed = await self._jobs_from_rows(missed_rows)
-        events = job_acquisition_events(scheduler_id, now, jobs, missed)
-        await self._publish(events)
+        missed = await self._jobs_from_rows(row for row in rows if row["fate"] == "missed")
+        await self._publish(job_acquisition_events(scheduler_id, now, jobs, missed))
         return [attrs.evolve(job, acquired_by=None, acquired_until=None) for job in jobs]
 
-    async def _acquire_jobs(
-        self,
-        connection: asyncpg.Connection,
-        scheduler_id: str,
-        now: datetime,
-        acquired_until: datetime,
-        limit: int,
-    ) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
-        schema = self._schema
-        # Candidates: the oldest queued jobs, leaving out tasks and schedules whose limit is
-        # already reached (a saturated lane must not starve the ones behind it)
-        candidates = await connection.fetch(
-            f"""
-            {_saturated_lanes(schema)}
-            SELECT j.id, j.task_id, j.schedule_id, j.start_deadline,
-                   t.max_running_jobs AS task_limit, s.max_running_jobs AS schedule_limit,
-                   (SELECT held_back FROM held_back) AS held_back
-            FROM {schema}.jobs j
-            LEFT JOIN {schema}.tasks t ON t.id = j.task_id
-            LEFT JOIN {schema}.schedules s ON s.id = j.schedule_id
-            WHERE j.acquired_by IS NULL
-              AND j.task_id NOT IN (SELECT id FROM saturated_tasks)
-              AND (j.schedule_id IS NULL
-                   OR j.schedule_id NOT IN (SELECT id FROM saturated_schedules))
-            ORDER BY j.sequence
-            LIMIT $1
-            FOR UPDATE OF j SKIP LOCKED
-            """,
-            limit,
-        )
-        if not candidates:
-            # no row to carry the answer: ask apart (an idle worker's poll, or a blocked lane)
-            self._jobs_held_back = await connection.fetchval(
-                f"{_saturated_lanes(schema)} SELECT held_back FROM held_back"
-            )
-            return [], []
-        self._jobs_held_back = candidates[0]["held_back"]
-
-        missed_ids = [
-            row["id"]
-            for row in candidates
-            if row["start_deadline"] is not None and row["start_deadline"] < now
-        ]
-        chosen = [row for row in candidates if row["id"] not in set(missed_ids)]
-        limited = [
-            row
-            for row in chosen
-            if row["task_limit"] is not None or row["schedule_limit"] is not None
-        ]
-        if limited:
-            allowed = await self._within_limits(connection, chosen, limited)
-            if len(allowed) < len(chosen):
-                self._jobs_held_back = True
-            chosen = allowed
-
-        acquired_rows: list[asyncpg.Record] = []
-        if chosen:
-            acquired_rows = await connection.fetch(
-                f"""
-                UPDATE {schema}.jobs SET acquired_by = $1, acquired_until = $2
-                WHERE id = ANY($3::uuid[])
-                RETURNING {_JOB_COLUMNS}, sequence
-                """,
-                scheduler_id,
-                acquired_until,
-                [row["id"] for row in chosen],
-            )
-            acquired_rows.sort(key=lambda row: row["sequence"])
-
-        missed_rows: list[asyncpg.Record] = []
-        if missed_ids:
-            missed_rows = await connection.fetch(
-                f"DELETE FROM {schema}.jobs WHERE id = ANY($1::uuid[]) RETURNING {_JOB_COLUMNS}",
-                missed_ids,
-            )
-            await self._keep_results(
-                connection, missed_rows, JobOutcome.missed_start_deadline, now
-            )
-        return acquired_rows, missed_rows
-
-    async def _within_limits(
-        self,
-        connection: asyncpg.Connection,
-        chosen: list[asyncpg.Record],
-        limited: list[asyncpg.Record],
-    ) -> list[asyncpg.Record]:
-        """Drop the candidates that would exceed a task's or schedule's max_running_jobs.
-
-        Acquirers of the same task serialize on an advisory lock, then count what is running
-        now (read committed: this statement sees what they committed before).
-        """
-        task_ids = sorted({row["task_id"] for row in limited})
-        for task_id in task_ids:
-            await connection.execute(
-                "SELECT pg_advisory_xact_lock(hashtext($1))", f"asched:{self.schema}:{task_id}"
-            )
-        rows = await connection.fetch(
-            f"""
-            SELECT task_id, schedule_id, count(*) AS jobs FROM {self._schema}.jobs
-            WHERE acquired_by IS NOT NULL AND task_id = ANY($1::text[])
-            GROUP BY task_id, schedule_id
-            """,
-            task_ids,
-        )
-        running_by_task: dict[str, int] = {}
-        running_by_schedule: dict[str, int] = {}
-        for row in rows:
-            running_by_task[row["task_id"]] = running_by_task.get(row["task_id"], 0) + row["jobs"]
-            if row["schedule_id"] is not None:
-                running_by_schedule[row["schedule_id"]] = (
-                    running_by_schedule.get(row["schedule_id"], 0) + row["jobs"]
-                )
-
-        allowed: list[asyncpg.Record] = []
-        for row in chosen:
-            task_id, schedule_id = row["task_id"], row["schedule_id"]
-            task_limit, schedule_limit = row["task_limit"], row["schedule_limit"]
-            if task_limit is not None and running_by_task.get(task_id, 0) >= task_limit:
-                continue
-            if (
-                schedule_id is not None
-                and schedule_limit is not None
-                and running_by_schedule.get(schedule_id, 0) >= schedule_limit
-            ):
-                continue
-            running_by_task[task_id] = running_by_task.get(task_id, 0) + 1
-            if schedule_id is not None:
-                running_by_schedule[schedule_id] = running_by_schedule.get(schedule_id, 0) + 1
-            allowed.append(row)
-        return allowed
-
-    async def _keep_results(
-        self,
-        connection: asyncpg.Connection,
-        job_rows: Sequence[asyncpg.Record],
-        outcome: JobOutcome,
-        now: datetime,
-    ) -> None:
-        """Store the results of jobs ended here (missed, abandoned) where they are kept."""
-        records = [
-            JobResult(
-                job_id=row["id"],
-                outcome=outcome,
-                finished_at=now,
-                expires_at=now + timedelta(seconds=row["result_expiration_time"]),
-            ).marshal(self.serializer)
-            for row in job_rows
-            if row["result_expiration_time"] > 0
-        ]
-        if records:
-            await self._insert_results(connection, records)
-
     async def release_jobs(self, scheduler_id: str, results: Sequence[JobResult]) -> None:
-        """Finish acquired jobs; see :meth:`DataStore.release_jobs`."""
+        """Finish acquired jobs in one statement; see :meth:`DataStore.release_jobs`."""
         if not results:
             return
         marshalled = {
@@ -910,28 +1151,8 @@ class PostgreSQLDataStore(BaseExternalDataStore):
 
         async def release() -> list[asyncpg.Record]:
             async with self._connection() as connection:
-                # one statement: delete what this worker holds, keep the results of
-                # those among them that keep one
                 return await connection.fetch(  # type: ignore[no-any-return]
-                    f"""
-                    WITH released AS (
-                        DELETE FROM {self._schema}.jobs
-                        WHERE id = ANY($1::uuid[]) AND acquired_by = $2
-                        RETURNING id, task_id, schedule_id, scheduled_fire_time
-                    ), kept AS (
-                        INSERT INTO {self._schema}.job_results ({_RESULT_COLUMNS})
-                        SELECT r.* FROM unnest(
-                            $3::uuid[], $4::text[], $5::bytea[], $6::bytea[],
-                            $7::timestamptz[], $8::timestamptz[], $9::timestamptz[]
-                        ) AS r({_RESULT_COLUMNS})
-                        JOIN released ON released.id = r.job_id
-                        ON CONFLICT (job_id) DO NOTHING
-                    )
-                    SELECT id, task_id, schedule_id, scheduled_fire_time FROM released
-                    """,
-                    list(marshalled),
-                    scheduler_id,
-                    *result_columns,
+                    self._sql["release_jobs"], scheduler_id, list(marshalled), *result_columns
                 )
 
         rows = await self._with_retries(release)
@@ -965,55 +1186,40 @@ class PostgreSQLDataStore(BaseExternalDataStore):
         id_list = list(job_ids)
         if not id_list:
             return
-        until = self._now() + lease_duration
         async for attempt in self._retrying():
             with attempt:
                 async with self._connection() as connection:
                     await connection.execute(
                         f"UPDATE {self._schema}.jobs SET acquired_until = $1 "
                         "WHERE id = ANY($2::uuid[]) AND acquired_by = $3",
-                        until,
+                        self._now() + lease_duration,  # each attempt's own "now"
                         id_list,
                         scheduler_id,
                     )
 
     async def cleanup(self) -> None:
-        """Expire results, release abandoned and overdue jobs; see the base class."""
-        now = self._now()
-        async for attempt in self._retrying():
-            with attempt:
-                async with self._transaction() as connection:
-                    await connection.execute(
-                        f"DELETE FROM {self._schema}.job_results WHERE expires_at <= $1", now
-                    )
-                    abandoned = await connection.fetch(
-                        f"""
-                        DELETE FROM {self._schema}.jobs
-                        WHERE acquired_by IS NOT NULL AND acquired_until <= $1
-                        RETURNING {_JOB_COLUMNS}
-                        """,
-                        now,
-                    )
-                    await self._keep_results(connection, abandoned, JobOutcome.abandoned, now)
-                    overdue = await connection.fetch(
-                        f"""
-                        DELETE FROM {self._schema}.jobs
-                        WHERE acquired_by IS NULL AND start_deadline < $1
-                        RETURNING {_JOB_COLUMNS}
-                        """,
-                        now,
-                    )
-                    await self._keep_results(
-                        connection, overdue, JobOutcome.missed_start_deadline, now
-                    )
+        """Expire results, release abandoned and overdue jobs, in one statement; see the base."""
 
+        async def clean() -> tuple[datetime, list[asyncpg.Record]]:
+            async with self._connection() as connection:
+                now = self._now()
+                return now, await connection.fetch(self._sql["cleanup"], now)
+
+        now, rows = await self._with_retries(clean)
         events = cleanup_events(
             now,
-            await self._jobs_from_rows(abandoned),
-            await self._jobs_from_rows(overdue),
+            await self._jobs_from_rows(row for row in rows if row["fate"] == "abandoned"),
+            await self._jobs_from_rows(row for row in rows if row["fate"] == "overdue"),
             self._logger,
         )
         await self._publish(events)
+
+
+def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
+    """Turn rows into one list per column, for ``unnest`` (``width`` lists when empty)."""
+    if not rows:
+        return [[] for _ in range(width)]
+    return [list(column) for column in zip(*rows, strict=True)]
 
 
 async def _keep_session(connection: asyncpg.Connection) -> None:

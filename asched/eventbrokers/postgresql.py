@@ -20,10 +20,12 @@ import asyncpg
 from ..datastores.postgresql import split_dsn
 from .base import RECONNECT_DELAYS, BaseExternalEventBroker
 
-_CHANNEL = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_CHANNEL = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 # JSON from json.dumps is ASCII, so characters are bytes; stay well under NOTIFY's 8,000
 _CHUNK_SIZE = 7_000
 _CHUNK_PREFIX = "#chunk "
+# a message of more chunks than this is not one of ours (and must not allocate a huge list)
+_MAX_CHUNKS = 10_000
 
 
 class PostgreSQLEventBroker(BaseExternalEventBroker):
@@ -40,7 +42,7 @@ class PostgreSQLEventBroker(BaseExternalEventBroker):
             raise TypeError(f"PostgreSQLEventBroker: expected a postgresql:// URL, got {dsn!r}")
         self._dsn, options = split_dsn(dsn)
         self.channel = channel or options.get("channel") or options.get("schema") or "asched"
-        if not _CHANNEL.match(self.channel):
+        if not isinstance(self.channel, str) or not _CHANNEL.fullmatch(self.channel):
             raise ValueError(
                 f"PostgreSQLEventBroker: channel must be a plain identifier, got {self.channel!r}"
             )
@@ -101,13 +103,22 @@ class PostgreSQLEventBroker(BaseExternalEventBroker):
         self.deliver_remote(payload)
 
     def _assemble(self, payload: str) -> str | None:
+        """Keep one chunk; return the whole message once its last chunk is in.
+
+        Anyone may NOTIFY on the channel: a chunk that does not parse, or whose index or count
+        does not fit its message, is logged and skipped.
+        """
         try:
             message_id, index_text, count_text, part = payload[len(_CHUNK_PREFIX) :].split(" ", 3)
             index, count = int(index_text), int(count_text)
-        except ValueError:
-            self._logger.warning("Ignoring a malformed event chunk: %.100r", payload)
+            if not 0 < count <= _MAX_CHUNKS or not 0 <= index < count:
+                raise ValueError(f"chunk {index} of {count}")
+            parts = self._chunks.setdefault(message_id, [None] * count)
+            if len(parts) != count:
+                raise ValueError(f"{count} chunks, earlier chunks said {len(parts)}")
+        except ValueError as exc:
+            self._logger.warning("Ignoring a malformed event chunk (%s): %.100r", exc, payload)
             return None
-        parts = self._chunks.setdefault(message_id, [None] * count)
         parts[index] = part
         if any(piece is None for piece in parts):
             if len(self._chunks) > 1000:  # senders that died mid-message leave debris
