@@ -31,9 +31,10 @@ class WriteBatcher(Generic[_Item]):
     trip instead of N. Each :meth:`submit` returns once its own items are written (an
     acknowledged write), or raises what ``write`` raised for its batch.
 
-    ``write`` must be idempotent (adds keyed by client-generated ids): when the caller leading
-    a batch is cancelled mid-write, the other callers' items are queued again and written by
-    the next batch, whether or not the cancelled call reached the server.
+    A write in flight is shielded from the cancellation of the caller leading it: once sent,
+    it may have been stored, and writing its items again later could store a job that ran
+    meanwhile a second time. The cancelled leader's call returns once the write is done (its
+    own items written) and the cancellation strikes at its next checkpoint.
 
     :param write: stores a list of items in one round trip (retrying as it sees fit)
     :param max_batch: the most items handed to one ``write`` call (a submission is never split)
@@ -74,11 +75,12 @@ class WriteBatcher(Generic[_Item]):
             batch.append(self._queue.popleft())
         error: Exception | None = None
         try:
-            await self._write([item for entry in batch for item in entry.items])
+            with anyio.CancelScope(shield=True):
+                await self._write([item for entry in batch for item in entry.items])
         except Exception as exc:
             error = exc
         except BaseException:
-            # Cancelled mid-write: the others' items go out again with the next batch
+            # KeyboardInterrupt and the like: the others' items go out with the next batch
             self._queue.extendleft(reversed(batch[1:]))
             self._hand_over()
             raise
