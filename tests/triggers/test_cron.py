@@ -409,6 +409,71 @@ class TestDaylightSaving:
             "2026-03-30T02:30:00+00:00",
         ]
 
+    def test_gap_time_shifted_past_later_wall_times_fires_in_instant_order(self) -> None:
+        # Lord Howe, 2026-10-04: 02:00 -> 02:30. 02:20 does not exist and fires at 02:50, so
+        # 02:40, which exists, comes first
+        trigger = CronTrigger(
+            hour=2, minute="20,40", timezone="Australia/Lord_Howe", start_time="2026-10-04 01:00"
+        )
+        assert fire_times(trigger, 3) == [
+            "2026-10-04T02:40:00+11:00",
+            "2026-10-04T02:50:00+11:00",
+            "2026-10-05T02:20:00+11:00",
+        ]
+
+    def test_hour_long_gap_not_on_the_hour(self) -> None:
+        # Chatham, 2026-09-27: 02:45 -> 03:45. 03:10 fires at 04:10, after 03:50
+        trigger = CronTrigger(
+            hour=3, minute="10,50", timezone="Pacific/Chatham", start_time="2026-09-27 01:00"
+        )
+        assert fire_times(trigger, 3) == [
+            "2026-09-27T03:50:00+13:45",
+            "2026-09-27T04:10:00+13:45",
+            "2026-09-28T03:10:00+13:45",
+        ]
+
+    def test_fresh_search_after_a_time_just_past_a_gap(self) -> None:
+        # not a chained call: ``after`` is after the gap, the shifted 02:20 (02:50) later
+        trigger = CronTrigger(minute=20, timezone="Australia/Lord_Howe", start_time="2026-10-01")
+        rebuilt = trigger_from_dict(trigger.to_dict())
+        after = datetime.fromisoformat("2026-10-04T02:35:00+11:00")
+        expected = datetime.fromisoformat("2026-10-04T02:50:00+11:00")
+        assert trigger.next_fire_time(after) == expected
+        assert rebuilt.next_fire_time(after.astimezone(UTC)) == expected
+
+        both = CronTrigger(
+            hour=2, minute="20,40", timezone="Australia/Lord_Howe", start_time="2026-10-01"
+        )
+        assert both.next_fire_time(
+            datetime.fromisoformat("2026-10-04T02:40:00+11:00")
+        ) == datetime.fromisoformat("2026-10-04T02:50:00+11:00")
+
+    def test_start_time_just_past_a_gap(self) -> None:
+        trigger = CronTrigger(
+            minute=20, timezone="Australia/Lord_Howe", start_time="2026-10-04T02:35:00+11:00"
+        )
+        assert fire_times(trigger, 2) == [
+            "2026-10-04T02:50:00+11:00",
+            "2026-10-04T03:20:00+11:00",
+        ]
+
+    def test_end_time_between_a_shifted_time_and_an_earlier_one(self) -> None:
+        trigger = CronTrigger(
+            hour=2,
+            minute="20,40",
+            timezone="Australia/Lord_Howe",
+            start_time="2026-10-04 01:00",
+            end_time="2026-10-04T02:45:00+11:00",
+        )
+        assert fire_times(trigger, 3) == ["2026-10-04T02:40:00+11:00"]
+
+    def test_every_second_after_a_time_in_the_second_pass_of_an_overlap(self) -> None:
+        trigger = CronTrigger(second="*", timezone="Europe/Berlin", start_time="2026-10-01")
+        second_pass = datetime(2026, 10, 25, 1, 0, 30, tzinfo=UTC)  # 02:00:30 CET
+        assert trigger.next_fire_time(second_pass) == datetime.fromisoformat(
+            "2026-10-25T03:00:00+01:00"
+        )
+
     def test_fire_times_strictly_increase_across_transitions(self) -> None:
         for zone in ("Europe/Berlin", "Australia/Lord_Howe", "Pacific/Chatham"):
             trigger = CronTrigger(minute="*/15", timezone=zone, start_time="2026-01-01")
@@ -517,6 +582,9 @@ class TestErrors:
         ("Europe/Berlin", "2026-10-25T01:50:00+02:00", {"minute": "*/5"}),  # overlap
         ("Europe/Berlin", "2026-03-29T01:50:00+01:00", {"minute": "*/5"}),  # gap
         ("Australia/Lord_Howe", "2026-10-04T01:40:00+10:30", {"minute": "*/10"}),  # half-hour gap
+        ("Australia/Lord_Howe", "2026-10-04T01:00:00+10:30", {"minute": "20,40"}),
+        ("Pacific/Chatham", "2026-09-27T01:00:00+12:45", {"minute": "10,50"}),
+        ("Pacific/Chatham", "2026-09-27T02:40:00+12:45", {"second": "*/30", "minute": "*"}),
         ("Europe/Berlin", "2026-01-01T00:00:00+01:00", {"day": "last fri", "hour": 9}),
     ],
 )

@@ -18,6 +18,8 @@ from .fields import FIELD_MINIMUMS, FIELD_NAMES, normalize_expression
 from .matcher import CronMatcher, compile_matcher
 
 _ONE_SECOND = timedelta(seconds=1)
+_ONE_MICROSECOND = timedelta(microseconds=1)
+_ONE_DAY = timedelta(days=1)
 _UTC = timezone.utc
 
 FieldValue = int | str | None
@@ -73,9 +75,10 @@ class CronTrigger(Trigger):
     # naive UTC copies of start_time and end_time for cheap comparisons on the hot path
     _start_utc: datetime = attrs.field(eq=False, repr=False, alias="_start_utc")
     _end_utc: datetime | None = attrs.field(eq=False, repr=False, alias="_end_utc")
-    # (fire time, its naive UTC, its wall-clock match) last returned: a chained call
-    # continues from it instead of converting ``after`` again
-    _last_fire: tuple[datetime, datetime, datetime] | None = attrs.field(
+    # the fire time last returned, its naive UTC instant and the wall times a search for
+    # the next one starts from (see _earliest_fire): a chained call continues from it
+    # instead of converting ``after`` again
+    _last_fire: tuple[datetime, datetime, datetime, datetime] | None = attrs.field(
         eq=False, repr=False, alias="_last_fire", default=None
     )
 
@@ -159,28 +162,7 @@ class CronTrigger(Trigger):
         )
 
     def next_fire_time(self, after: datetime | None = None) -> datetime | None:
-        """Return the first matching time later than ``after`` (and not before start_time)."""
-        threshold, wall = self._search_start(after)
-        tz = self.timezone
-        end_utc = self._end_utc
-        next_match = self._matcher.next_match
-        while True:
-            match = next_match(wall)
-            if match is None:
-                return None
-            fire_time, fire_utc = _resolve_wall_time(match, tz)
-            if end_utc is not None and fire_utc > end_utc:
-                return None
-            # A match can resolve to an instant not after ``after``: during a DST overlap's
-            # second pass, wall times resolve to their first occurrence, which already passed
-            if fire_utc > threshold:
-                # one tuple replaced whole (an atomic store): safe across threads
-                object.__setattr__(self, "_last_fire", (fire_time, fire_utc, match))
-                return fire_time
-            wall = match + _ONE_SECOND
-
-    def _search_start(self, after: datetime | None) -> tuple[datetime, datetime]:
-        """Return the naive UTC instant to fire after and the naive wall time to search from."""
+        """Return the earliest fire time later than ``after`` (and not before start_time)."""
         last = self._last_fire
         # the same wall time and fold in one zone, or the same instant across zones
         if (
@@ -188,16 +170,110 @@ class CronTrigger(Trigger):
             and last is not None
             and (after, after.fold) == (last[0], last[0].fold)
         ):
-            return last[1], last[2] + _ONE_SECOND
-        after_utc = _naive_utc(after) if after is not None else None
-        if after is None or after_utc is None or after_utc < self._start_utc:
-            # start_time itself may fire: search from it, rounded up to a whole second
-            wall = self.start_time.replace(tzinfo=None)
-            if wall.microsecond:
-                wall = wall.replace(microsecond=0) + _ONE_SECOND
-            return self._start_utc - timedelta(microseconds=1), wall
-        wall = after.astimezone(self.timezone).replace(tzinfo=None, microsecond=0)
-        return after_utc, wall + _ONE_SECOND
+            threshold, wall, floor = last[1], last[2], last[3]
+        else:
+            try:
+                threshold, wall, floor = self._search_start(after)
+            except OverflowError:  # ``after`` is within a day of datetime.max
+                return None
+        try:
+            found = self._earliest_fire(threshold, wall, floor)
+        except OverflowError:  # the next fire time would be past datetime.max
+            return None
+        if found is None:
+            return None
+        if self._end_utc is not None and found[1] > self._end_utc:
+            return None
+        # one tuple replaced whole (an atomic store): safe across threads
+        object.__setattr__(self, "_last_fire", found)
+        return found[0]
+
+    def _earliest_fire(
+        self, threshold: datetime, wall: datetime, floor: datetime
+    ) -> tuple[datetime, datetime, datetime, datetime] | None:
+        """Return the earliest fire instant later than ``threshold`` (naive UTC).
+
+        Resolving wall times to instants is not monotonic: a wall time in a DST gap fires
+        shifted forward by the gap's length, which can put it after wall times just past the
+        gap that do exist (02:20 in a 30-minute gap from 02:00 fires at 02:50, after 02:40).
+        So the walk goes through matches in wall-clock order from ``wall``, keeps the earliest
+        instant of those in a gap, jumps over the rest of each gap, and stops at the first
+        match outside any gap at or after ``floor``: no later wall time, in a gap or not,
+        resolves to an earlier instant. Wall times before ``floor`` outside a gap resolve to
+        instants not later than ``threshold``.
+
+        :return: (fire time, its naive UTC instant, the wall time to search from next and
+            the floor for the next search), or ``None`` when nothing matches any more
+        """
+        tz = self.timezone
+        next_match = self._matcher.next_match
+        best: tuple[datetime, datetime, datetime, datetime] | None = None
+        while True:
+            match = next_match(wall)
+            if match is None:
+                return best
+            # the constructor, not datetime.replace(), and tz.utcoffset(), not
+            # datetime.utcoffset(): the same values at a fraction of the cost on this hot path
+            parts = (match.year, match.month, match.day, match.hour, match.minute, match.second)
+            candidate = datetime(*parts, 0, tz)
+            offset = tz.utcoffset(candidate)
+            assert offset is not None
+            fire_utc = match - offset
+            later_offset = tz.utcoffset(datetime(*parts, 0, tz, fold=1))
+            if later_offset is not None and later_offset > offset:
+                # In a gap fold 0 uses the offset from before the gap: that instant, shown on
+                # the wall clock after the gap, is the time shifted forward by the gap's length
+                if fire_utc > threshold and (best is None or fire_utc < best[1]):
+                    shifted = fire_utc.replace(tzinfo=_UTC).astimezone(tz)
+                    best = (
+                        shifted,
+                        fire_utc,
+                        match + _ONE_SECOND,
+                        shifted.replace(tzinfo=None) + _ONE_SECOND,
+                    )
+                # later wall times in this gap resolve to later instants still
+                wall = max(_transition_end(match, tz), floor)
+                continue
+            if match < floor:
+                wall = floor
+                continue
+            # outside transitions both folds agree; in an overlap fold 0 is the first
+            # occurrence, the one that fires
+            next_wall = match + _ONE_SECOND
+            if best is None:
+                return candidate, fire_utc, next_wall, next_wall
+            if fire_utc < best[1]:
+                # the gap's wall time fires later: the next search starts from it again
+                return candidate, fire_utc, best[2] - _ONE_SECOND, next_wall
+            return best
+
+    def _search_start(self, after: datetime | None) -> tuple[datetime, datetime, datetime]:
+        """Return the search state for a fresh search: see :meth:`_earliest_fire`.
+
+        That is the naive UTC instant to fire after, the wall time to walk from and the
+        first wall time outside a gap that can fire.
+        """
+        threshold = _naive_utc(after) if after is not None else None
+        if threshold is None or threshold < self._start_utc:
+            # start_time itself may fire
+            threshold = self._start_utc - _ONE_MICROSECOND
+        tz = self.timezone
+        reading = threshold.replace(tzinfo=_UTC).astimezone(tz)
+        floor = reading.replace(tzinfo=None, microsecond=0) + _ONE_SECOND
+        if reading.fold:
+            # the second pass of a DST overlap: its wall times fired on the first pass
+            floor = _transition_end(floor, tz)
+        wall = floor
+        if not isinstance(tz, timezone):
+            # A gap that ended less than its length before ``threshold``: its wall times,
+            # shifted forward, fire after ``threshold`` though they are earlier on the wall
+            # clock. A day back is before any such gap began (no gap in the tz database is
+            # longer than a day, and no two offset changes are closer than two days).
+            earlier = (threshold - _ONE_DAY).replace(tzinfo=_UTC).astimezone(tz).utcoffset()
+            offset = reading.utcoffset()
+            if earlier is not None and offset is not None and earlier < offset:
+                wall = min(wall, (threshold + earlier).replace(microsecond=0) + _ONE_SECOND)
+        return threshold, wall, floor
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-safe dict describing this trigger."""
@@ -246,21 +322,27 @@ def _naive_utc(value: datetime) -> datetime:
     return value.replace(tzinfo=None) - offset if offset else value.replace(tzinfo=None)
 
 
-def _resolve_wall_time(wall: datetime, tz: tzinfo) -> tuple[datetime, datetime]:
-    """Return the instant a matched wall-clock time fires at, aware and as naive UTC.
+def _transition_end(wall: datetime, tz: tzinfo) -> datetime:
+    """Return the first whole-second wall time from ``wall`` on outside a DST gap or overlap.
 
-    Same rules as :func:`asched._converters.localize`, inlined for speed: outside
-    transitions both folds agree; in an overlap fold 0 is the first occurrence; in a gap
-    fold 0 uses the offset from before the gap, which shifts the time forward by the gap.
+    Inside a gap or an overlap the two folds of a wall time have different offsets; their
+    difference is the transition's length, which bounds the search.
     """
-    # the constructor, not datetime.replace(), and tz.utcoffset(), not datetime.utcoffset():
-    # the same values at a fraction of the cost on this hot path
-    parts = (wall.year, wall.month, wall.day, wall.hour, wall.minute, wall.second, 0, tz)
-    candidate = datetime(*parts)
-    offset = tz.utcoffset(candidate)
-    assert offset is not None
-    fire_utc = wall - offset
-    later_offset = tz.utcoffset(datetime(*parts, fold=1))
-    if later_offset is None or later_offset <= offset:  # no transition, or an overlap
-        return candidate, fire_utc
-    return fire_utc.replace(tzinfo=_UTC).astimezone(tz), fire_utc
+
+    def offsets(value: datetime) -> tuple[timedelta | None, timedelta | None]:
+        aware = value.replace(tzinfo=tz)
+        return tz.utcoffset(aware), tz.utcoffset(aware.replace(fold=1))
+
+    first, second = offsets(wall)
+    if first is None or second is None or first == second:
+        return wall
+    # wall + low is inside the transition, wall + high past it
+    low, high = 0, int(abs(second - first).total_seconds()) + 1
+    while high - low > 1:
+        middle = (low + high) // 2
+        first, second = offsets(wall + timedelta(seconds=middle))
+        if first != second:
+            low = middle
+        else:
+            high = middle
+    return wall + timedelta(seconds=high)
