@@ -70,8 +70,9 @@ class CalendarIntervalTrigger(Trigger):
     timezone: tzinfo
     _time_of_day: time = attrs.field(eq=False, repr=False, alias="_time_of_day")
     _time_of_day_fold: time = attrs.field(eq=False, repr=False, alias="_time_of_day_fold")
-    # (fire time, step) last returned: chained calls continue from it instead of searching
-    _last_fire: tuple[datetime, int] | None = attrs.field(
+    # (fire time, step, whether a DST gap shifted it) last returned: chained calls continue
+    # from it instead of searching
+    _last_fire: tuple[datetime, int, bool] | None = attrs.field(
         eq=False, repr=False, alias="_last_fire", default=None
     )
 
@@ -155,9 +156,10 @@ class CalendarIntervalTrigger(Trigger):
     def next_fire_time(self, after: datetime | None = None) -> datetime | None:
         """Return the first fire time later than ``after`` (the first one if ``None``)."""
         last = self._last_fire
-        if after is not None and last is not None and after == last[0]:
+        if after is not None and last is not None and after == last[0] and not last[2]:
             # Chained call: ``after`` is the fire time this trigger returned last (possibly
-            # its DST fold twin, at most hours later); every later step is days after it
+            # its DST fold twin, at most hours later); every later step is days after it,
+            # unless the last one was shifted forward by a DST gap (up to a day)
             return self._first_fire(last[1] + 1, None, None, None)
 
         # Estimate the step from the calendar distance, then walk: a step that lands on a
@@ -165,23 +167,27 @@ class CalendarIntervalTrigger(Trigger):
         if after is None:
             return self._first_fire(0, None, None, None)
         after_local = after.astimezone(self.timezone)
-        after_date = after_local.date()
+        # A time in a DST gap fires shifted forward by the gap's length, at most a day (the
+        # longest gap in the tz database): the day before ``after``'s can still fire after it
+        day_before = date.fromordinal(after_local.toordinal() - 1)
         # outside a DST overlap's second pass, a fire time equal to ``after`` on the wall
         # clock is ``after`` itself (the common case: ``after`` is the previous fire time);
         # datetimes sharing a tzinfo compare as wall-clock times
         after_wall = after_local if not after_local.fold else None
         return self._first_fire(
-            self._step_near(after_date), after.astimezone(_UTC), after_date, after_wall
+            self._step_near(day_before), after.astimezone(_UTC), day_before, after_wall
         )
 
     def _first_fire(
         self,
         step: int,
         after_utc: datetime | None,
-        after_date: date | None,
+        earliest_date: date | None,
         after_wall: datetime | None,
     ) -> datetime | None:
         """Walk the steps from ``step`` to the first fire time later than ``after``."""
+        tz = self.timezone
+        time_of_day = self._time_of_day
         # A run of missing dates is short (a yearly Feb 29 skips 3 steps of 4): bounded
         misses = 0
         while misses < 48:
@@ -195,9 +201,19 @@ class CalendarIntervalTrigger(Trigger):
             if self.end_date is not None and fire_date > self.end_date:
                 return None
             misses = 0
-            if after_date is not None and fire_date < after_date:
+            if earliest_date is not None and fire_date < earliest_date:
                 continue  # certainly not later than ``after``: no need to localize it
-            fire_time = self._localize_on(fire_date)
+
+            # combine() and tz.utcoffset() rather than replace() and datetime.utcoffset():
+            # the same values at a fraction of the cost on this hot path
+            fire_time = datetime.combine(fire_date, time_of_day, tz)
+            offset = tz.utcoffset(fire_time)
+            # fold=1 gives a larger offset than fold=0 only inside a gap: rare, done the
+            # long way (see localize)
+            later_offset = tz.utcoffset(datetime.combine(fire_date, self._time_of_day_fold, tz))
+            shifted = offset is not None and later_offset is not None and later_offset > offset
+            if shifted:
+                fire_time = localize(datetime.combine(fire_date, time_of_day), tz)
             if after_utc is not None:
                 if fire_time == after_wall:
                     continue
@@ -205,22 +221,9 @@ class CalendarIntervalTrigger(Trigger):
                 if fire_time.astimezone(_UTC) <= after_utc:
                     continue
             # a cache of one entry, replaced whole (one atomic store): safe across threads
-            object.__setattr__(self, "_last_fire", (fire_time, step - 1))
+            object.__setattr__(self, "_last_fire", (fire_time, step - 1, shifted))
             return fire_time
         return None
-
-    def _localize_on(self, fire_date: date) -> datetime:
-        """Return the fire time on ``fire_date``, resolved across DST like :func:`localize`."""
-        tz = self.timezone
-        # combine() and tz.utcoffset() rather than replace() and datetime.utcoffset(): the
-        # same values at a fraction of the cost on this hot path
-        fire_time = datetime.combine(fire_date, self._time_of_day, tz)
-        offset = tz.utcoffset(fire_time)
-        # fold=1 gives a larger offset than fold=0 only inside a gap: rare, done the long way
-        later_offset = tz.utcoffset(datetime.combine(fire_date, self._time_of_day_fold, tz))
-        if offset is not None and later_offset is not None and later_offset > offset:
-            return localize(datetime.combine(fire_date, self._time_of_day), tz)
-        return fire_time
 
     def _step_near(self, local_date: date) -> int:
         """Return the step to search from: no later fire date than ``local_date``'s is skipped."""

@@ -107,6 +107,28 @@ class TestDaylightSaving:
         after = datetime(2026, 10, 25, 1, 45, tzinfo=UTC)
         assert trigger.next_fire_time(after) == datetime.fromisoformat("2026-10-26T02:50:00+01:00")
 
+    def test_a_day_long_gap_fires_once(self) -> None:
+        # Apia skipped 2011-12-30: 10:00 that day fires shifted by a day, which is when the
+        # next day's 10:00 fires: once
+        trigger = CalendarIntervalTrigger(
+            days=1, hour=10, start_date="2011-12-28", timezone="Pacific/Apia"
+        )
+        values = list(islice(trigger, 4))
+        assert [value.isoformat() for value in values] == [
+            "2011-12-28T10:00:00-10:00",
+            "2011-12-29T10:00:00-10:00",
+            "2011-12-31T10:00:00+14:00",
+            "2012-01-01T10:00:00+14:00",
+        ]
+
+    def test_fresh_search_on_the_day_after_a_day_long_gap(self) -> None:
+        # every other day from 2011-12-28: 12-30 (skipped) fires at 12-31 10:00
+        trigger = CalendarIntervalTrigger(
+            days=2, hour=10, start_date="2011-12-28", timezone="Pacific/Apia"
+        )
+        after = datetime.fromisoformat("2011-12-31T09:00:00+14:00")
+        assert trigger.next_fire_time(after) == datetime.fromisoformat("2011-12-31T10:00:00+14:00")
+
 
 @given(
     months=st.integers(0, 14),
