@@ -8,7 +8,7 @@ from typing import Any
 
 import attrs
 
-from .._converters import as_timezone, localize, timezone_key, utc_now
+from .._converters import as_timezone, localize, timezone_key, timezone_text, utc_now
 from .base import Trigger
 
 _UNITS = ("years", "months", "weeks", "days")
@@ -285,5 +285,5 @@ class CalendarIntervalTrigger(Trigger):
         return f"calendarinterval[{', '.join(self._argument_text())}]"
 
     def __repr__(self) -> str:
-        arguments = [*self._argument_text(), f"timezone={timezone_key(self.timezone)!r}"]
+        arguments = [*self._argument_text(), f"timezone={timezone_text(self.timezone)!r}"]
         return f"CalendarIntervalTrigger({', '.join(arguments)})"

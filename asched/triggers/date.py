@@ -7,7 +7,7 @@ from typing import Any
 
 import attrs
 
-from .._converters import as_aware_datetime, as_timezone, timezone_key
+from .._converters import as_aware_datetime, as_timezone, timezone_key, timezone_text
 from .base import Trigger
 
 
@@ -64,5 +64,5 @@ class DateTrigger(Trigger):
     def __repr__(self) -> str:
         return (
             f"DateTrigger(run_time={self.run_time.isoformat(sep=' ')!r}, "
-            f"timezone={timezone_key(self.timezone)!r})"
+            f"timezone={timezone_text(self.timezone)!r})"
         )

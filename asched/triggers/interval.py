@@ -7,7 +7,13 @@ from typing import Any
 
 import attrs
 
-from .._converters import as_timezone, optional_aware_datetime, timezone_key, utc_now
+from .._converters import (
+    as_timezone,
+    optional_aware_datetime,
+    timezone_key,
+    timezone_text,
+    utc_now,
+)
 from .base import Trigger
 
 _UTC = timezone.utc
@@ -161,5 +167,5 @@ class IntervalTrigger(Trigger):
         return f"interval[{', '.join(self._argument_text())}]"
 
     def __repr__(self) -> str:
-        arguments = [*self._argument_text(), f"timezone={timezone_key(self.timezone)!r}"]
+        arguments = [*self._argument_text(), f"timezone={timezone_text(self.timezone)!r}"]
         return f"IntervalTrigger({', '.join(arguments)})"

@@ -11,6 +11,7 @@ from ..._converters import (
     as_timezone,
     optional_aware_datetime,
     timezone_key,
+    timezone_text,
     utc_now,
 )
 from ..base import Trigger
@@ -310,7 +311,7 @@ class CronTrigger(Trigger):
         arguments.append(f"start_time={self.start_time.isoformat(sep=' ')!r}")
         if self.end_time is not None:
             arguments.append(f"end_time={self.end_time.isoformat(sep=' ')!r}")
-        arguments.append(f"timezone={timezone_key(self.timezone)!r}")
+        arguments.append(f"timezone={timezone_text(self.timezone)!r}")
         if self.match_either_day:
             arguments.append("match_either_day=True")
         return f"CronTrigger({', '.join(arguments)})"
