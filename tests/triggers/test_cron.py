@@ -264,7 +264,7 @@ class TestCrontab:
         assert weekdays("5-7") == "fri-sun"
         assert weekdays("0-2") == "mon-tue,sun"
         assert weekdays("*/2") == "tue,thu,sat-sun"
-        assert weekdays("0-7") == "*"
+        assert weekdays("0-7") == "mon-sun"
 
     def test_either_day_matches_when_both_are_restricted(self) -> None:
         # standard cron: the 13th of each month, and every Friday
@@ -276,6 +276,28 @@ class TestCrontab:
             "2026-01-16",
         ]
         assert "match_either_day=True" in str(trigger)
+
+    @pytest.mark.parametrize("every_day", ["1-7", "0-6", "0-7", "sun-sat", "SUN-SAT", "*/1"])
+    def test_a_weekday_field_covering_every_day_still_counts_as_given(
+        self, every_day: str
+    ) -> None:
+        # cron decides "restricted" by whether the field starts with "*", not by its values:
+        # "0 0 1 * 1-7" fires every day (the 1st, or any day of the week)
+        trigger = CronTrigger.from_crontab(
+            f"0 0 1 * {every_day}", timezone="UTC", start_time="2026-01-01"
+        )
+        expected = 1 if every_day.startswith("*") else 4
+        assert [value.day for value in islice(trigger, expected)] == [1, 2, 3, 4][:expected]
+        if every_day.startswith("*"):
+            assert trigger.next_fire_time(datetime(2026, 1, 1, tzinfo=UTC)) == datetime(
+                2026, 2, 1, tzinfo=UTC
+            )
+
+    def test_a_range_wrapping_past_the_end_of_the_week_is_refused_with_a_hint(self) -> None:
+        with pytest.raises(ValueError, match="Monday to Sunday is '1-7' or 'mon-sat,sun'"):
+            CronTrigger.from_crontab("0 0 * * mon-sun")
+        fields = dict(CronTrigger.from_crontab("0 0 * * mon-sat,sun").fields)
+        assert fields["day_of_week"] == "mon-sun"
 
     def test_star_day_field_keeps_the_and_rule(self) -> None:
         trigger = CronTrigger.from_crontab(
