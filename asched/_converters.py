@@ -133,12 +133,40 @@ def as_aware_datetime(value: datetime | date | str, tz: tzinfo, *, field: str) -
             ) from None
     if isinstance(value, datetime):
         if value.tzinfo is None or value.tzinfo.utcoffset(value) is None:
-            return localize(value, tz)
-        return value
-    if isinstance(value, date):
-        return localize(datetime.combine(value, time()), tz)
+            result = localize(value, tz)
+        else:
+            result = value
+    elif isinstance(value, date):
+        result = localize(datetime.combine(value, time()), tz)
+    else:
+        raise TypeError(
+            f"{field}: expected a datetime, a date or an ISO 8601 string, got {value!r}"
+        )
 
-    raise TypeError(f"{field}: expected a datetime, a date or an ISO 8601 string, got {value!r}")
+    try:
+        result.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValueError(
+            f"{field}: {result.isoformat()} is outside the range of datetime in UTC"
+        ) from None
+    return result
+
+
+_UTC_MIN = datetime.min.replace(tzinfo=timezone.utc)
+_UTC_MAX = datetime.max.replace(tzinfo=timezone.utc)
+
+
+def utc_instant(value: datetime) -> datetime:
+    """Return an aware datetime in UTC, clamped to the range of ``datetime``.
+
+    An instant too late (or too early) for ``datetime`` in UTC (9999-12-31 23:00-05:00)
+    becomes ``datetime.max`` (``datetime.min``) in UTC: nothing can fire after (before) it.
+    """
+    try:
+        return value.astimezone(timezone.utc)
+    except OverflowError:
+        offset = value.utcoffset()
+        return _UTC_MAX if offset is not None and offset < timedelta(0) else _UTC_MIN
 
 
 def optional_aware_datetime(

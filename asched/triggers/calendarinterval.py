@@ -8,12 +8,21 @@ from typing import Any
 
 import attrs
 
-from .._converters import as_timezone, localize, timezone_key, timezone_text, utc_now
+from .._converters import (
+    as_timezone,
+    localize,
+    timezone_key,
+    timezone_text,
+    utc_instant,
+    utc_now,
+)
+from ._descriptions import build, checked_description
 from .base import Trigger
 
 _UNITS = ("years", "months", "weeks", "days")
 _UTC = dt_timezone.utc
 _AVERAGE_MONTH_DAYS = 365.2425 / 12
+_LAST_ORDINAL = date.max.toordinal()
 
 
 def _as_date(value: date | str | None, field: str) -> date | None:
@@ -54,6 +63,7 @@ class CalendarIntervalTrigger(Trigger):
     :param timezone: zone of the wall clock (default: the local zone)
     :raises ValueError: on an all-zero or negative interval, a time out of range, or
         ``end_date`` before ``start_date``
+    :raises TypeError: if an interval or time field is not an int
     """
 
     type_name = "calendarinterval"
@@ -107,7 +117,9 @@ class CalendarIntervalTrigger(Trigger):
             ("minute", minute, 59),
             ("second", second, 59),
         ):
-            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= high:
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"CalendarIntervalTrigger: {name} must be an int, got {value!r}")
+            if not 0 <= value <= high:
                 raise ValueError(
                     f"CalendarIntervalTrigger: invalid value {value!r} for {name!r} "
                     f"(expected 0-{high})"
@@ -141,7 +153,8 @@ class CalendarIntervalTrigger(Trigger):
         step_days = (self.weeks * 7 + self.days) * step
         months = self.years * 12 + self.months
         if not months:
-            return date.fromordinal(start.toordinal() + step_days)
+            ordinal = start.toordinal() + step_days
+            return date.fromordinal(ordinal) if ordinal <= _LAST_ORDINAL else None
         month_index = start.month - 1 + months * step
         year = start.year + month_index // 12
         if year > 9999:
@@ -151,10 +164,19 @@ class CalendarIntervalTrigger(Trigger):
             shifted = date(year, month_index % 12 + 1, start.day)
         except ValueError:
             return None  # the day does not exist in that month: skipped
-        return date.fromordinal(shifted.toordinal() + step_days) if step_days else shifted
+        if not step_days:
+            return shifted
+        ordinal = shifted.toordinal() + step_days
+        return date.fromordinal(ordinal) if ordinal <= _LAST_ORDINAL else None
 
     def next_fire_time(self, after: datetime | None = None) -> datetime | None:
         """Return the first fire time later than ``after`` (the first one if ``None``)."""
+        try:
+            return self._next_fire_time(after)
+        except OverflowError:  # the next fire time would be past datetime.max
+            return None
+
+    def _next_fire_time(self, after: datetime | None) -> datetime | None:
         last = self._last_fire
         if after is not None and last is not None and after == last[0] and not last[2]:
             # Chained call: ``after`` is the fire time this trigger returned last (possibly
@@ -166,7 +188,10 @@ class CalendarIntervalTrigger(Trigger):
         # missing date (Feb 30) is skipped, never clamped
         if after is None:
             return self._first_fire(0, None, None, None)
-        after_local = after.astimezone(self.timezone)
+        after_utc = utc_instant(after)
+        if after_utc.year == 1:  # before the start of datetime in UTC: before any fire time
+            return self._first_fire(0, None, None, None)
+        after_local = after_utc.astimezone(self.timezone)
         # A time in a DST gap fires shifted forward by the gap's length, at most a day (the
         # longest gap in the tz database): the day before ``after``'s can still fire after it
         day_before = date.fromordinal(after_local.toordinal() - 1)
@@ -174,9 +199,7 @@ class CalendarIntervalTrigger(Trigger):
         # clock is ``after`` itself (the common case: ``after`` is the previous fire time);
         # datetimes sharing a tzinfo compare as wall-clock times
         after_wall = after_local if not after_local.fold else None
-        return self._first_fire(
-            self._step_near(day_before), after.astimezone(_UTC), day_before, after_wall
-        )
+        return self._first_fire(self._step_near(day_before), after_utc, day_before, after_wall)
 
     def _first_fire(
         self,
@@ -214,6 +237,8 @@ class CalendarIntervalTrigger(Trigger):
             shifted = offset is not None and later_offset is not None and later_offset > offset
             if shifted:
                 fire_time = localize(datetime.combine(fire_date, time_of_day), tz)
+            if fire_date.year == 9999:
+                fire_time.astimezone(_UTC)  # OverflowError if the instant is past datetime.max
             if after_utc is not None:
                 if fire_time == after_wall:
                     continue
@@ -246,6 +271,9 @@ class CalendarIntervalTrigger(Trigger):
         year = self.start_date.year + month_index // 12
         if year > 9999:
             return True
+        step_days = (self.weeks * 7 + self.days) * step
+        if date(year, month_index % 12 + 1, 1).toordinal() + step_days > _LAST_ORDINAL:
+            return True  # past the last date there is
         if self.end_date is None:
             return False
         return (year, month_index % 12 + 1) > (self.end_date.year, self.end_date.month)
@@ -262,8 +290,19 @@ class CalendarIntervalTrigger(Trigger):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CalendarIntervalTrigger:
-        """Rebuild the trigger from :meth:`to_dict` output."""
-        return cls(
+        """Rebuild the trigger from :meth:`to_dict` output.
+
+        :raises ValueError: naming the key, if the description is incomplete or invalid
+        """
+        data = checked_description(
+            data,
+            cls.type_name,
+            required=("start_date", "timezone"),
+            optional=(*_UNITS, "hour", "minute", "second", "end_date"),
+        )
+        return build(
+            cls.type_name,
+            cls,
             **{name: data[name] for name in _UNITS if name in data},
             hour=data.get("hour", 0),
             minute=data.get("minute", 0),

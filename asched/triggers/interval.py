@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import date, datetime, timedelta, timezone, tzinfo
 from typing import Any
 
@@ -12,8 +13,10 @@ from .._converters import (
     optional_aware_datetime,
     timezone_key,
     timezone_text,
+    utc_instant,
     utc_now,
 )
+from ._descriptions import build, checked_description
 from .base import Trigger
 
 _UTC = timezone.utc
@@ -33,8 +36,9 @@ class IntervalTrigger(Trigger):
     :param end_time: the latest possible fire time (inclusive)
     :param timezone: zone for naive input and for the fire times returned (default: the zone
         of an aware ``start_time``, else the local zone)
-    :raises ValueError: if the interval is zero or negative, or ``end_time`` is before
-        ``start_time``
+    :raises ValueError: if the interval is zero, negative, not finite or too long, or
+        ``end_time`` is before ``start_time``
+    :raises TypeError: if a unit is not a number
     """
 
     type_name = "interval"
@@ -72,17 +76,32 @@ class IntervalTrigger(Trigger):
         ):
             if not isinstance(value, (int, float)) or isinstance(value, bool):
                 raise TypeError(f"IntervalTrigger: {name} must be a number, got {value!r}")
+            if not math.isfinite(value):
+                raise ValueError(f"IntervalTrigger: {name} must be a finite number, got {value!r}")
             if value < 0:
                 raise ValueError(f"IntervalTrigger: {name} must not be negative, got {value!r}")
 
-        interval = timedelta(
-            weeks=weeks,
-            days=days,
-            hours=hours,
-            minutes=minutes,
-            seconds=seconds,
-            microseconds=microseconds,
-        )
+        try:
+            interval = timedelta(
+                weeks=weeks,
+                days=days,
+                hours=hours,
+                minutes=minutes,
+                seconds=seconds,
+                microseconds=microseconds,
+            )
+        except OverflowError:
+            given = ", ".join(
+                f"{name}={value!r}"
+                for name, value in zip(
+                    _UNITS, (weeks, days, hours, minutes, seconds, microseconds), strict=True
+                )
+                if value
+            )
+            raise ValueError(
+                f"IntervalTrigger: the interval ({given}) is too long (at most "
+                f"{timedelta.max.days:,} days)"
+            ) from None
         if interval <= timedelta(0):
             raise ValueError(
                 "IntervalTrigger: the interval must be longer than zero "
@@ -92,7 +111,7 @@ class IntervalTrigger(Trigger):
         if timezone is None and isinstance(start_time, datetime) and start_time.tzinfo is not None:
             tz = start_time.tzinfo
         else:
-            tz = as_timezone(timezone)
+            tz = as_timezone(timezone, field="IntervalTrigger: timezone")
         start = optional_aware_datetime(start_time, tz, field="IntervalTrigger: start_time")
         if start is None:
             start = utc_now() + interval
@@ -123,15 +142,18 @@ class IntervalTrigger(Trigger):
         start = self._start_utc
         if after is None:
             return self.start_time
-        after_utc = after.astimezone(_UTC)
+        after_utc = utc_instant(after)
         if after_utc < start:
             return self.start_time
 
         interval = self.interval
-        fire_utc = start + ((after_utc - start) // interval + 1) * interval
-        if self._end_utc is not None and fire_utc > self._end_utc:
+        try:
+            fire_utc = start + ((after_utc - start) // interval + 1) * interval
+            if self._end_utc is not None and fire_utc > self._end_utc:
+                return None
+            return fire_utc.astimezone(self.timezone)
+        except OverflowError:  # the next fire time would be past datetime.max
             return None
-        return fire_utc.astimezone(self.timezone)
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-safe dict describing this trigger."""
@@ -147,10 +169,20 @@ class IntervalTrigger(Trigger):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> IntervalTrigger:
-        """Rebuild the trigger from :meth:`to_dict` output."""
-        units = {name: data[name] for name in _UNITS if name in data}
-        return cls(
-            **units,
+        """Rebuild the trigger from :meth:`to_dict` output.
+
+        :raises ValueError: naming the key, if the description is incomplete or invalid
+        """
+        data = checked_description(
+            data,
+            cls.type_name,
+            required=("start_time", "timezone"),
+            optional=(*_UNITS, "end_time"),
+        )
+        return build(
+            cls.type_name,
+            cls,
+            **{name: data[name] for name in _UNITS if name in data},
             start_time=data["start_time"],
             end_time=data.get("end_time"),
             timezone=data["timezone"],

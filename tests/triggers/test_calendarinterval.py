@@ -181,6 +181,9 @@ def test_round_trip_and_text() -> None:
             r"end_date \(2026-01-01\) is before start_date \(2026-02-01\)",
         ),
         ({"days": 1, "timezone": "Nowhere/City"}, ValueError, "unknown time zone"),
+        ({"days": 1, "hour": "9"}, TypeError, "hour must be an int, got '9'"),
+        ({"days": 1, "second": 1.0}, TypeError, "second must be an int, got 1.0"),
+        ({"days": 1, "minute": True}, TypeError, "minute must be an int, got True"),
     ],
 )
 def test_bad_input(kwargs: dict[str, object], error: type[Exception], message: str) -> None:
@@ -240,3 +243,18 @@ def test_chained_calls_across_dst_changes_agree_with_a_fresh_search(
     assert instants(fresh) == instants(chained[1:])
     # the ambiguous or skipped day fires exactly once
     assert len({value.date() for value in chained if value}) == len(chained)
+
+
+def test_no_fire_time_past_the_end_of_datetime() -> None:
+    daily = CalendarIntervalTrigger(days=1, hour=1, start_date="9999-12-29", timezone="UTC")
+    assert dates(daily, 5) == ["9999-12-29", "9999-12-30", "9999-12-31"]
+    weekly = CalendarIntervalTrigger(weeks=1, start_date="9999-12-01", timezone="UTC")
+    assert weekly.next_fire_time(datetime(9999, 12, 31, tzinfo=UTC)) is None
+    monthly = CalendarIntervalTrigger(months=5, start_date="9999-10-01", timezone="UTC")
+    assert dates(monthly, 3) == ["9999-10-01"]
+    # 23:00 on 9999-12-31 in New York is past the end of datetime in UTC
+    evening = CalendarIntervalTrigger(
+        days=1, hour=23, start_date="9999-12-30", timezone="America/New_York"
+    )
+    assert dates(evening, 3) == ["9999-12-30"]
+    assert evening.next_fire_time(datetime(9999, 12, 31, 23, 59, tzinfo=UTC)) is None

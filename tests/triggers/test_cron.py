@@ -590,6 +590,19 @@ class TestErrors:
         with pytest.raises(ValueError, match=r"end_time .* is before start_time"):
             CronTrigger(hour=1, timezone="UTC", start_time="2026-02-01", end_time="2026-01-01")
 
+    def test_no_fire_time_past_the_end_of_datetime(self) -> None:
+        every_second = CronTrigger(second="*", timezone="UTC", start_time="9999-12-31 23:59:58")
+        assert fire_times(every_second, 5) == [
+            "9999-12-31T23:59:58+00:00",
+            "9999-12-31T23:59:59+00:00",
+        ]
+        # 22:00 on 9999-12-31 in New York is past the end of datetime in UTC
+        new_york = CronTrigger(hour=22, timezone="America/New_York", start_time="9999-12-30")
+        assert fire_times(new_york, 3) == ["9999-12-30T22:00:00-05:00"]
+        assert new_york.next_fire_time(datetime(9999, 12, 31, 23, tzinfo=UTC)) is None
+        tokyo = CronTrigger(hour=23, timezone="Asia/Tokyo", start_time="9999-12-30")
+        assert fire_times(tokyo, 3) == ["9999-12-30T23:00:00+09:00", "9999-12-31T23:00:00+09:00"]
+
     def test_spaces_around_separators_are_accepted(self) -> None:
         assert CronTrigger(day_of_week="mon - fri", hour="1, 2").fields == (
             ("day_of_week", "mon-fri"),

@@ -53,6 +53,19 @@ class TestDateTrigger:
         with pytest.raises(error, match=message):
             DateTrigger(run_time, timezone="UTC")  # type: ignore[arg-type]
 
+    def test_unknown_zone_names_the_trigger(self) -> None:
+        with pytest.raises(ValueError, match="DateTrigger: timezone: unknown time zone 'X/Y'"):
+            DateTrigger("2026-01-01", timezone="X/Y")
+
+    def test_run_time_at_the_end_of_datetime(self) -> None:
+        tokyo = ZoneInfo("Asia/Tokyo")
+        trigger = DateTrigger(datetime(9999, 12, 31, 23, tzinfo=tokyo))
+        assert trigger.next_fire_time(datetime(2026, 1, 1, tzinfo=UTC)) == trigger.run_time
+        late = datetime(9999, 12, 31, 23, tzinfo=ZoneInfo("America/New_York"))
+        assert trigger.next_fire_time(late) is None
+        with pytest.raises(ValueError, match="outside the range of datetime in UTC"):
+            DateTrigger(late)
+
 
 class TestIntervalTrigger:
     def test_fires_every_interval_from_start(self) -> None:
@@ -117,7 +130,19 @@ class TestIntervalTrigger:
                 ValueError,
                 r"end_time .* is before start_time",
             ),
-            ({"seconds": 1, "timezone": "Nowhere/City"}, ValueError, "unknown time zone"),
+            (
+                {"seconds": 1, "timezone": "Nowhere/City"},
+                ValueError,
+                "IntervalTrigger: timezone: unknown time zone 'Nowhere/City'",
+            ),
+            ({"seconds": float("nan")}, ValueError, "seconds must be a finite number, got nan"),
+            ({"hours": float("inf")}, ValueError, "hours must be a finite number, got inf"),
+            ({"days": 1e300}, ValueError, r"the interval \(days=1e\+300\) is too long"),
+            (
+                {"seconds": 1, "start_time": "9999-12-31 20:00", "timezone": "America/New_York"},
+                ValueError,
+                "start_time: 9999-12-31T20:00:00-05:00 is outside the range of datetime in UTC",
+            ),
         ],
     )
     def test_bad_input(
@@ -125,6 +150,23 @@ class TestIntervalTrigger:
     ) -> None:
         with pytest.raises(error, match=message):
             IntervalTrigger(**kwargs)  # type: ignore[arg-type]
+
+    def test_no_fire_time_past_the_end_of_datetime(self) -> None:
+        trigger = IntervalTrigger(days=1000, start_time="9990-01-01", timezone="UTC")
+        assert trigger.next_fire_time(datetime(9999, 6, 1, tzinfo=UTC)) is None
+        # the last one there is in UTC, then none in Tokyo where it would be past 9999
+        hourly = IntervalTrigger(hours=1, start_time="9999-12-31 20:00", timezone="UTC")
+        assert [value.hour for value in hourly] == [20, 21, 22, 23]
+        tokyo = IntervalTrigger(
+            hours=1, start_time=datetime(9999, 12, 31, 13, tzinfo=UTC), timezone="Asia/Tokyo"
+        )
+        assert [value.isoformat() for value in tokyo] == [
+            "9999-12-31T22:00:00+09:00",
+            "9999-12-31T23:00:00+09:00",
+        ]
+        # an ``after`` too late for datetime in UTC: nothing comes after it
+        late = datetime(9999, 12, 31, 23, tzinfo=ZoneInfo("America/New_York"))
+        assert hourly.next_fire_time(late) is None
 
     @given(
         seconds=st.integers(1, 10**6),

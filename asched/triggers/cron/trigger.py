@@ -14,6 +14,7 @@ from ..._converters import (
     timezone_text,
     utc_now,
 )
+from .._descriptions import build, checked_description
 from ..base import Trigger
 from .fields import FIELD_MINIMUMS, FIELD_NAMES, normalize_expression
 from .matcher import CronMatcher, compile_matcher
@@ -24,6 +25,9 @@ _ONE_DAY = timedelta(days=1)
 _UTC = timezone.utc
 
 FieldValue = int | str | None
+# (fire time, its naive UTC instant, the wall time to search from next, the first wall time
+# outside a gap that may fire next): see CronTrigger._earliest_fire
+_FireState = tuple[datetime, datetime, datetime | None, datetime | None]
 
 
 def _full_expressions(given: dict[str, str]) -> tuple[str, ...]:
@@ -79,7 +83,7 @@ class CronTrigger(Trigger):
     # the fire time last returned, its naive UTC instant and the wall times a search for
     # the next one starts from (see _earliest_fire): a chained call continues from it
     # instead of converting ``after`` again
-    _last_fire: tuple[datetime, datetime, datetime, datetime] | None = attrs.field(
+    _last_fire: _FireState | None = attrs.field(
         eq=False, repr=False, alias="_last_fire", default=None
     )
 
@@ -175,7 +179,7 @@ class CronTrigger(Trigger):
         else:
             try:
                 threshold, wall, floor = self._search_start(after)
-            except OverflowError:  # ``after`` is within a day of datetime.max
+            except OverflowError:  # ``after`` is within a day of the end of datetime
                 return None
         try:
             found = self._earliest_fire(threshold, wall, floor)
@@ -190,8 +194,8 @@ class CronTrigger(Trigger):
         return found[0]
 
     def _earliest_fire(
-        self, threshold: datetime, wall: datetime, floor: datetime
-    ) -> tuple[datetime, datetime, datetime, datetime] | None:
+        self, threshold: datetime, wall: datetime | None, floor: datetime | None
+    ) -> _FireState | None:
         """Return the earliest fire instant later than ``threshold`` (naive UTC).
 
         Resolving wall times to instants is not monotonic: a wall time in a DST gap fires
@@ -204,11 +208,14 @@ class CronTrigger(Trigger):
         instants not later than ``threshold``.
 
         :return: (fire time, its naive UTC instant, the wall time to search from next and
-            the floor for the next search), or ``None`` when nothing matches any more
+            the floor for the next search, ``None`` after the last second of datetime), or
+            ``None`` when nothing matches any more
         """
+        if wall is None or floor is None:  # past the last second of datetime
+            return None
         tz = self.timezone
         next_match = self._matcher.next_match
-        best: tuple[datetime, datetime, datetime, datetime] | None = None
+        best: _FireState | None = None
         while True:
             match = next_match(wall)
             if match is None:
@@ -240,11 +247,15 @@ class CronTrigger(Trigger):
                 continue
             # outside transitions both folds agree; in an overlap fold 0 is the first
             # occurrence, the one that fires
-            next_wall = match + _ONE_SECOND
+            try:
+                next_wall: datetime | None = match + _ONE_SECOND
+            except OverflowError:  # the last second of datetime: nothing comes after it
+                next_wall = None
             if best is None:
                 return candidate, fire_utc, next_wall, next_wall
             if fire_utc < best[1]:
                 # the gap's wall time fires later: the next search starts from it again
+                assert best[2] is not None
                 return candidate, fire_utc, best[2] - _ONE_SECOND, next_wall
             return best
 
@@ -288,8 +299,19 @@ class CronTrigger(Trigger):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CronTrigger:
-        """Rebuild the trigger from :meth:`to_dict` output."""
-        return cls(
+        """Rebuild the trigger from :meth:`to_dict` output.
+
+        :raises ValueError: naming the key, if the description is incomplete or invalid
+        """
+        data = checked_description(
+            data,
+            cls.type_name,
+            required=("start_time", "timezone"),
+            optional=(*FIELD_NAMES, "end_time", "match_either_day"),
+        )
+        return build(
+            cls.type_name,
+            cls,
             **{name: data[name] for name in FIELD_NAMES if name in data},
             start_time=data["start_time"],
             end_time=data.get("end_time"),
@@ -318,9 +340,18 @@ class CronTrigger(Trigger):
 
 
 def _naive_utc(value: datetime) -> datetime:
-    """Return an aware datetime as a naive UTC one (cheaper to compare than aware ones)."""
+    """Return an aware datetime as a naive UTC one (cheaper to compare than aware ones).
+
+    Clamped to the range of ``datetime``, like :func:`asched._converters.utc_instant`.
+    """
     offset = value.utcoffset()
-    return value.replace(tzinfo=None) - offset if offset else value.replace(tzinfo=None)
+    naive = value.replace(tzinfo=None)
+    if not offset:
+        return naive
+    try:
+        return naive - offset
+    except OverflowError:
+        return datetime.max if offset < timedelta(0) else datetime.min
 
 
 def _transition_end(wall: datetime, tz: tzinfo) -> datetime:
