@@ -176,6 +176,17 @@ def optional_aware_datetime(
     return None if value is None else as_aware_datetime(value, tz, field=field)
 
 
+def aware_in(value: datetime, tz: tzinfo) -> datetime:
+    """Return ``value`` if it is aware, else the naive wall-clock time in ``tz``.
+
+    The rule for an ``after`` given to a trigger: a naive datetime is read like a naive
+    ``start_time`` (see :func:`localize`).
+    """
+    if value.tzinfo is None or value.utcoffset() is None:
+        return localize(value, tz)
+    return value
+
+
 def localize(naive: datetime, tz: tzinfo) -> datetime:
     """Attach ``tz`` to a naive wall-clock time, resolving DST transitions.
 

@@ -10,6 +10,7 @@ import attrs
 
 from .._converters import (
     as_timezone,
+    aware_in,
     localize,
     timezone_key,
     timezone_text,
@@ -170,7 +171,10 @@ class CalendarIntervalTrigger(Trigger):
         return date.fromordinal(ordinal) if ordinal <= _LAST_ORDINAL else None
 
     def next_fire_time(self, after: datetime | None = None) -> datetime | None:
-        """Return the first fire time later than ``after`` (the first one if ``None``)."""
+        """Return the first fire time later than ``after`` (the first one if ``None``).
+
+        A naive ``after`` is a wall-clock time in the trigger's zone.
+        """
         try:
             return self._next_fire_time(after)
         except OverflowError:  # the next fire time would be past datetime.max
@@ -188,7 +192,7 @@ class CalendarIntervalTrigger(Trigger):
         # missing date (Feb 30) is skipped, never clamped
         if after is None:
             return self._first_fire(0, None, None, None)
-        after_utc = utc_instant(after)
+        after_utc = utc_instant(aware_in(after, self.timezone))
         if after_utc.year == 1:  # before the start of datetime in UTC: before any fire time
             return self._first_fire(0, None, None, None)
         after_local = after_utc.astimezone(self.timezone)

@@ -10,6 +10,7 @@ import attrs
 from .._converters import (
     as_aware_datetime,
     as_timezone,
+    aware_in,
     timezone_key,
     timezone_text,
     utc_instant,
@@ -46,9 +47,14 @@ class DateTrigger(Trigger):
         self.__attrs_init__(aware.astimezone(tz), tz)
 
     def next_fire_time(self, after: datetime | None = None) -> datetime | None:
-        """Return ``run_time`` if it is later than ``after`` (or ``after`` is None)."""
+        """Return ``run_time`` if it is later than ``after`` (or ``after`` is None).
+
+        A naive ``after`` is a wall-clock time in the trigger's zone.
+        """
+        if after is None:
+            return self.run_time
         # compared as UTC instants: same-tzinfo comparisons ignore the DST fold
-        if after is None or utc_instant(self.run_time) > utc_instant(after):
+        if utc_instant(self.run_time) > utc_instant(aware_in(after, self.timezone)):
             return self.run_time
         return None
 

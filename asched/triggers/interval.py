@@ -10,6 +10,7 @@ import attrs
 
 from .._converters import (
     as_timezone,
+    aware_in,
     optional_aware_datetime,
     timezone_key,
     timezone_text,
@@ -138,10 +139,15 @@ class IntervalTrigger(Trigger):
         )
 
     def next_fire_time(self, after: datetime | None = None) -> datetime | None:
-        """Return the first ``start_time + k * interval`` (k >= 0) later than ``after``."""
+        """Return the first ``start_time + k * interval`` (k >= 0) later than ``after``.
+
+        A naive ``after`` is a wall-clock time in the trigger's zone.
+        """
         start = self._start_utc
         if after is None:
             return self.start_time
+        if after.tzinfo is None:
+            after = aware_in(after, self.timezone)
         after_utc = utc_instant(after)
         if after_utc < start:
             return self.start_time

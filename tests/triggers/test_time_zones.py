@@ -10,13 +10,17 @@ from itertools import islice
 import pytest
 
 from asched.triggers import (
+    AndTrigger,
     CalendarIntervalTrigger,
     CronTrigger,
     DateTrigger,
     IntervalTrigger,
+    OrTrigger,
     Trigger,
     trigger_from_dict,
 )
+
+from . import instants
 
 UTC = timezone.utc
 PLUS_FIVE = timezone(timedelta(hours=5))
@@ -107,3 +111,58 @@ def test_a_zone_without_a_portable_name_still_has_a_repr() -> None:
     assert repr(trigger).endswith("timezone='<custom zone>')")
     with pytest.raises(ValueError, match="has no portable name"):
         trigger.to_dict()
+
+
+TOKYO = "Asia/Tokyo"
+NAIVE_TRIGGERS: dict[str, Callable[[], Trigger]] = {
+    "date": lambda: DateTrigger("2026-01-05 09:00", timezone=TOKYO),
+    "interval": lambda: IntervalTrigger(hours=24, start_time="2026-01-01 09:00", timezone=TOKYO),
+    "calendarinterval": lambda: CalendarIntervalTrigger(
+        days=1, hour=9, start_date="2026-01-01", timezone=TOKYO
+    ),
+    "cron": lambda: CronTrigger(hour=9, start_time="2026-01-01", timezone=TOKYO),
+}
+
+
+@pytest.mark.parametrize("make", NAIVE_TRIGGERS.values(), ids=NAIVE_TRIGGERS.keys())
+def test_a_naive_after_is_wall_time_in_the_trigger_zone(make: Callable[[], Trigger]) -> None:
+    trigger = make()
+    nine = datetime.fromisoformat("2026-01-05T09:00:00+09:00")
+    assert trigger.next_fire_time(datetime(2026, 1, 5, 8, 59)) == nine
+    assert trigger.next_fire_time(datetime(2026, 1, 5, 8, 59, tzinfo=UTC)) != nine
+    assert next(trigger.fire_times(datetime(2026, 1, 5, 8, 59))) == nine
+    following = trigger.next_fire_time(datetime(2026, 1, 5, 9))
+    assert following is None or following == nine + timedelta(days=1)
+
+
+@pytest.mark.parametrize(
+    ("naive", "expected"),
+    [
+        # in the gap: read as shifted forward, like a naive start_time (03:20+02:00)
+        (datetime(2026, 3, 29, 2, 20), "2026-03-29T03:30:00+02:00"),
+        # ambiguous: its first occurrence (02:20+02:00)
+        (datetime(2026, 10, 25, 2, 20), "2026-10-25T02:30:00+02:00"),
+    ],
+)
+def test_a_naive_after_across_dst_reads_like_a_naive_start_time(
+    naive: datetime, expected: str
+) -> None:
+    # an ambiguous time never equals one in another zone: compare instants and offsets
+    cron = CronTrigger(minute="*/15", start_time="2026-01-01", timezone="Europe/Berlin")
+    assert instants([cron.next_fire_time(naive)]) == instants([datetime.fromisoformat(expected)])
+    interval = IntervalTrigger(minutes=15, start_time="2026-01-01", timezone="Europe/Berlin")
+    assert instants([interval.next_fire_time(naive)]) == instants(
+        [datetime.fromisoformat(expected)]
+    )
+
+
+def test_combining_triggers_hand_a_naive_after_to_each_trigger() -> None:
+    tokyo = CronTrigger(hour=9, start_time="2026-01-01", timezone=TOKYO)
+    utc = CronTrigger(hour=9, start_time="2026-01-01", timezone="UTC")
+    either = OrTrigger([utc, tokyo])
+    # each reads 08:59 on its own wall clock: Tokyo's 09:00 (00:00 UTC) comes first
+    assert either.next_fire_time(datetime(2026, 1, 5, 8, 59)) == datetime.fromisoformat(
+        "2026-01-05T09:00:00+09:00"
+    )
+    both = AndTrigger([utc, CronTrigger(minute=0, start_time="2026-01-01", timezone="UTC")])
+    assert both.next_fire_time(datetime(2026, 1, 5, 8, 59)) == datetime(2026, 1, 5, 9, tzinfo=UTC)

@@ -9,6 +9,7 @@ import attrs
 
 from ..._converters import (
     as_timezone,
+    aware_in,
     optional_aware_datetime,
     timezone_key,
     timezone_text,
@@ -167,7 +168,10 @@ class CronTrigger(Trigger):
         )
 
     def next_fire_time(self, after: datetime | None = None) -> datetime | None:
-        """Return the earliest fire time later than ``after`` (and not before start_time)."""
+        """Return the earliest fire time later than ``after`` (and not before start_time).
+
+        A naive ``after`` is a wall-clock time in the trigger's zone.
+        """
         last = self._last_fire
         # the same wall time and fold in one zone, or the same instant across zones
         if (
@@ -265,7 +269,7 @@ class CronTrigger(Trigger):
         That is the naive UTC instant to fire after, the wall time to walk from and the
         first wall time outside a gap that can fire.
         """
-        threshold = _naive_utc(after) if after is not None else None
+        threshold = _naive_utc(aware_in(after, self.timezone)) if after is not None else None
         if threshold is None or threshold < self._start_utc:
             # start_time itself may fire
             threshold = self._start_utc - _ONE_MICROSECOND
