@@ -317,8 +317,8 @@ class CalendarIntervalTrigger(Trigger):
         )
 
     def _argument_text(self) -> list[str]:
-        arguments = [f"{name}={getattr(self, name)}" for name in _UNITS if getattr(self, name)]
-        arguments.append(f"time='{self.hour:02}:{self.minute:02}:{self.second:02}'")
+        # the constructor's arguments, those left at their default (0) out
+        arguments = [f"{name}={getattr(self, name)}" for name in _ARGUMENTS if getattr(self, name)]
         arguments.append(f"start_date='{self.start_date}'")
         if self.end_date is not None:
             arguments.append(f"end_date='{self.end_date}'")
@@ -327,6 +327,26 @@ class CalendarIntervalTrigger(Trigger):
     def __str__(self) -> str:
         return f"calendarinterval[{', '.join(self._argument_text())}]"
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # pickle the constructor's arguments only: the cache is rebuilt on demand
+        return _unpickle, (
+            {name: getattr(self, name) for name in _ARGUMENTS},
+            self.start_date,
+            self.end_date,
+            self.timezone,
+        )
+
     def __repr__(self) -> str:
         arguments = [*self._argument_text(), f"timezone={timezone_text(self.timezone)!r}"]
         return f"CalendarIntervalTrigger({', '.join(arguments)})"
+
+
+_ARGUMENTS = (*_UNITS, "hour", "minute", "second")
+
+
+def _unpickle(
+    arguments: dict[str, int], start_date: date, end_date: date | None, timezone: tzinfo
+) -> CalendarIntervalTrigger:
+    return CalendarIntervalTrigger(
+        **arguments, start_date=start_date, end_date=end_date, timezone=timezone
+    )

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pickle
 from datetime import date, datetime, timedelta, timezone
 from functools import partial
 from itertools import islice, pairwise
@@ -160,10 +161,26 @@ def test_round_trip_and_text() -> None:
     )
     assert trigger_from_dict(trigger.to_dict()) == trigger
     assert str(trigger) == (
-        "calendarinterval[months=1, time='09:00:00', start_date='2026-01-31', "
-        "end_date='2027-01-01']"
+        "calendarinterval[months=1, hour=9, start_date='2026-01-31', end_date='2027-01-01']"
     )
-    assert repr(trigger).endswith("timezone='UTC')")
+    assert repr(trigger) == (
+        "CalendarIntervalTrigger(months=1, hour=9, start_date='2026-01-31', "
+        "end_date='2027-01-01', timezone='UTC')"
+    )
+    at_midnight = CalendarIntervalTrigger(weeks=2, minute=5, start_date="2026-01-01")
+    assert str(at_midnight) == "calendarinterval[weeks=2, minute=5, start_date='2026-01-01']"
+
+
+def test_pickling_keeps_the_arguments_only() -> None:
+    trigger = CalendarIntervalTrigger(
+        months=1, hour=9, start_date="2026-01-31", end_date="2027-01-01", timezone="UTC"
+    )
+    fresh = pickle.dumps(trigger)
+    list(islice(trigger, 3))  # fills the cache of the last fire time
+    assert pickle.dumps(trigger) == fresh
+    restored = pickle.loads(fresh)
+    assert restored == trigger
+    assert list(restored) == list(trigger)
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pickle
 from datetime import datetime, timedelta, timezone
 from itertools import islice, pairwise
 from zoneinfo import ZoneInfo
@@ -536,6 +537,28 @@ class TestSerialization:
         assert repr(trigger) == (
             "CronTrigger(hour='17', minute='*/5', start_time='2026-01-01 00:00:00+01:00', "
             "timezone='Europe/Berlin')"
+        )
+
+    @pytest.mark.parametrize(
+        "trigger",
+        [
+            CronTrigger(hour=9, timezone="Europe/Berlin", start_time="2026-01-01"),
+            CronTrigger.from_crontab(
+                "0 9 13 * fri", timezone="UTC", start_time="2026-01-01", end_time="2027-01-01"
+            ),
+        ],
+    )
+    def test_pickling_keeps_the_arguments_only(self, trigger: CronTrigger) -> None:
+        fresh = pickle.dumps(trigger)
+        assert len(fresh) < 1000  # not the matcher's 8,030 years
+        list(islice(trigger, 3))  # fills the cache of the last fire time
+        assert pickle.dumps(trigger) == fresh
+        restored = pickle.loads(fresh)
+        assert restored == trigger
+        assert restored._matcher is trigger._matcher
+        after = datetime(2026, 6, 1, tzinfo=UTC)
+        assert list(islice(restored.fire_times(after), 5)) == list(
+            islice(trigger.fire_times(after), 5)
         )
 
     def test_equal_specs_share_one_matcher(self) -> None:

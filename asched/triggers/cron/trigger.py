@@ -332,6 +332,17 @@ class CronTrigger(Trigger):
             arguments.append("match_either_day=True")
         return f"cron[{', '.join(arguments)}]"
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # pickle the constructor's arguments only: the shared matcher and the cache of the
+        # last fire time are rebuilt on demand (a matcher's years alone are 8,030 ints)
+        return _unpickle, (
+            dict(self.fields),
+            self.start_time,
+            self.end_time,
+            self.timezone,
+            self.match_either_day,
+        )
+
     def __repr__(self) -> str:
         arguments = self._argument_text()
         arguments.append(f"start_time={self.start_time.isoformat(sep=' ')!r}")
@@ -341,6 +352,22 @@ class CronTrigger(Trigger):
         if self.match_either_day:
             arguments.append("match_either_day=True")
         return f"CronTrigger({', '.join(arguments)})"
+
+
+def _unpickle(
+    fields: dict[str, str],
+    start_time: datetime,
+    end_time: datetime | None,
+    timezone: tzinfo,
+    match_either_day: bool,
+) -> CronTrigger:
+    return CronTrigger(
+        **fields,
+        start_time=start_time,
+        end_time=end_time,
+        timezone=timezone,
+        match_either_day=match_either_day,
+    )
 
 
 def _naive_utc(value: datetime) -> datetime:
