@@ -230,6 +230,19 @@ class TestCrontab:
             "2026-01-02T12:00:30+00:00",
         ]
 
+    def test_six_fields_every_second_on_some_days(self) -> None:
+        trigger = CronTrigger.from_crontab(
+            "* * * * * mon-fri", timezone="UTC", start_time="2026-01-02 23:59:58"
+        )
+        assert fire_times(trigger, 3) == [
+            "2026-01-02T23:59:58+00:00",
+            "2026-01-02T23:59:59+00:00",
+            "2026-01-05T00:00:00+00:00",
+        ]
+        assert trigger.next_fire_time(datetime(2026, 1, 5, 9, 30, 5, tzinfo=UTC)) == datetime(
+            2026, 1, 5, 9, 30, 6, tzinfo=UTC
+        )
+
     @pytest.mark.parametrize(
         ("shortcut", "expected"),
         [

@@ -91,5 +91,7 @@ def crontab_fields(line: str) -> tuple[dict[str, str], bool]:
     fields["day_of_week"] = _crontab_weekdays(normalize_expression("day_of_week", parts[-1]))
     fields.setdefault("second", "0")
     # "*" on a field coarser than a given one is the default anyway; leaving it out keeps
-    # str() short: "0 9 * * 1-5" -> cron[day_of_week='mon-fri', hour='9', minute='0', ...]
-    return {name: value for name, value in fields.items() if value != "*"}, match_either_day
+    # str() short: "0 9 * * 1-5" -> cron[day_of_week='mon-fri', hour='9', minute='0', ...].
+    # The seconds stay, even "*": they are the finest field, so all others default to "*"
+    kept = {name: value for name, value in fields.items() if value != "*" or name == "second"}
+    return kept, match_either_day
