@@ -108,6 +108,120 @@ class TestDaylightSaving:
         after = datetime(2026, 10, 25, 1, 45, tzinfo=UTC)
         assert trigger.next_fire_time(after) == datetime.fromisoformat("2026-10-26T02:50:00+01:00")
 
+    @pytest.mark.parametrize(
+        ("zone", "start", "hour", "minute", "expected"),
+        [
+            # a time in a spring gap fires shifted forward by the gap's length
+            (
+                "Europe/Berlin",
+                "2026-03-28",
+                2,
+                30,
+                ["03-28T02:30+01:00", "03-29T03:30+02:00", "03-30T02:30+02:00"],
+            ),
+            (
+                "America/New_York",
+                "2026-03-07",
+                2,
+                30,
+                ["03-07T02:30-05:00", "03-08T03:30-04:00", "03-09T02:30-04:00"],
+            ),
+            (
+                "Australia/Lord_Howe",  # 02:00 -> 02:30
+                "2026-10-03",
+                2,
+                15,
+                ["10-03T02:15+10:30", "10-04T02:45+11:00", "10-05T02:15+11:00"],
+            ),
+            (
+                "Pacific/Chatham",  # 02:45 -> 03:45
+                "2026-09-26",
+                3,
+                0,
+                ["09-26T03:00+12:45", "09-27T04:00+13:45", "09-28T03:00+13:45"],
+            ),
+            (
+                "America/Sao_Paulo",  # midnight did not exist on 2018-11-04
+                "2018-11-03",
+                0,
+                30,
+                ["11-03T00:30-03:00", "11-04T01:30-02:00", "11-05T00:30-02:00"],
+            ),
+            # a time in an autumn overlap fires once, at its first occurrence
+            (
+                "Europe/Berlin",
+                "2026-10-24",
+                2,
+                30,
+                ["10-24T02:30+02:00", "10-25T02:30+02:00", "10-26T02:30+01:00"],
+            ),
+            (
+                "America/New_York",
+                "2026-10-31",
+                1,
+                30,
+                ["10-31T01:30-04:00", "11-01T01:30-04:00", "11-02T01:30-05:00"],
+            ),
+            (
+                "Australia/Lord_Howe",  # 02:00 -> 01:30
+                "2026-04-04",
+                1,
+                45,
+                ["04-04T01:45+11:00", "04-05T01:45+11:00", "04-06T01:45+10:30"],
+            ),
+            (
+                "Pacific/Chatham",  # 03:45 -> 02:45
+                "2026-04-04",
+                3,
+                0,
+                ["04-04T03:00+13:45", "04-05T03:00+13:45", "04-06T03:00+12:45"],
+            ),
+            (
+                "America/Sao_Paulo",  # 23:xx on 2019-02-16 happened twice
+                "2019-02-15",
+                23,
+                30,
+                ["02-15T23:30-02:00", "02-16T23:30-02:00", "02-17T23:30-03:00"],
+            ),
+            # no transitions
+            (
+                "Asia/Kolkata",
+                "2026-03-28",
+                2,
+                30,
+                ["03-28T02:30+05:30", "03-29T02:30+05:30", "03-30T02:30+05:30"],
+            ),
+            (
+                "UTC",
+                "2026-03-28",
+                2,
+                30,
+                ["03-28T02:30+00:00", "03-29T02:30+00:00", "03-30T02:30+00:00"],
+            ),
+        ],
+    )
+    def test_daily_across_dst_in_every_zone(
+        self, zone: str, start: str, hour: int, minute: int, expected: list[str]
+    ) -> None:
+        make = partial(
+            CalendarIntervalTrigger,
+            days=1,
+            hour=hour,
+            minute=minute,
+            start_date=start,
+            timezone=zone,
+        )
+        values = list(islice(make(), 3))
+        assert [value.isoformat(timespec="minutes")[5:] for value in values] == expected
+        assert all(a.astimezone(UTC) < b.astimezone(UTC) for a, b in pairwise(values))
+        # a fresh search from each fire time, or from just before it, agrees
+        assert instants([make().next_fire_time(value) for value in values[:-1]]) == instants(
+            values[1:]
+        )
+        assert instants(
+            [make().next_fire_time(value - timedelta(microseconds=1)) for value in values]
+        ) == instants(values)
+
     def test_a_day_long_gap_fires_once(self) -> None:
         # Apia skipped 2011-12-30: 10:00 that day fires shifted by a day, which is when the
         # next day's 10:00 fires: once

@@ -97,6 +97,70 @@ class TestIntervalTrigger:
             "03:30+0100",
         ]
 
+    @pytest.mark.parametrize(
+        ("zone", "start", "expected"),
+        [
+            # spring gaps: the wall clock jumps, the interval does not
+            ("Europe/Berlin", "2026-03-29 00:30", ["00:30+01:00", "01:30+01:00", "03:30+02:00"]),
+            (
+                "America/New_York",
+                "2026-03-08 00:30",
+                ["00:30-05:00", "01:30-05:00", "03:30-04:00"],
+            ),
+            (
+                "Australia/Lord_Howe",  # 30 minutes
+                "2026-10-04 00:45",
+                ["00:45+10:30", "01:45+10:30", "03:15+11:00"],
+            ),
+            ("Pacific/Chatham", "2026-09-27 01:15", ["01:15+12:45", "02:15+12:45", "04:15+13:45"]),
+            (
+                "America/Sao_Paulo",  # at midnight, 2018
+                "2018-11-03 22:30",
+                ["22:30-03:00", "23:30-03:00", "01:30-02:00"],
+            ),
+            # autumn overlaps: the repeated wall-clock time fires in both passes
+            (
+                "Europe/Berlin",
+                "2026-10-25 00:30",
+                ["00:30+02:00", "01:30+02:00", "02:30+02:00", "02:30+01:00"],
+            ),
+            (
+                "America/New_York",
+                "2026-11-01 00:00",
+                ["00:00-04:00", "01:00-04:00", "01:00-05:00", "02:00-05:00"],
+            ),
+            (
+                "Australia/Lord_Howe",
+                "2026-04-05 00:45",
+                ["00:45+11:00", "01:45+11:00", "02:15+10:30", "03:15+10:30"],
+            ),
+            (
+                "Pacific/Chatham",
+                "2026-04-05 01:15",
+                ["01:15+13:45", "02:15+13:45", "03:15+13:45", "03:15+12:45"],
+            ),
+            (
+                "America/Sao_Paulo",
+                "2019-02-16 21:30",
+                ["21:30-02:00", "22:30-02:00", "23:30-02:00", "23:30-03:00"],
+            ),
+            # no transitions
+            ("Asia/Kolkata", "2026-03-29 00:30", ["00:30+05:30", "01:30+05:30", "02:30+05:30"]),
+            ("UTC", "2026-03-29 00:30", ["00:30+00:00", "01:30+00:00", "02:30+00:00"]),
+        ],
+    )
+    def test_hourly_across_dst_in_every_zone(
+        self, zone: str, start: str, expected: list[str]
+    ) -> None:
+        trigger = IntervalTrigger(hours=1, start_time=start, timezone=zone)
+        values = list(islice(trigger, len(expected)))
+        assert [value.isoformat(timespec="minutes")[11:] for value in values] == expected
+        instants = [value.astimezone(UTC) for value in values]
+        assert [b - a for a, b in pairwise(instants)] == [timedelta(hours=1)] * (len(values) - 1)
+        # a fresh search from each fire time agrees
+        fresh = IntervalTrigger(hours=1, start_time=start, timezone=zone)
+        assert [fresh.next_fire_time(value) for value in values[:-1]] == values[1:]
+
     def test_end_time_exhausts(self) -> None:
         trigger = IntervalTrigger(
             seconds=30, start_time="2026-01-01", end_time="2026-01-01 00:01", timezone="UTC"
