@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, time, tzinfo
+from datetime import date, datetime, time, timedelta, tzinfo
 from datetime import timezone as dt_timezone
 from typing import Any
 
@@ -10,11 +10,9 @@ import attrs
 
 from .._converters import (
     as_timezone,
-    aware_in,
     localize,
     timezone_key,
     timezone_text,
-    utc_instant,
     utc_now,
 )
 from ._descriptions import build, checked_description
@@ -24,6 +22,8 @@ _UNITS = ("years", "months", "weeks", "days")
 _UTC = dt_timezone.utc
 _AVERAGE_MONTH_DAYS = 365.2425 / 12
 _LAST_ORDINAL = date.max.toordinal()
+_EPOCH = datetime(1970, 1, 1, tzinfo=_UTC)
+_ONE_DAY = timedelta(days=1)
 
 
 def _as_date(value: date | str | None, field: str) -> date | None:
@@ -81,6 +81,9 @@ class CalendarIntervalTrigger(Trigger):
     timezone: tzinfo
     _time_of_day: time = attrs.field(eq=False, repr=False, alias="_time_of_day")
     _time_of_day_fold: time = attrs.field(eq=False, repr=False, alias="_time_of_day_fold")
+    # the step in whole months (years and months) and in days (weeks and days)
+    _step_months: int = attrs.field(eq=False, repr=False, alias="_step_months")
+    _step_days: int = attrs.field(eq=False, repr=False, alias="_step_days")
     # (fire time, step, whether a DST gap shifted it) last returned: chained calls continue
     # from it instead of searching
     _last_fire: tuple[datetime, int, bool] | None = attrs.field(
@@ -146,13 +149,15 @@ class CalendarIntervalTrigger(Trigger):
             tz,
             time(hour, minute, second),
             time(hour, minute, second, fold=1),
+            years * 12 + months,
+            weeks * 7 + days,
         )
 
     def _date_at(self, step: int) -> date | None:
         """Return the date ``step`` intervals after start_date, or None if it doesn't exist."""
         start = self.start_date
-        step_days = (self.weeks * 7 + self.days) * step
-        months = self.years * 12 + self.months
+        step_days = self._step_days * step
+        months = self._step_months
         if not months:
             ordinal = start.toordinal() + step_days
             return date.fromordinal(ordinal) if ordinal <= _LAST_ORDINAL else None
@@ -176,43 +181,89 @@ class CalendarIntervalTrigger(Trigger):
         A naive ``after`` is a wall-clock time in the trigger's zone.
         """
         try:
-            return self._next_fire_time(after)
+            last = self._last_fire
+            if after is not None and last is not None and after == last[0] and not last[2]:
+                # Chained call: ``after`` is the fire time this trigger returned last (possibly
+                # its DST fold twin, at most hours later); every later step is days after it,
+                # unless the last one was shifted forward by a DST gap (up to a day)
+                return self._first_fire(last[1] + 1, None, None, None)
+
+            # Estimate the step from the calendar distance, then walk: a step that lands on a
+            # missing date (Feb 30) is skipped, never clamped
+            if after is None:
+                return self._first_fire(0, None, None, None)
+            tz = self.timezone
+            if after.tzinfo is tz:
+                # as it is, even a time in a DST gap (no wall clock shows one): converting costs
+                # more than the check that copes with it
+                after_local = after
+                after_is_reading = False
+            elif after.tzinfo is None or after.utcoffset() is None:
+                after = after_local = localize(after, tz)
+                after_is_reading = True
+            else:
+                try:
+                    after_local = after.astimezone(tz)
+                except OverflowError:  # at an end of datetime, in the zone
+                    return self._first_fire(0, None, None, None) if after.year < 1970 else None
+                after_is_reading = True
+            after_date = after_local.date()
+            # outside a DST overlap's second pass, a fire time equal to ``after`` on the wall
+            # clock is ``after`` itself (the common case: ``after`` is the previous fire time);
+            # datetimes sharing a tzinfo compare as wall-clock times
+            after_wall = after_local if not after_local.fold else None
+            # Calm: the zone's offset is the same a day before and a day after ``after`` on the
+            # wall clock, so no DST change is near (none in the tz database comes within two days
+            # of another). Then ``after`` is a wall-clock reading, not a time in a gap, and a fire
+            # time on its date at a wall-clock time not after its own is not later
+            after_time: time | None = None
+            if after_wall is not None:
+                try:
+                    if tz.utcoffset(after_local - _ONE_DAY) == tz.utcoffset(
+                        after_local + _ONE_DAY
+                    ):
+                        after_time = after_local.time()
+                except OverflowError:  # within a day of an end of datetime
+                    pass
+            if after_time is not None:
+                step = self._step_after(after_date, after_time)
+                if step is not None:
+                    # every fire time from that step on is later than ``after``
+                    return self._first_fire(step, None, None, None)
+                earliest_date = after_date
+            else:
+                # A time in a DST gap fires shifted forward by the gap's length, at most a day
+                # (the longest gap in the tz database): the day before ``after``'s can still fire
+                # after it
+                earliest_date = after_date - _ONE_DAY if after_date > date.min else after_date
+            return self._first_fire(
+                self._step_near(earliest_date),
+                after,
+                earliest_date,
+                after_wall,
+                after_is_reading or after_time is not None,
+                after_time,
+            )
         except OverflowError:  # the next fire time would be past datetime.max
             return None
-
-    def _next_fire_time(self, after: datetime | None) -> datetime | None:
-        last = self._last_fire
-        if after is not None and last is not None and after == last[0] and not last[2]:
-            # Chained call: ``after`` is the fire time this trigger returned last (possibly
-            # its DST fold twin, at most hours later); every later step is days after it,
-            # unless the last one was shifted forward by a DST gap (up to a day)
-            return self._first_fire(last[1] + 1, None, None, None)
-
-        # Estimate the step from the calendar distance, then walk: a step that lands on a
-        # missing date (Feb 30) is skipped, never clamped
-        if after is None:
-            return self._first_fire(0, None, None, None)
-        after_utc = utc_instant(aware_in(after, self.timezone))
-        if after_utc.year == 1:  # before the start of datetime in UTC: before any fire time
-            return self._first_fire(0, None, None, None)
-        after_local = after_utc.astimezone(self.timezone)
-        # A time in a DST gap fires shifted forward by the gap's length, at most a day (the
-        # longest gap in the tz database): the day before ``after``'s can still fire after it
-        day_before = date.fromordinal(after_local.toordinal() - 1)
-        # outside a DST overlap's second pass, a fire time equal to ``after`` on the wall
-        # clock is ``after`` itself (the common case: ``after`` is the previous fire time);
-        # datetimes sharing a tzinfo compare as wall-clock times
-        after_wall = after_local if not after_local.fold else None
-        return self._first_fire(self._step_near(day_before), after_utc, day_before, after_wall)
 
     def _first_fire(
         self,
         step: int,
-        after_utc: datetime | None,
+        after: datetime | None,
         earliest_date: date | None,
         after_wall: datetime | None,
+        after_is_reading: bool = False,
+        earliest_time: time | None = None,
     ) -> datetime | None:
-        """Walk the steps from ``step`` to the first fire time later than ``after``."""
+        """Walk the steps from ``step`` to the first fire time later than ``after``.
+
+        ``after`` comes (unless ``None``: the first fire time from ``step``) with the first
+        date that can fire after it and, unless it is in the second pass of a DST overlap,
+        itself in the trigger's zone (``after_is_reading``: as a wall clock shows it, which
+        a time in a DST gap is not); ``earliest_time``: a fire time on ``earliest_date`` at
+        a wall-clock time not after it is not later than ``after`` either.
+        """
         tz = self.timezone
         time_of_day = self._time_of_day
         # A run of missing dates is short (a yearly Feb 29 skips 3 steps of 4): bounded
@@ -228,8 +279,12 @@ class CalendarIntervalTrigger(Trigger):
             if self.end_date is not None and fire_date > self.end_date:
                 return None
             misses = 0
-            if earliest_date is not None and fire_date < earliest_date:
-                continue  # certainly not later than ``after``: no need to localize it
+            if earliest_date is not None and fire_date <= earliest_date:
+                # certainly not later than ``after``: no need to localize it
+                if fire_date < earliest_date:
+                    continue
+                if earliest_time is not None and time_of_day <= earliest_time:
+                    continue
 
             # combine() and tz.utcoffset() rather than replace() and datetime.utcoffset():
             # the same values at a fraction of the cost on this hot path
@@ -243,21 +298,59 @@ class CalendarIntervalTrigger(Trigger):
                 fire_time = localize(datetime.combine(fire_date, time_of_day), tz)
             if fire_date.year == 9999:
                 fire_time.astimezone(_UTC)  # OverflowError if the instant is past datetime.max
-            if after_utc is not None:
-                if fire_time == after_wall:
+            if after is not None:
+                # Outside a gap, fire times are the first occurrences of their wall-clock
+                # times, and so is ``after_wall``: the wall clock orders them as time does
+                # (datetimes sharing a tzinfo compare on it). An ``after`` given in the zone
+                # may be a time in a gap, which no wall clock shows: any earlier wall time
+                # outside the gap is earlier, but a later one may not be later
+                by_wall = after_wall is not None and not shifted
+                if after_wall is not None and not shifted and fire_time <= after_wall:
                     continue
-                # compared as UTC instants: same-tzinfo comparisons ignore the DST fold
-                if fire_time.astimezone(_UTC) <= after_utc:
+                # compared as instants: a difference across zones is one of instants (in UTC
+                # a plain one is too), and unlike a conversion it never overflows
+                if not (by_wall and after_is_reading) and fire_time - _EPOCH <= after - _EPOCH:
                     continue
             # a cache of one entry, replaced whole (one atomic store): safe across threads
             object.__setattr__(self, "_last_fire", (fire_time, step - 1, shifted))
             return fire_time
         return None
 
+    def _step_after(self, local_date: date, local_time: time) -> int | None:
+        """Return the first step firing later than ``local_time`` on ``local_date``.
+
+        Only for a time far from any DST change, and for steps of whole months or whole days
+        (``None`` for a mix of both, whose step is only estimated).
+        """
+        start = self.start_date
+        months = self._step_months
+        if months:
+            if self._step_days:
+                return None
+            span = (local_date.year - start.year) * 12 + local_date.month - start.month
+            if span < 0:
+                return 0
+            step = span // months
+            if span % months:
+                return step + 1  # the step's date is in an earlier month
+            # the step's date is in ``local_date``'s month: is it (or was it) that day?
+            day = start.day
+            if day < local_date.day or (day == local_date.day and self._time_of_day <= local_time):
+                return step + 1
+            return step
+        span = (local_date - start).days
+        if span < 0:
+            return 0
+        step_days = self._step_days
+        step = span // step_days
+        if span % step_days or self._time_of_day <= local_time:
+            return step + 1  # the step's date is earlier, or its time on that date is
+        return step
+
     def _step_near(self, local_date: date) -> int:
         """Return the step to search from: no later fire date than ``local_date``'s is skipped."""
-        months = self.years * 12 + self.months
-        step_days = self.weeks * 7 + self.days
+        months = self._step_months
+        step_days = self._step_days
         if not step_days:
             month_span = (local_date.year - self.start_date.year) * 12 + (
                 local_date.month - self.start_date.month
@@ -271,11 +364,11 @@ class CalendarIntervalTrigger(Trigger):
         return max(0, int(span_days / (months * _AVERAGE_MONTH_DAYS + step_days)) - 2)
 
     def _past_the_end(self, step: int) -> bool:
-        month_index = self.start_date.month - 1 + (self.years * 12 + self.months) * step
+        month_index = self.start_date.month - 1 + self._step_months * step
         year = self.start_date.year + month_index // 12
         if year > 9999:
             return True
-        step_days = (self.weeks * 7 + self.days) * step
+        step_days = self._step_days * step
         if date(year, month_index % 12 + 1, 1).toordinal() + step_days > _LAST_ORDINAL:
             return True  # past the last date there is
         if self.end_date is None:

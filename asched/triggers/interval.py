@@ -14,13 +14,13 @@ from .._converters import (
     optional_aware_datetime,
     timezone_key,
     timezone_text,
-    utc_instant,
     utc_now,
 )
 from ._descriptions import build, checked_description
 from .base import Trigger
 
 _UTC = timezone.utc
+_ZERO = timedelta(0)
 _UNITS = ("weeks", "days", "hours", "minutes", "seconds", "microseconds")
 
 
@@ -58,6 +58,10 @@ class IntervalTrigger(Trigger):
     # is wrong across DST changes, so all arithmetic happens on UTC instants
     _start_utc: datetime = attrs.field(eq=False, repr=False, alias="_start_utc")
     _end_utc: datetime | None = attrs.field(eq=False, repr=False, alias="_end_utc")
+    # (fire time, in UTC) last returned: a chained call adds the interval to it
+    _last_fire: tuple[datetime, datetime] | None = attrs.field(
+        eq=False, repr=False, alias="_last_fire", default=None
+    )
 
     def __init__(
         self,
@@ -143,23 +147,34 @@ class IntervalTrigger(Trigger):
 
         A naive ``after`` is a wall-clock time in the trigger's zone.
         """
-        start = self._start_utc
         if after is None:
             return self.start_time
-        if after.tzinfo is None:
-            after = aware_in(after, self.timezone)
-        after_utc = utc_instant(after)
-        if after_utc < start:
-            return self.start_time
-
+        last = self._last_fire
+        start = self._start_utc
         interval = self.interval
         try:
-            fire_utc = start + ((after_utc - start) // interval + 1) * interval
+            if last is not None and after is last[0]:
+                # chained: ``after`` is the fire time returned last
+                fire_utc = last[1] + interval
+            else:
+                try:
+                    # aware datetimes in different zones subtract as instants (start is in
+                    # UTC, where a plain difference is one too), without the overflow a
+                    # conversion can hit
+                    elapsed = after - start
+                except TypeError:  # a naive ``after``
+                    elapsed = aware_in(after, self.timezone) - start
+                if elapsed < _ZERO:
+                    return self.start_time
+                fire_utc = start + (elapsed // interval + 1) * interval
             if self._end_utc is not None and fire_utc > self._end_utc:
                 return None
-            return fire_utc.astimezone(self.timezone)
+            fire_time = fire_utc.astimezone(self.timezone)
         except OverflowError:  # the next fire time would be past datetime.max
             return None
+        # one tuple replaced whole (an atomic store): safe across threads
+        object.__setattr__(self, "_last_fire", (fire_time, fire_utc))
+        return fire_time
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-safe dict describing this trigger."""
@@ -207,3 +222,18 @@ class IntervalTrigger(Trigger):
     def __repr__(self) -> str:
         arguments = [*self._argument_text(), f"timezone={timezone_text(self.timezone)!r}"]
         return f"IntervalTrigger({', '.join(arguments)})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # pickle the constructor's arguments only: the cache is rebuilt on demand
+        return _unpickle, (
+            {name: getattr(self, name) for name in _UNITS},
+            self.start_time,
+            self.end_time,
+            self.timezone,
+        )
+
+
+def _unpickle(
+    units: dict[str, float], start_time: datetime, end_time: datetime | None, timezone: tzinfo
+) -> IntervalTrigger:
+    return IntervalTrigger(**units, start_time=start_time, end_time=end_time, timezone=timezone)

@@ -352,6 +352,20 @@ def test_chained_calls_agree_with_a_fresh_search(
             assert instants([chained.next_fire_time(after)]) == instants(
                 [make().next_fire_time(after)]
             )
+    # a fresh search from just before or just after each fire time, or between two
+    after_utc = [value.astimezone(UTC) for value in values]
+    for index, previous in enumerate(after_utc[:-1]):
+        following = after_utc[index + 1]
+        for after, expected in (
+            (previous - timedelta(microseconds=1), previous),
+            (previous + timedelta(microseconds=1), following),
+            (previous + (following - previous) / 2, following),
+            (following - timedelta(seconds=1), following),
+        ):
+            for zone_after in (after, after.astimezone(make().timezone)):
+                found = make().next_fire_time(zone_after)
+                assert found is not None
+                assert found.astimezone(UTC) == expected, (zone_after, expected)
 
 
 @pytest.mark.parametrize(

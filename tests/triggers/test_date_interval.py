@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pickle
 from datetime import date, datetime, timedelta, timezone
 from itertools import islice, pairwise
 from zoneinfo import ZoneInfo
@@ -160,6 +161,26 @@ class TestIntervalTrigger:
         # a fresh search from each fire time agrees
         fresh = IntervalTrigger(hours=1, start_time=start, timezone=zone)
         assert [fresh.next_fire_time(value) for value in values[:-1]] == values[1:]
+
+    def test_chained_calls_agree_with_a_fresh_search(self) -> None:
+        def make() -> IntervalTrigger:
+            return IntervalTrigger(minutes=50, start_time="2026-10-24 23:00", timezone=BERLIN)
+
+        chained = make()
+        values = list(islice(chained, 8))  # across the autumn overlap
+        for previous in values:
+            for after in (previous, previous.astimezone(UTC)):
+                assert chained.next_fire_time(after) == make().next_fire_time(after)
+        assert all(a.astimezone(UTC) < b.astimezone(UTC) for a, b in pairwise(values))
+
+    def test_pickling_keeps_the_arguments_only(self) -> None:
+        trigger = IntervalTrigger(hours=1, start_time="2026-01-01", timezone="Europe/Berlin")
+        fresh = pickle.dumps(trigger)
+        list(islice(trigger, 3))  # fills the cache of the last fire time
+        assert pickle.dumps(trigger) == fresh
+        restored = pickle.loads(fresh)
+        assert restored == trigger
+        assert list(islice(restored, 3)) == list(islice(trigger, 3))
 
     def test_end_time_exhausts(self) -> None:
         trigger = IntervalTrigger(

@@ -6,6 +6,7 @@ import json
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone, tzinfo
 from itertools import islice
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -166,3 +167,26 @@ def test_combining_triggers_hand_a_naive_after_to_each_trigger() -> None:
     )
     both = AndTrigger([utc, CronTrigger(minute=0, start_time="2026-01-01", timezone="UTC")])
     assert both.next_fire_time(datetime(2026, 1, 5, 8, 59)) == datetime(2026, 1, 5, 9, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("fold", [0, 1])
+def test_an_after_in_a_dst_gap_is_the_instant_python_gives_it(fold: int) -> None:
+    # 02:30 on 2026-03-29 never showed in Berlin; Python reads it with the offset from before
+    # the gap (fold 0: 01:30 UTC, 03:30 CEST) or after it (fold 1: 00:30 UTC, 01:30 CET)
+    after = datetime(2026, 3, 29, 2, 30, tzinfo=ZoneInfo("Europe/Berlin"), fold=fold)
+    instant = after.astimezone(UTC)
+    triggers: list[Trigger] = [
+        CronTrigger(hour="1,3", minute=15, start_time="2026-03-01", timezone="Europe/Berlin"),
+        CalendarIntervalTrigger(
+            days=1, hour=3, minute=15, start_date="2026-03-01", timezone="Europe/Berlin"
+        ),
+        CalendarIntervalTrigger(
+            days=1, hour=1, minute=45, start_date="2026-03-01", timezone="Europe/Berlin"
+        ),
+        IntervalTrigger(minutes=45, start_time="2026-03-01", timezone="Europe/Berlin"),
+    ]
+    for trigger in triggers:
+        expected = trigger_from_dict(trigger.to_dict()).next_fire_time(instant)
+        assert expected is not None
+        assert expected > instant
+        assert trigger.next_fire_time(after) == expected, trigger

@@ -9,7 +9,7 @@ import attrs
 
 from ..._converters import (
     as_timezone,
-    aware_in,
+    localize,
     optional_aware_datetime,
     timezone_key,
     timezone_text,
@@ -183,8 +183,10 @@ class CronTrigger(Trigger):
         else:
             try:
                 threshold, wall, floor = self._search_start(after)
-            except OverflowError:  # ``after`` is within a day of the end of datetime
-                return None
+            except OverflowError:  # ``after`` is within a day of an end of datetime
+                if after is None or after.year > 1970:
+                    return None
+                threshold, wall, floor = self._search_start(None)
         try:
             found = self._earliest_fire(threshold, wall, floor)
         except OverflowError:  # the next fire time would be past datetime.max
@@ -249,6 +251,11 @@ class CronTrigger(Trigger):
             if match < floor:
                 wall = floor
                 continue
+            if fire_utc <= threshold:
+                # only after an ``after`` in a DST gap (no wall clock shows one) in the zone:
+                # its floor is early
+                wall = match + _ONE_SECOND
+                continue
             # outside transitions both folds agree; in an overlap fold 0 is the first
             # occurrence, the one that fires
             try:
@@ -266,29 +273,57 @@ class CronTrigger(Trigger):
     def _search_start(self, after: datetime | None) -> tuple[datetime, datetime, datetime]:
         """Return the search state for a fresh search: see :meth:`_earliest_fire`.
 
-        That is the naive UTC instant to fire after, the wall time to walk from and the
-        first wall time outside a gap that can fire.
+        That is the naive UTC instant to fire after (floored to the second: fire times are
+        whole seconds), the wall time to walk from and the first wall time outside a gap
+        that can fire.
         """
-        threshold = _naive_utc(aware_in(after, self.timezone)) if after is not None else None
-        if threshold is None or threshold < self._start_utc:
-            # start_time itself may fire
-            threshold = self._start_utc - _ONE_MICROSECOND
         tz = self.timezone
-        reading = threshold.replace(tzinfo=_UTC).astimezone(tz)
-        floor = reading.replace(tzinfo=None, microsecond=0) + _ONE_SECOND
+        if after is None:
+            reading = None
+        elif after.tzinfo is tz and not after.fold:
+            # as it is: converting costs more than the rare time in a gap it would normalize
+            # (a wall clock never shows one), which the search copes with
+            reading = after
+        elif after.tzinfo is None or after.tzinfo.utcoffset(after) is None:
+            reading = localize(after, tz)
+        else:
+            # through UTC: a datetime already in the zone comes back as it is from astimezone()
+            reading = after.astimezone(_UTC).astimezone(tz)
+        offset = tz.utcoffset(reading) if reading is not None else None
+        if reading is not None and offset is not None:
+            # the constructor, not datetime.replace(): a fraction of the cost
+            base = datetime(
+                reading.year,
+                reading.month,
+                reading.day,
+                reading.hour,
+                reading.minute,
+                reading.second,
+            )
+            threshold = base - offset
+        if reading is None or offset is None or threshold < self._start_utc:
+            # start_time itself may fire: search from just before it
+            before_start = self._start_utc - _ONE_MICROSECOND
+            reading = before_start.replace(tzinfo=_UTC).astimezone(tz)
+            offset = tz.utcoffset(reading)
+            assert offset is not None
+            base = reading.replace(tzinfo=None, microsecond=0)
+            threshold = base - offset
+        floor = base + _ONE_SECOND
         if reading.fold:
             # the second pass of a DST overlap: its wall times fired on the first pass
             floor = _transition_end(floor, tz)
         wall = floor
-        if not isinstance(tz, timezone):
-            # A gap that ended less than its length before ``threshold``: its wall times,
-            # shifted forward, fire after ``threshold`` though they are earlier on the wall
-            # clock. A day back is before any such gap began (no gap in the tz database is
-            # longer than a day, and no two offset changes are closer than two days).
-            earlier = (threshold - _ONE_DAY).replace(tzinfo=_UTC).astimezone(tz).utcoffset()
-            offset = reading.utcoffset()
-            if earlier is not None and offset is not None and earlier < offset:
-                wall = min(wall, (threshold + earlier).replace(microsecond=0) + _ONE_SECOND)
+        # A gap that ended less than its length before ``threshold``: its wall times, shifted
+        # forward, fire after ``threshold`` though they are earlier on the wall clock. The
+        # wall clock a day earlier shows the offset from before such a gap (no gap in the tz
+        # database is longer than a day, and no two offset changes are closer than two days;
+        # in a gap fold 0 is the offset before it)
+        earlier = tz.utcoffset(reading - _ONE_DAY)
+        if earlier is not None and earlier < offset:
+            shadow = threshold + earlier + _ONE_SECOND
+            if shadow < wall:
+                wall = shadow
         return threshold, wall, floor
 
     def to_dict(self) -> dict[str, Any]:
