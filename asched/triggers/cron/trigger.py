@@ -64,8 +64,9 @@ class CronTrigger(Trigger):
     :param end_time: latest possible fire time (inclusive)
     :param timezone: zone of the wall clock (default: the zone of an aware ``start_time``,
         else the local zone)
-    :param match_either_day: when both ``day`` and ``day_of_week`` are restricted, fire on
-        days matching either of them (standard cron) instead of both
+    :param match_either_day: when both ``day`` and ``day_of_week`` are restricted (given,
+        and not ``*``, even if they allow every day), fire on days matching either of them
+        (standard cron) instead of both
     :raises ValueError: naming the field and the value, on any invalid expression
     :raises TypeError: on a value of the wrong type
     """
