@@ -41,6 +41,12 @@ def docs(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Run the benchmarks (competitors are installed into benchmarks/.vendor/)."""
+    """Run the benchmarks beside the competitors, which go to benchmarks/.vendor/ first.
+
+    The trigger benchmark, then the scheduler cases: all of them, or those the arguments
+    name (``nox -s bench -- throughput --quick``, passed to ``python -m benchmarks``).
+    """
     session.install("-e", ".[bench,postgresql,redis]")
+    session.run("python", "-m", "benchmarks.vendor")  # skips what is already there
+    session.run("python", "-m", "benchmarks.bench_triggers", "--repeat", "5", "--rounds", "3")
     session.run("python", "-m", "benchmarks", *session.posargs)

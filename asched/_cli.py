@@ -26,7 +26,12 @@ def _keyword_fields(text: str) -> dict[str, str]:
     current: str | None = None
     for piece in text.split(","):
         name, sep, value = piece.partition("=")
-        if sep and name.strip() in _CRON_FIELDS:
+        if sep and name.strip() not in _CRON_FIELDS:
+            # no cron expression holds "=": this piece names a field, and not a known one
+            raise ValueError(
+                f"--cron: unknown field {name.strip()!r} (fields: {', '.join(_CRON_FIELDS)})"
+            )
+        if sep:
             current = name.strip()
             fields[current] = value.strip()
         elif current is not None:
@@ -41,10 +46,12 @@ def _keyword_fields(text: str) -> dict[str, str]:
 
 def _preview(args: argparse.Namespace) -> int:
     if (args.expression is None) == (args.cron is None):
-        print("preview: give either a crontab expression or --cron field=value,...")
+        print(
+            "preview: give either a crontab expression or --cron field=value,...", file=sys.stderr
+        )
         return 2
     if args.count < 1:
-        print(f"preview: --count must be at least 1, got {args.count}")
+        print(f"preview: --count must be at least 1, got {args.count}", file=sys.stderr)
         return 2
     try:
         if args.cron is not None:

@@ -7,6 +7,7 @@ those, or raise a ``ValueError``/``TypeError`` naming the offending value.
 
 from __future__ import annotations
 
+import re
 from datetime import date, datetime, time, timedelta, timezone, tzinfo
 from functools import lru_cache
 from typing import Any
@@ -25,8 +26,17 @@ def _zone_from_key(key: str) -> ZoneInfo:
     return ZoneInfo(key)
 
 
+_FIXED_OFFSET = re.compile(
+    r"^(?P<sign>[+-])(?P<hours>\d{2}):(?P<minutes>\d{2})"
+    r"(?::(?P<seconds>\d{2})(?:\.(?P<microseconds>\d{6}))?)?$"
+)
+
+
 def as_timezone(value: str | tzinfo | None, *, field: str = "timezone") -> tzinfo:
     """Return a ``tzinfo`` for a zone name, a ``tzinfo`` or ``None`` (the local zone).
+
+    Names are zoneinfo keys (``"Europe/Berlin"``), ``"UTC"``, or fixed offsets from UTC as
+    :func:`timezone_key` writes them (``"+05:30"``, ``"-03:00"``).
 
     :raises ValueError: if the zone name is unknown
     :raises TypeError: if the value is neither a string nor a ``tzinfo``
@@ -38,6 +48,9 @@ def as_timezone(value: str | tzinfo | None, *, field: str = "timezone") -> tzinf
     if isinstance(value, str):
         if value.upper() == "UTC":
             return timezone.utc
+        offset = _FIXED_OFFSET.match(value)
+        if offset is not None:
+            return _fixed_offset_zone(value, offset, field)
         try:
             return _zone_from_key(value)
         except (ZoneInfoNotFoundError, ValueError):
@@ -46,11 +59,32 @@ def as_timezone(value: str | tzinfo | None, *, field: str = "timezone") -> tzinf
     raise TypeError(f"{field}: expected a time zone name or a tzinfo, got {value!r}")
 
 
+def _fixed_offset_zone(text: str, match: re.Match[str], field: str) -> tzinfo:
+    hours, minutes, seconds, microseconds = (
+        int(match.group(name) or 0) for name in ("hours", "minutes", "seconds", "microseconds")
+    )
+    if minutes > 59 or seconds > 59:
+        raise ValueError(f"{field}: invalid UTC offset {text!r}")
+    offset = timedelta(
+        hours=hours, minutes=minutes, seconds=seconds, microseconds=microseconds
+    ) * (-1 if match.group("sign") == "-" else 1)
+    if not offset:
+        return timezone.utc
+    try:
+        return timezone(offset)
+    except ValueError:
+        raise ValueError(
+            f"{field}: invalid UTC offset {text!r} (must be less than 24 hours)"
+        ) from None
+
+
 def timezone_key(tz: tzinfo) -> str:
     """Return a name for ``tz`` that :func:`as_timezone` turns back into an equal zone.
 
-    :raises ValueError: if the zone has no portable name (e.g. a ``pytz``-style or custom
-        ``tzinfo`` class)
+    That is its zoneinfo key, ``"UTC"``, or for a fixed offset from UTC (such as
+    ``datetime.now().astimezone()`` gives) the offset: ``"+05:30"``.
+
+    :raises ValueError: if the zone has no portable name (e.g. a custom ``tzinfo`` class)
     """
     if tz is timezone.utc:
         return "UTC"
@@ -59,13 +93,25 @@ def timezone_key(tz: tzinfo) -> str:
         return key
     if isinstance(tz, timezone):
         offset = tz.utcoffset(None)
-        if offset == timedelta(0):
+        if not offset:
             return "UTC"
-        raise ValueError(
-            f"fixed-offset time zone {tz} has no zone name; use a zoneinfo key such as "
-            "'Etc/GMT-5' or 'UTC'"
-        )
+        sign = "-" if offset < timedelta(0) else "+"
+        minutes, seconds = divmod(abs(offset), timedelta(minutes=1))
+        text = f"{sign}{minutes // 60:02}:{minutes % 60:02}"
+        if seconds:
+            text += f":{seconds.seconds:02}"
+            if seconds.microseconds:
+                text += f".{seconds.microseconds:06}"
+        return text
     raise ValueError(f"time zone {tz!r} has no portable name; use a zoneinfo key")
+
+
+def timezone_text(tz: tzinfo) -> str:
+    """Return :func:`timezone_key` of ``tz``, or its ``repr()`` if it has no portable name."""
+    try:
+        return timezone_key(tz)
+    except ValueError:
+        return repr(tz)
 
 
 def as_aware_datetime(value: datetime | date | str, tz: tzinfo, *, field: str) -> datetime:
@@ -87,12 +133,40 @@ def as_aware_datetime(value: datetime | date | str, tz: tzinfo, *, field: str) -
             ) from None
     if isinstance(value, datetime):
         if value.tzinfo is None or value.tzinfo.utcoffset(value) is None:
-            return localize(value, tz)
-        return value
-    if isinstance(value, date):
-        return localize(datetime.combine(value, time()), tz)
+            result = localize(value, tz)
+        else:
+            result = value
+    elif isinstance(value, date):
+        result = localize(datetime.combine(value, time()), tz)
+    else:
+        raise TypeError(
+            f"{field}: expected a datetime, a date or an ISO 8601 string, got {value!r}"
+        )
 
-    raise TypeError(f"{field}: expected a datetime, a date or an ISO 8601 string, got {value!r}")
+    try:
+        result.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValueError(
+            f"{field}: {result.isoformat()} is outside the range of datetime in UTC"
+        ) from None
+    return result
+
+
+_UTC_MIN = datetime.min.replace(tzinfo=timezone.utc)
+_UTC_MAX = datetime.max.replace(tzinfo=timezone.utc)
+
+
+def utc_instant(value: datetime) -> datetime:
+    """Return an aware datetime in UTC, clamped to the range of ``datetime``.
+
+    An instant too late (or too early) for ``datetime`` in UTC (9999-12-31 23:00-05:00)
+    becomes ``datetime.max`` (``datetime.min``) in UTC: nothing can fire after (before) it.
+    """
+    try:
+        return value.astimezone(timezone.utc)
+    except OverflowError:
+        offset = value.utcoffset()
+        return _UTC_MAX if offset is not None and offset < timedelta(0) else _UTC_MIN
 
 
 def optional_aware_datetime(
@@ -100,6 +174,17 @@ def optional_aware_datetime(
 ) -> datetime | None:
     """Like :func:`as_aware_datetime`, but lets ``None`` through."""
     return None if value is None else as_aware_datetime(value, tz, field=field)
+
+
+def aware_in(value: datetime, tz: tzinfo) -> datetime:
+    """Return ``value`` if it is aware, else the naive wall-clock time in ``tz``.
+
+    The rule for an ``after`` given to a trigger: a naive datetime is read like a naive
+    ``start_time`` (see :func:`localize`).
+    """
+    if value.tzinfo is None or value.utcoffset() is None:
+        return localize(value, tz)
+    return value
 
 
 def localize(naive: datetime, tz: tzinfo) -> datetime:

@@ -4,10 +4,19 @@
 
 Each side runs in its own interpreter (both APScheduler versions are the package
 ``apscheduler``): APScheduler 3.11 from ``benchmarks/.vendor/ap3`` and 4.0a6 from
-``benchmarks/.vendor/ap4``, installed by ``python -m benchmarks.vendor``. Every case chains
-fire times from 2026-01-01 in Europe/Berlin (each computation starts from the previous fire
-time) and reports the best of ``--repeat`` runs times ``--rounds`` turns, in microseconds per
-computation.
+``benchmarks/.vendor/ap4``, installed by ``python -m benchmarks.vendor``. Every case runs
+from 2026-01-01 in Europe/Berlin, two ways, and reports the best of ``--repeat`` runs times
+``--rounds`` turns, in microseconds per computation:
+
+- chained: each computation starts from the previous fire time, as a schedule asks;
+- cold: a trigger rebuilt from its serialized form (as a store loads it) is asked for the
+  fire time after an instant that is not the last one it returned, the latest first. asched:
+  ``next_fire_time(previous + 1 µs)``, so it cannot continue from its last answer.
+  APScheduler keeps nothing between calls but the last fire time, so it answers the same
+  questions: 3.11 ``get_next_fire_time(None, now=previous + 1 µs)`` for cron and interval
+  (a search from ``now``) and ``get_next_fire_time(previous, now)`` for calendar interval
+  (it can only step from a previous fire time); 4.0a6 ``next()`` with its last fire time
+  set to the previous one.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from itertools import islice
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -59,8 +69,17 @@ def _best_of(repeat: int, count: int, run: Callable[[], None]) -> float:
     return best / count * 1e6
 
 
+COLD = " (cold)"
+ONE_MICROSECOND = timedelta(microseconds=1)
+
+
 def asched_side(repeat: int) -> dict[str, float | None]:
-    from asched.triggers import CalendarIntervalTrigger, CronTrigger, IntervalTrigger
+    from asched.triggers import (
+        CalendarIntervalTrigger,
+        CronTrigger,
+        IntervalTrigger,
+        trigger_from_dict,
+    )
 
     results: dict[str, float | None] = {}
     for label, kind, kwargs, count in CASES:
@@ -77,6 +96,17 @@ def asched_side(repeat: int) -> dict[str, float | None]:
                 fire_time = trigger.next_fire_time(fire_time)
 
         results[label] = _best_of(repeat, count, run)
+
+        # cold: just after each fire time, latest first (never after the last answer), on a
+        # trigger loaded from its description
+        afters = [fire_time + ONE_MICROSECOND for fire_time in islice(trigger, count)][::-1]
+        rebuilt = trigger_from_dict(trigger.to_dict())
+
+        def run_cold(trigger: Any = rebuilt, afters: list[datetime] = afters) -> None:
+            for after in afters:
+                trigger.next_fire_time(after)
+
+        results[label + COLD] = _best_of(repeat, count, run_cold)
     return results
 
 
@@ -99,9 +129,34 @@ def apscheduler3_side(repeat: int) -> dict[str, float | None]:
             now = START
             for _ in range(count):
                 fire_time = trigger.get_next_fire_time(fire_time, now)
-                now = fire_time + timedelta(microseconds=1)
+                now = fire_time + ONE_MICROSECOND
 
         results[label] = _best_of(repeat, count, run)
+
+        fire_times = []
+        fire_time, now = None, START
+        for _ in range(count):
+            fire_time = trigger.get_next_fire_time(fire_time, now)
+            fire_times.append(fire_time)
+            now = fire_time + ONE_MICROSECOND
+        cls: Any = type(trigger)
+        rebuilt = cls.__new__(cls)
+        rebuilt.__setstate__(trigger.__getstate__())
+        fire_times.reverse()  # the same order as asched's (it makes no difference here)
+
+        if kind == "calendarinterval":
+
+            def run_cold(trigger: Any = rebuilt, fire_times: list[Any] = fire_times) -> None:
+                for fire_time in fire_times:
+                    trigger.get_next_fire_time(fire_time, fire_time + ONE_MICROSECOND)
+
+        else:
+
+            def run_cold(trigger: Any = rebuilt, fire_times: list[Any] = fire_times) -> None:
+                for fire_time in fire_times:
+                    trigger.get_next_fire_time(None, fire_time + ONE_MICROSECOND)
+
+        results[label + COLD] = _best_of(repeat, count, run_cold)
     return results
 
 
@@ -128,6 +183,26 @@ def apscheduler4_side(repeat: int) -> dict[str, float | None]:
                 trigger.next()
             best = min(best, time.perf_counter() - started)
         results[label] = best / count * 1e6
+
+        # cold: a trigger restored with the previous fire time as its last one, each time
+        trigger = build()
+        fire_times = [trigger.next() for _ in range(count)]
+        ap4_class: Any = type(trigger)
+        rebuilt = ap4_class.__new__(ap4_class)
+        rebuilt.__setstate__(trigger.__getstate__())
+        attribute = "_last_fire_date" if kind == "calendarinterval" else "_last_fire_time"
+        previous = [
+            fire_time.date() if kind == "calendarinterval" else fire_time
+            for fire_time in reversed(fire_times)
+        ]
+        best = float("inf")
+        for _ in range(repeat):
+            started = time.perf_counter()
+            for value in previous:
+                setattr(rebuilt, attribute, value)
+                rebuilt.next()
+            best = min(best, time.perf_counter() - started)
+        results[label + COLD] = best / count * 1e6
     return results
 
 
@@ -186,7 +261,7 @@ def main() -> None:
         "| trigger | asched µs | APScheduler 3.11 µs | APScheduler 4.0a6 µs | vs 3.11 | vs 4.0a6 |"
     )
     print("|---|---:|---:|---:|---:|---:|")
-    for label, *_ in CASES:
+    for label in [case[0] + path for path in ("", COLD) for case in CASES]:
         ours, ap3, ap4 = (results[side][label] for side in SIDES)
         ratios = [f"{other / ours:.1f}x" if ours and other else "n/a" for other in (ap3, ap4)]
         print(f"| {label} | {_cell(ours)} | {_cell(ap3)} | {_cell(ap4)} | {' | '.join(ratios)} |")

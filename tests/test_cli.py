@@ -47,7 +47,9 @@ def test_preview_of_an_exhausted_expression(capsys: pytest.CaptureFixture[str]) 
     [
         (["preview", "61 * * * *"], "invalid value '61' for field 'minute'"),
         (["preview", "--cron", "hour=25"], "invalid value '25' for field 'hour'"),
-        (["preview", "--cron", "hours=5"], "--cron: expected field=value pairs"),
+        (["preview", "--cron", "hours=5"], "--cron: unknown field 'hours' (fields: year,"),
+        (["preview", "--cron", "hour=17,minutes=5"], "--cron: unknown field 'minutes'"),
+        (["preview", "--cron", "*/5"], "--cron: expected field=value pairs"),
         (["preview", "* * * * *", "--timezone", "Nowhere/City"], "unknown time zone"),
     ],
 )
@@ -61,7 +63,16 @@ def test_preview_rejects_bad_input(
 def test_preview_needs_exactly_one_expression(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["preview"]) == 2
     assert main(["preview", "* * * * *", "--cron", "hour=1"]) == 2
-    assert "give either a crontab expression or --cron" in capsys.readouterr().out
+    output = capsys.readouterr()
+    assert output.err.count("give either a crontab expression or --cron") == 2
+    assert output.out == ""
+
+
+def test_preview_count_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["preview", "* * * * *", "--count", "0"]) == 2
+    output = capsys.readouterr()
+    assert "--count must be at least 1, got 0" in output.err
+    assert output.out == ""
 
 
 def test_module_entry_point_exits_non_zero_on_error() -> None:

@@ -25,7 +25,9 @@ class Trigger(ABC):
     def next_fire_time(self, after: datetime | None = None) -> datetime | None:
         """Return the earliest fire time strictly later than ``after``.
 
-        :param after: an aware datetime, or ``None`` for the first fire time of the trigger
+        :param after: a datetime, or ``None`` for the first fire time of the trigger; a naive
+            one is a wall-clock time in the trigger's zone (resolved across DST like a naive
+            ``start_time``), and combining triggers hand it to each of their triggers
         :return: an aware datetime, or ``None`` when the trigger fires no more
         """
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import attrs
 
+from ._descriptions import build, checked_description
 from .base import Trigger
 
 _UTC = timezone.utc
@@ -24,10 +25,16 @@ def _check_triggers(cls_name: str, triggers: Sequence[Trigger]) -> tuple[Trigger
     return items
 
 
-def _children_from_dict(data: dict[str, Any]) -> list[Trigger]:
+def _children_from_dict(type_name: str, data: dict[str, Any]) -> list[Trigger]:
     from . import trigger_from_dict
 
-    return [trigger_from_dict(child) for child in data["triggers"]]
+    children = data["triggers"]
+    if not isinstance(children, list):
+        raise ValueError(
+            f"{type_name!r} trigger description: 'triggers' must be a list of trigger "
+            f"descriptions, got {children!r}"
+        )
+    return [trigger_from_dict(child) for child in children]
 
 
 @attrs.define(frozen=True, init=False)
@@ -40,7 +47,8 @@ class AndTrigger(Trigger):
 
     :param triggers: at least two triggers
     :param max_iterations: rounds of the search before giving up
-    :raises ValueError: with fewer than two triggers or a non-positive ``max_iterations``
+    :raises ValueError: with fewer than two triggers or a ``max_iterations`` below 1
+    :raises TypeError: if an item is not a trigger or ``max_iterations`` not an int
     """
 
     type_name = "and"
@@ -49,9 +57,11 @@ class AndTrigger(Trigger):
     max_iterations: int
 
     def __init__(self, triggers: Sequence[Trigger], *, max_iterations: int = 10_000) -> None:
-        if not isinstance(max_iterations, int) or max_iterations < 1:
+        if not isinstance(max_iterations, int) or isinstance(max_iterations, bool):
+            raise TypeError(f"AndTrigger: max_iterations must be an int, got {max_iterations!r}")
+        if max_iterations < 1:
             raise ValueError(
-                f"AndTrigger: max_iterations must be a positive int, got {max_iterations!r}"
+                f"AndTrigger: max_iterations must be at least 1, got {max_iterations!r}"
             )
         self.__attrs_init__(_check_triggers("AndTrigger", triggers), max_iterations)
 
@@ -83,8 +93,19 @@ class AndTrigger(Trigger):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AndTrigger:
-        """Rebuild the trigger from :meth:`to_dict` output."""
-        return cls(_children_from_dict(data), max_iterations=data.get("max_iterations", 10_000))
+        """Rebuild the trigger from :meth:`to_dict` output.
+
+        :raises ValueError: naming the key, if the description is incomplete or invalid
+        """
+        data = checked_description(
+            data, cls.type_name, required=("triggers",), optional=("max_iterations",)
+        )
+        return build(
+            cls.type_name,
+            cls,
+            _children_from_dict(cls.type_name, data),
+            max_iterations=data.get("max_iterations", 10_000),
+        )
 
     def __str__(self) -> str:
         return f"and[{', '.join(str(trigger) for trigger in self.triggers)}]"
@@ -128,8 +149,12 @@ class OrTrigger(Trigger):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> OrTrigger:
-        """Rebuild the trigger from :meth:`to_dict` output."""
-        return cls(_children_from_dict(data))
+        """Rebuild the trigger from :meth:`to_dict` output.
+
+        :raises ValueError: naming the key, if the description is incomplete or invalid
+        """
+        data = checked_description(data, cls.type_name, required=("triggers",))
+        return build(cls.type_name, cls, _children_from_dict(cls.type_name, data))
 
     def __str__(self) -> str:
         return f"or[{', '.join(str(trigger) for trigger in self.triggers)}]"

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timezone, tzinfo
+from datetime import date, datetime, tzinfo
 from typing import Any
 
 import attrs
 
-from .._converters import as_aware_datetime, as_timezone, timezone_key
+from .._converters import (
+    as_aware_datetime,
+    as_timezone,
+    aware_in,
+    timezone_key,
+    timezone_text,
+    utc_instant,
+)
+from ._descriptions import build, checked_description
 from .base import Trigger
 
 
@@ -34,14 +42,19 @@ class DateTrigger(Trigger):
         if timezone is None and isinstance(run_time, datetime) and run_time.tzinfo is not None:
             tz = run_time.tzinfo
         else:
-            tz = as_timezone(timezone)
+            tz = as_timezone(timezone, field="DateTrigger: timezone")
         aware = as_aware_datetime(run_time, tz, field="DateTrigger: run_time")
         self.__attrs_init__(aware.astimezone(tz), tz)
 
     def next_fire_time(self, after: datetime | None = None) -> datetime | None:
-        """Return ``run_time`` if it is later than ``after`` (or ``after`` is None)."""
+        """Return ``run_time`` if it is later than ``after`` (or ``after`` is None).
+
+        A naive ``after`` is a wall-clock time in the trigger's zone.
+        """
+        if after is None:
+            return self.run_time
         # compared as UTC instants: same-tzinfo comparisons ignore the DST fold
-        if after is None or self.run_time.astimezone(timezone.utc) > after:
+        if utc_instant(self.run_time) > utc_instant(aware_in(after, self.timezone)):
             return self.run_time
         return None
 
@@ -55,8 +68,12 @@ class DateTrigger(Trigger):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DateTrigger:
-        """Rebuild the trigger from :meth:`to_dict` output."""
-        return cls(data["run_time"], timezone=data["timezone"])
+        """Rebuild the trigger from :meth:`to_dict` output.
+
+        :raises ValueError: naming the key, if the description is incomplete or invalid
+        """
+        data = checked_description(data, cls.type_name, required=("run_time", "timezone"))
+        return build(cls.type_name, cls, data["run_time"], timezone=data["timezone"])
 
     def __str__(self) -> str:
         return f"date[{self.run_time.isoformat(sep=' ')}]"
@@ -64,5 +81,5 @@ class DateTrigger(Trigger):
     def __repr__(self) -> str:
         return (
             f"DateTrigger(run_time={self.run_time.isoformat(sep=' ')!r}, "
-            f"timezone={timezone_key(self.timezone)!r})"
+            f"timezone={timezone_text(self.timezone)!r})"
         )

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import math
 from datetime import date, datetime, timedelta, timezone, tzinfo
 from typing import Any
 
 import attrs
 
-from .._converters import as_timezone, optional_aware_datetime, timezone_key, utc_now
+from .._converters import (
+    as_timezone,
+    aware_in,
+    optional_aware_datetime,
+    timezone_key,
+    timezone_text,
+    utc_now,
+)
+from ._descriptions import build, checked_description
 from .base import Trigger
 
 _UTC = timezone.utc
+_ZERO = timedelta(0)
 _UNITS = ("weeks", "days", "hours", "minutes", "seconds", "microseconds")
 
 
@@ -27,8 +37,9 @@ class IntervalTrigger(Trigger):
     :param end_time: the latest possible fire time (inclusive)
     :param timezone: zone for naive input and for the fire times returned (default: the zone
         of an aware ``start_time``, else the local zone)
-    :raises ValueError: if the interval is zero or negative, or ``end_time`` is before
-        ``start_time``
+    :raises ValueError: if the interval is zero, negative, not finite or too long, or
+        ``end_time`` is before ``start_time``
+    :raises TypeError: if a unit is not a number
     """
 
     type_name = "interval"
@@ -47,6 +58,10 @@ class IntervalTrigger(Trigger):
     # is wrong across DST changes, so all arithmetic happens on UTC instants
     _start_utc: datetime = attrs.field(eq=False, repr=False, alias="_start_utc")
     _end_utc: datetime | None = attrs.field(eq=False, repr=False, alias="_end_utc")
+    # (fire time, in UTC) last returned: a chained call adds the interval to it
+    _last_fire: tuple[datetime, datetime] | None = attrs.field(
+        eq=False, repr=False, alias="_last_fire", default=None
+    )
 
     def __init__(
         self,
@@ -66,17 +81,32 @@ class IntervalTrigger(Trigger):
         ):
             if not isinstance(value, (int, float)) or isinstance(value, bool):
                 raise TypeError(f"IntervalTrigger: {name} must be a number, got {value!r}")
+            if not math.isfinite(value):
+                raise ValueError(f"IntervalTrigger: {name} must be a finite number, got {value!r}")
             if value < 0:
                 raise ValueError(f"IntervalTrigger: {name} must not be negative, got {value!r}")
 
-        interval = timedelta(
-            weeks=weeks,
-            days=days,
-            hours=hours,
-            minutes=minutes,
-            seconds=seconds,
-            microseconds=microseconds,
-        )
+        try:
+            interval = timedelta(
+                weeks=weeks,
+                days=days,
+                hours=hours,
+                minutes=minutes,
+                seconds=seconds,
+                microseconds=microseconds,
+            )
+        except OverflowError:
+            given = ", ".join(
+                f"{name}={value!r}"
+                for name, value in zip(
+                    _UNITS, (weeks, days, hours, minutes, seconds, microseconds), strict=True
+                )
+                if value
+            )
+            raise ValueError(
+                f"IntervalTrigger: the interval ({given}) is too long (at most "
+                f"{timedelta.max.days:,} days)"
+            ) from None
         if interval <= timedelta(0):
             raise ValueError(
                 "IntervalTrigger: the interval must be longer than zero "
@@ -86,7 +116,7 @@ class IntervalTrigger(Trigger):
         if timezone is None and isinstance(start_time, datetime) and start_time.tzinfo is not None:
             tz = start_time.tzinfo
         else:
-            tz = as_timezone(timezone)
+            tz = as_timezone(timezone, field="IntervalTrigger: timezone")
         start = optional_aware_datetime(start_time, tz, field="IntervalTrigger: start_time")
         if start is None:
             start = utc_now() + interval
@@ -113,19 +143,38 @@ class IntervalTrigger(Trigger):
         )
 
     def next_fire_time(self, after: datetime | None = None) -> datetime | None:
-        """Return the first ``start_time + k * interval`` (k >= 0) later than ``after``."""
-        start = self._start_utc
+        """Return the first ``start_time + k * interval`` (k >= 0) later than ``after``.
+
+        A naive ``after`` is a wall-clock time in the trigger's zone.
+        """
         if after is None:
             return self.start_time
-        after_utc = after.astimezone(_UTC)
-        if after_utc < start:
-            return self.start_time
-
+        last = self._last_fire
+        start = self._start_utc
         interval = self.interval
-        fire_utc = start + ((after_utc - start) // interval + 1) * interval
-        if self._end_utc is not None and fire_utc > self._end_utc:
+        try:
+            if last is not None and after is last[0]:
+                # chained: ``after`` is the fire time returned last
+                fire_utc = last[1] + interval
+            else:
+                try:
+                    # aware datetimes in different zones subtract as instants (start is in
+                    # UTC, where a plain difference is one too), without the overflow a
+                    # conversion can hit
+                    elapsed = after - start
+                except TypeError:  # a naive ``after``
+                    elapsed = aware_in(after, self.timezone) - start
+                if elapsed < _ZERO:
+                    return self.start_time
+                fire_utc = start + (elapsed // interval + 1) * interval
+            if self._end_utc is not None and fire_utc > self._end_utc:
+                return None
+            fire_time = fire_utc.astimezone(self.timezone)
+        except OverflowError:  # the next fire time would be past datetime.max
             return None
-        return fire_utc.astimezone(self.timezone)
+        # one tuple replaced whole (an atomic store): safe across threads
+        object.__setattr__(self, "_last_fire", (fire_time, fire_utc))
+        return fire_time
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-safe dict describing this trigger."""
@@ -141,10 +190,20 @@ class IntervalTrigger(Trigger):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> IntervalTrigger:
-        """Rebuild the trigger from :meth:`to_dict` output."""
-        units = {name: data[name] for name in _UNITS if name in data}
-        return cls(
-            **units,
+        """Rebuild the trigger from :meth:`to_dict` output.
+
+        :raises ValueError: naming the key, if the description is incomplete or invalid
+        """
+        data = checked_description(
+            data,
+            cls.type_name,
+            required=("start_time", "timezone"),
+            optional=(*_UNITS, "end_time"),
+        )
+        return build(
+            cls.type_name,
+            cls,
+            **{name: data[name] for name in _UNITS if name in data},
             start_time=data["start_time"],
             end_time=data.get("end_time"),
             timezone=data["timezone"],
@@ -161,5 +220,20 @@ class IntervalTrigger(Trigger):
         return f"interval[{', '.join(self._argument_text())}]"
 
     def __repr__(self) -> str:
-        arguments = [*self._argument_text(), f"timezone={timezone_key(self.timezone)!r}"]
+        arguments = [*self._argument_text(), f"timezone={timezone_text(self.timezone)!r}"]
         return f"IntervalTrigger({', '.join(arguments)})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # pickle the constructor's arguments only: the cache is rebuilt on demand
+        return _unpickle, (
+            {name: getattr(self, name) for name in _UNITS},
+            self.start_time,
+            self.end_time,
+            self.timezone,
+        )
+
+
+def _unpickle(
+    units: dict[str, float], start_time: datetime, end_time: datetime | None, timezone: tzinfo
+) -> IntervalTrigger:
+    return IntervalTrigger(**units, start_time=start_time, end_time=end_time, timezone=timezone)

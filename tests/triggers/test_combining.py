@@ -64,8 +64,10 @@ class TestAndTrigger:
             AndTrigger([interval(hours=1)])
         with pytest.raises(TypeError, match="AndTrigger: expected triggers, got 'hourly'"):
             AndTrigger([interval(hours=1), "hourly"])  # type: ignore[list-item]
-        with pytest.raises(ValueError, match="max_iterations must be a positive int, got 0"):
+        with pytest.raises(ValueError, match="max_iterations must be at least 1, got 0"):
             AndTrigger([interval(hours=1), interval(hours=2)], max_iterations=0)
+        with pytest.raises(TypeError, match="max_iterations must be an int, got '5'"):
+            AndTrigger([interval(hours=1), interval(hours=2)], max_iterations="5")  # type: ignore[arg-type]
 
 
 class TestOrTrigger:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pickle
 from datetime import datetime, timedelta, timezone
 from itertools import islice, pairwise
 from zoneinfo import ZoneInfo
@@ -229,6 +230,19 @@ class TestCrontab:
             "2026-01-02T12:00:30+00:00",
         ]
 
+    def test_six_fields_every_second_on_some_days(self) -> None:
+        trigger = CronTrigger.from_crontab(
+            "* * * * * mon-fri", timezone="UTC", start_time="2026-01-02 23:59:58"
+        )
+        assert fire_times(trigger, 3) == [
+            "2026-01-02T23:59:58+00:00",
+            "2026-01-02T23:59:59+00:00",
+            "2026-01-05T00:00:00+00:00",
+        ]
+        assert trigger.next_fire_time(datetime(2026, 1, 5, 9, 30, 5, tzinfo=UTC)) == datetime(
+            2026, 1, 5, 9, 30, 6, tzinfo=UTC
+        )
+
     @pytest.mark.parametrize(
         ("shortcut", "expected"),
         [
@@ -264,7 +278,7 @@ class TestCrontab:
         assert weekdays("5-7") == "fri-sun"
         assert weekdays("0-2") == "mon-tue,sun"
         assert weekdays("*/2") == "tue,thu,sat-sun"
-        assert weekdays("0-7") == "*"
+        assert weekdays("0-7") == "mon-sun"
 
     def test_either_day_matches_when_both_are_restricted(self) -> None:
         # standard cron: the 13th of each month, and every Friday
@@ -276,6 +290,28 @@ class TestCrontab:
             "2026-01-16",
         ]
         assert "match_either_day=True" in str(trigger)
+
+    @pytest.mark.parametrize("every_day", ["1-7", "0-6", "0-7", "sun-sat", "SUN-SAT", "*/1"])
+    def test_a_weekday_field_covering_every_day_still_counts_as_given(
+        self, every_day: str
+    ) -> None:
+        # cron decides "restricted" by whether the field starts with "*", not by its values:
+        # "0 0 1 * 1-7" fires every day (the 1st, or any day of the week)
+        trigger = CronTrigger.from_crontab(
+            f"0 0 1 * {every_day}", timezone="UTC", start_time="2026-01-01"
+        )
+        expected = 1 if every_day.startswith("*") else 4
+        assert [value.day for value in islice(trigger, expected)] == [1, 2, 3, 4][:expected]
+        if every_day.startswith("*"):
+            assert trigger.next_fire_time(datetime(2026, 1, 1, tzinfo=UTC)) == datetime(
+                2026, 2, 1, tzinfo=UTC
+            )
+
+    def test_a_range_wrapping_past_the_end_of_the_week_is_refused_with_a_hint(self) -> None:
+        with pytest.raises(ValueError, match="Monday to Sunday is '1-7' or 'mon-sat,sun'"):
+            CronTrigger.from_crontab("0 0 * * mon-sun")
+        fields = dict(CronTrigger.from_crontab("0 0 * * mon-sat,sun").fields)
+        assert fields["day_of_week"] == "mon-sun"
 
     def test_star_day_field_keeps_the_and_rule(self) -> None:
         trigger = CronTrigger.from_crontab(
@@ -409,6 +445,71 @@ class TestDaylightSaving:
             "2026-03-30T02:30:00+00:00",
         ]
 
+    def test_gap_time_shifted_past_later_wall_times_fires_in_instant_order(self) -> None:
+        # Lord Howe, 2026-10-04: 02:00 -> 02:30. 02:20 does not exist and fires at 02:50, so
+        # 02:40, which exists, comes first
+        trigger = CronTrigger(
+            hour=2, minute="20,40", timezone="Australia/Lord_Howe", start_time="2026-10-04 01:00"
+        )
+        assert fire_times(trigger, 3) == [
+            "2026-10-04T02:40:00+11:00",
+            "2026-10-04T02:50:00+11:00",
+            "2026-10-05T02:20:00+11:00",
+        ]
+
+    def test_hour_long_gap_not_on_the_hour(self) -> None:
+        # Chatham, 2026-09-27: 02:45 -> 03:45. 03:10 fires at 04:10, after 03:50
+        trigger = CronTrigger(
+            hour=3, minute="10,50", timezone="Pacific/Chatham", start_time="2026-09-27 01:00"
+        )
+        assert fire_times(trigger, 3) == [
+            "2026-09-27T03:50:00+13:45",
+            "2026-09-27T04:10:00+13:45",
+            "2026-09-28T03:10:00+13:45",
+        ]
+
+    def test_fresh_search_after_a_time_just_past_a_gap(self) -> None:
+        # not a chained call: ``after`` is after the gap, the shifted 02:20 (02:50) later
+        trigger = CronTrigger(minute=20, timezone="Australia/Lord_Howe", start_time="2026-10-01")
+        rebuilt = trigger_from_dict(trigger.to_dict())
+        after = datetime.fromisoformat("2026-10-04T02:35:00+11:00")
+        expected = datetime.fromisoformat("2026-10-04T02:50:00+11:00")
+        assert trigger.next_fire_time(after) == expected
+        assert rebuilt.next_fire_time(after.astimezone(UTC)) == expected
+
+        both = CronTrigger(
+            hour=2, minute="20,40", timezone="Australia/Lord_Howe", start_time="2026-10-01"
+        )
+        assert both.next_fire_time(
+            datetime.fromisoformat("2026-10-04T02:40:00+11:00")
+        ) == datetime.fromisoformat("2026-10-04T02:50:00+11:00")
+
+    def test_start_time_just_past_a_gap(self) -> None:
+        trigger = CronTrigger(
+            minute=20, timezone="Australia/Lord_Howe", start_time="2026-10-04T02:35:00+11:00"
+        )
+        assert fire_times(trigger, 2) == [
+            "2026-10-04T02:50:00+11:00",
+            "2026-10-04T03:20:00+11:00",
+        ]
+
+    def test_end_time_between_a_shifted_time_and_an_earlier_one(self) -> None:
+        trigger = CronTrigger(
+            hour=2,
+            minute="20,40",
+            timezone="Australia/Lord_Howe",
+            start_time="2026-10-04 01:00",
+            end_time="2026-10-04T02:45:00+11:00",
+        )
+        assert fire_times(trigger, 3) == ["2026-10-04T02:40:00+11:00"]
+
+    def test_every_second_after_a_time_in_the_second_pass_of_an_overlap(self) -> None:
+        trigger = CronTrigger(second="*", timezone="Europe/Berlin", start_time="2026-10-01")
+        second_pass = datetime(2026, 10, 25, 1, 0, 30, tzinfo=UTC)  # 02:00:30 CET
+        assert trigger.next_fire_time(second_pass) == datetime.fromisoformat(
+            "2026-10-25T03:00:00+01:00"
+        )
+
     def test_fire_times_strictly_increase_across_transitions(self) -> None:
         for zone in ("Europe/Berlin", "Australia/Lord_Howe", "Pacific/Chatham"):
             trigger = CronTrigger(minute="*/15", timezone=zone, start_time="2026-01-01")
@@ -449,6 +550,28 @@ class TestSerialization:
         assert repr(trigger) == (
             "CronTrigger(hour='17', minute='*/5', start_time='2026-01-01 00:00:00+01:00', "
             "timezone='Europe/Berlin')"
+        )
+
+    @pytest.mark.parametrize(
+        "trigger",
+        [
+            CronTrigger(hour=9, timezone="Europe/Berlin", start_time="2026-01-01"),
+            CronTrigger.from_crontab(
+                "0 9 13 * fri", timezone="UTC", start_time="2026-01-01", end_time="2027-01-01"
+            ),
+        ],
+    )
+    def test_pickling_keeps_the_arguments_only(self, trigger: CronTrigger) -> None:
+        fresh = pickle.dumps(trigger)
+        assert len(fresh) < 1000  # not the matcher's 8,030 years
+        list(islice(trigger, 3))  # fills the cache of the last fire time
+        assert pickle.dumps(trigger) == fresh
+        restored = pickle.loads(fresh)
+        assert restored == trigger
+        assert restored._matcher is trigger._matcher
+        after = datetime(2026, 6, 1, tzinfo=UTC)
+        assert list(islice(restored.fire_times(after), 5)) == list(
+            islice(trigger.fire_times(after), 5)
         )
 
     def test_equal_specs_share_one_matcher(self) -> None:
@@ -503,6 +626,19 @@ class TestErrors:
         with pytest.raises(ValueError, match=r"end_time .* is before start_time"):
             CronTrigger(hour=1, timezone="UTC", start_time="2026-02-01", end_time="2026-01-01")
 
+    def test_no_fire_time_past_the_end_of_datetime(self) -> None:
+        every_second = CronTrigger(second="*", timezone="UTC", start_time="9999-12-31 23:59:58")
+        assert fire_times(every_second, 5) == [
+            "9999-12-31T23:59:58+00:00",
+            "9999-12-31T23:59:59+00:00",
+        ]
+        # 22:00 on 9999-12-31 in New York is past the end of datetime in UTC
+        new_york = CronTrigger(hour=22, timezone="America/New_York", start_time="9999-12-30")
+        assert fire_times(new_york, 3) == ["9999-12-30T22:00:00-05:00"]
+        assert new_york.next_fire_time(datetime(9999, 12, 31, 23, tzinfo=UTC)) is None
+        tokyo = CronTrigger(hour=23, timezone="Asia/Tokyo", start_time="9999-12-30")
+        assert fire_times(tokyo, 3) == ["9999-12-30T23:00:00+09:00", "9999-12-31T23:00:00+09:00"]
+
     def test_spaces_around_separators_are_accepted(self) -> None:
         assert CronTrigger(day_of_week="mon - fri", hour="1, 2").fields == (
             ("day_of_week", "mon-fri"),
@@ -517,6 +653,9 @@ class TestErrors:
         ("Europe/Berlin", "2026-10-25T01:50:00+02:00", {"minute": "*/5"}),  # overlap
         ("Europe/Berlin", "2026-03-29T01:50:00+01:00", {"minute": "*/5"}),  # gap
         ("Australia/Lord_Howe", "2026-10-04T01:40:00+10:30", {"minute": "*/10"}),  # half-hour gap
+        ("Australia/Lord_Howe", "2026-10-04T01:00:00+10:30", {"minute": "20,40"}),
+        ("Pacific/Chatham", "2026-09-27T01:00:00+12:45", {"minute": "10,50"}),
+        ("Pacific/Chatham", "2026-09-27T02:40:00+12:45", {"second": "*/30", "minute": "*"}),
         ("Europe/Berlin", "2026-01-01T00:00:00+01:00", {"day": "last fri", "hour": 9}),
     ],
 )

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pickle
 from datetime import date, datetime, timedelta, timezone
 from itertools import islice, pairwise
 from zoneinfo import ZoneInfo
@@ -53,6 +54,19 @@ class TestDateTrigger:
         with pytest.raises(error, match=message):
             DateTrigger(run_time, timezone="UTC")  # type: ignore[arg-type]
 
+    def test_unknown_zone_names_the_trigger(self) -> None:
+        with pytest.raises(ValueError, match="DateTrigger: timezone: unknown time zone 'X/Y'"):
+            DateTrigger("2026-01-01", timezone="X/Y")
+
+    def test_run_time_at_the_end_of_datetime(self) -> None:
+        tokyo = ZoneInfo("Asia/Tokyo")
+        trigger = DateTrigger(datetime(9999, 12, 31, 23, tzinfo=tokyo))
+        assert trigger.next_fire_time(datetime(2026, 1, 1, tzinfo=UTC)) == trigger.run_time
+        late = datetime(9999, 12, 31, 23, tzinfo=ZoneInfo("America/New_York"))
+        assert trigger.next_fire_time(late) is None
+        with pytest.raises(ValueError, match="outside the range of datetime in UTC"):
+            DateTrigger(late)
+
 
 class TestIntervalTrigger:
     def test_fires_every_interval_from_start(self) -> None:
@@ -83,6 +97,90 @@ class TestIntervalTrigger:
             "02:30+0100",
             "03:30+0100",
         ]
+
+    @pytest.mark.parametrize(
+        ("zone", "start", "expected"),
+        [
+            # spring gaps: the wall clock jumps, the interval does not
+            ("Europe/Berlin", "2026-03-29 00:30", ["00:30+01:00", "01:30+01:00", "03:30+02:00"]),
+            (
+                "America/New_York",
+                "2026-03-08 00:30",
+                ["00:30-05:00", "01:30-05:00", "03:30-04:00"],
+            ),
+            (
+                "Australia/Lord_Howe",  # 30 minutes
+                "2026-10-04 00:45",
+                ["00:45+10:30", "01:45+10:30", "03:15+11:00"],
+            ),
+            ("Pacific/Chatham", "2026-09-27 01:15", ["01:15+12:45", "02:15+12:45", "04:15+13:45"]),
+            (
+                "America/Sao_Paulo",  # at midnight, 2018
+                "2018-11-03 22:30",
+                ["22:30-03:00", "23:30-03:00", "01:30-02:00"],
+            ),
+            # autumn overlaps: the repeated wall-clock time fires in both passes
+            (
+                "Europe/Berlin",
+                "2026-10-25 00:30",
+                ["00:30+02:00", "01:30+02:00", "02:30+02:00", "02:30+01:00"],
+            ),
+            (
+                "America/New_York",
+                "2026-11-01 00:00",
+                ["00:00-04:00", "01:00-04:00", "01:00-05:00", "02:00-05:00"],
+            ),
+            (
+                "Australia/Lord_Howe",
+                "2026-04-05 00:45",
+                ["00:45+11:00", "01:45+11:00", "02:15+10:30", "03:15+10:30"],
+            ),
+            (
+                "Pacific/Chatham",
+                "2026-04-05 01:15",
+                ["01:15+13:45", "02:15+13:45", "03:15+13:45", "03:15+12:45"],
+            ),
+            (
+                "America/Sao_Paulo",
+                "2019-02-16 21:30",
+                ["21:30-02:00", "22:30-02:00", "23:30-02:00", "23:30-03:00"],
+            ),
+            # no transitions
+            ("Asia/Kolkata", "2026-03-29 00:30", ["00:30+05:30", "01:30+05:30", "02:30+05:30"]),
+            ("UTC", "2026-03-29 00:30", ["00:30+00:00", "01:30+00:00", "02:30+00:00"]),
+        ],
+    )
+    def test_hourly_across_dst_in_every_zone(
+        self, zone: str, start: str, expected: list[str]
+    ) -> None:
+        trigger = IntervalTrigger(hours=1, start_time=start, timezone=zone)
+        values = list(islice(trigger, len(expected)))
+        assert [value.isoformat(timespec="minutes")[11:] for value in values] == expected
+        instants = [value.astimezone(UTC) for value in values]
+        assert [b - a for a, b in pairwise(instants)] == [timedelta(hours=1)] * (len(values) - 1)
+        # a fresh search from each fire time agrees
+        fresh = IntervalTrigger(hours=1, start_time=start, timezone=zone)
+        assert [fresh.next_fire_time(value) for value in values[:-1]] == values[1:]
+
+    def test_chained_calls_agree_with_a_fresh_search(self) -> None:
+        def make() -> IntervalTrigger:
+            return IntervalTrigger(minutes=50, start_time="2026-10-24 23:00", timezone=BERLIN)
+
+        chained = make()
+        values = list(islice(chained, 8))  # across the autumn overlap
+        for previous in values:
+            for after in (previous, previous.astimezone(UTC)):
+                assert chained.next_fire_time(after) == make().next_fire_time(after)
+        assert all(a.astimezone(UTC) < b.astimezone(UTC) for a, b in pairwise(values))
+
+    def test_pickling_keeps_the_arguments_only(self) -> None:
+        trigger = IntervalTrigger(hours=1, start_time="2026-01-01", timezone="Europe/Berlin")
+        fresh = pickle.dumps(trigger)
+        list(islice(trigger, 3))  # fills the cache of the last fire time
+        assert pickle.dumps(trigger) == fresh
+        restored = pickle.loads(fresh)
+        assert restored == trigger
+        assert list(islice(restored, 3)) == list(islice(trigger, 3))
 
     def test_end_time_exhausts(self) -> None:
         trigger = IntervalTrigger(
@@ -117,7 +215,19 @@ class TestIntervalTrigger:
                 ValueError,
                 r"end_time .* is before start_time",
             ),
-            ({"seconds": 1, "timezone": "Nowhere/City"}, ValueError, "unknown time zone"),
+            (
+                {"seconds": 1, "timezone": "Nowhere/City"},
+                ValueError,
+                "IntervalTrigger: timezone: unknown time zone 'Nowhere/City'",
+            ),
+            ({"seconds": float("nan")}, ValueError, "seconds must be a finite number, got nan"),
+            ({"hours": float("inf")}, ValueError, "hours must be a finite number, got inf"),
+            ({"days": 1e300}, ValueError, r"the interval \(days=1e\+300\) is too long"),
+            (
+                {"seconds": 1, "start_time": "9999-12-31 20:00", "timezone": "America/New_York"},
+                ValueError,
+                "start_time: 9999-12-31T20:00:00-05:00 is outside the range of datetime in UTC",
+            ),
         ],
     )
     def test_bad_input(
@@ -125,6 +235,23 @@ class TestIntervalTrigger:
     ) -> None:
         with pytest.raises(error, match=message):
             IntervalTrigger(**kwargs)  # type: ignore[arg-type]
+
+    def test_no_fire_time_past_the_end_of_datetime(self) -> None:
+        trigger = IntervalTrigger(days=1000, start_time="9990-01-01", timezone="UTC")
+        assert trigger.next_fire_time(datetime(9999, 6, 1, tzinfo=UTC)) is None
+        # the last one there is in UTC, then none in Tokyo where it would be past 9999
+        hourly = IntervalTrigger(hours=1, start_time="9999-12-31 20:00", timezone="UTC")
+        assert [value.hour for value in hourly] == [20, 21, 22, 23]
+        tokyo = IntervalTrigger(
+            hours=1, start_time=datetime(9999, 12, 31, 13, tzinfo=UTC), timezone="Asia/Tokyo"
+        )
+        assert [value.isoformat() for value in tokyo] == [
+            "9999-12-31T22:00:00+09:00",
+            "9999-12-31T23:00:00+09:00",
+        ]
+        # an ``after`` too late for datetime in UTC: nothing comes after it
+        late = datetime(9999, 12, 31, 23, tzinfo=ZoneInfo("America/New_York"))
+        assert hourly.next_fire_time(late) is None
 
     @given(
         seconds=st.integers(1, 10**6),

@@ -37,8 +37,10 @@ def _crontab_weekdays(expression: str) -> str:
             values = range_values("day_of_week", expression, text, (0, 7))
         except CronFieldError as exc:
             raise ValueError(
-                f"crontab: invalid day of week {expression!r} (expected 0-7 or mon-sun, with "
-                f"0 and 7 meaning Sunday): {exc}"
+                f"crontab: invalid day of week {expression!r} (expected numbers 0-7, where 0 "
+                "and 7 are Sunday, or the names sun-sat; as in cron a range cannot wrap past "
+                "the end of the week: Monday to Sunday is '1-7' or 'mon-sat,sun', not "
+                f"'mon-sun'): {exc}"
             ) from None
         weekdays.update((value + 6) % 7 for value in values)
 
@@ -53,7 +55,8 @@ def _crontab_weekdays(expression: str) -> str:
             runs.append(WEEKDAY_NAMES[first])
         else:
             runs.append(f"{WEEKDAY_NAMES[first]}-{WEEKDAY_NAMES[last]}")
-    return "*" if runs == ["mon-sun"] else ",".join(runs)
+    # "mon-sun" is not "*": under cron's rule for both day fields it still counts as given
+    return ",".join(runs)
 
 
 def crontab_fields(line: str) -> tuple[dict[str, str], bool]:
@@ -88,5 +91,7 @@ def crontab_fields(line: str) -> tuple[dict[str, str], bool]:
     fields["day_of_week"] = _crontab_weekdays(normalize_expression("day_of_week", parts[-1]))
     fields.setdefault("second", "0")
     # "*" on a field coarser than a given one is the default anyway; leaving it out keeps
-    # str() short: "0 9 * * 1-5" -> cron[day_of_week='mon-fri', hour='9', minute='0', ...]
-    return {name: value for name, value in fields.items() if value != "*"}, match_either_day
+    # str() short: "0 9 * * 1-5" -> cron[day_of_week='mon-fri', hour='9', minute='0', ...].
+    # The seconds stay, even "*": they are the finest field, so all others default to "*"
+    kept = {name: value for name, value in fields.items() if value != "*" or name == "second"}
+    return kept, match_either_day

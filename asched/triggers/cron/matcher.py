@@ -53,8 +53,11 @@ class CronMatcher:
         self.hours = parse_values("hour", fields["hour"])
         self.minutes = parse_values("minute", fields["minute"])
         self.seconds = parse_values("second", fields["second"])
-        # "either day" only makes sense when the day field restricts anything
-        self.match_either_day = match_either_day and fields["day"] != "*"
+        # "either day" only makes sense when both fields are given: with "*" on either, the
+        # other decides alone (as in cron, where a field starting with "*" is unrestricted)
+        self.match_either_day = (
+            match_either_day and fields["day"] != "*" and fields["day_of_week"] != "*"
+        )
         self._restricts_weeks = len(self.weeks) < 53
         self._restricts_weekdays = len(self.weekdays) < 7
         self._days_by_month: dict[tuple[int, int], tuple[int, ...]] = {}
@@ -67,10 +70,12 @@ class CronMatcher:
             return cached
 
         days = self.day_spec.days_in(year, month)
-        if self._restricts_weekdays:
-            by_weekday = weekday_days(year, month, self.weekdays)
-            # standard cron (from_crontab): either day field may match; otherwise both must
-            days = days | by_weekday if self.match_either_day else days & by_weekday
+        # standard cron (from_crontab): either day field may match, even one that allows
+        # every weekday ("1-7"); otherwise both must
+        if self.match_either_day:
+            days |= weekday_days(year, month, self.weekdays)
+        elif self._restricts_weekdays:
+            days &= weekday_days(year, month, self.weekdays)
         if self._restricts_weeks:
             days &= iso_week_days(year, month, self.weeks)
 
