@@ -130,7 +130,8 @@ class AsyncScheduler:
         a data store object offers (a Redis store's pub/sub, see
         :meth:`~asched.datastores.DataStore.default_event_broker`), else local
     :param identity: unique id of this scheduler among those sharing the store (default:
-        host name, process id and object id)
+        host name, process id and object id, taken again when the scheduler is initialized,
+        so that processes forked after it was made each have their own)
     :param role: ``scheduler`` (creates jobs from schedules), ``worker`` (runs jobs) or
         ``both``
     :param job_executors: extra or replacement executors by name; ``async``,
@@ -191,7 +192,8 @@ class AsyncScheduler:
         if not isinstance(role, SchedulerRole):
             raise TypeError(f"role: expected a SchedulerRole, got {role!r}")
         self.role = role
-        self.identity = identity or f"{platform.node()}-{os.getpid()}-{id(self)}"
+        self._identity_given = identity is not None
+        self.identity = identity or self._make_identity()
         self.job_executors: dict[str, JobExecutor] = {
             "async": AsyncJobExecutor(),
             "threadpool": ThreadPoolJobExecutor(),
@@ -248,9 +250,16 @@ class AsyncScheduler:
     # Life cycle
     #
 
+    def _make_identity(self) -> str:
+        return f"{platform.node()}-{os.getpid()}-{id(self)}"
+
     async def __aenter__(self) -> AsyncScheduler:
         if self._exit_stack is not None:
             raise RuntimeError("this scheduler is already initialized (nested 'async with')")
+        if not self._identity_given:
+            # A scheduler made before a fork (gunicorn --preload) starts in each child: each
+            # needs an identity of its own, or they would take each other's leases as theirs
+            self.identity = self._make_identity()
 
         exit_stack = AsyncExitStack()
         await exit_stack.__aenter__()

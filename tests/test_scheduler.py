@@ -7,6 +7,7 @@ Time is the fake clock's: the scheduler sleeps on it, and tests move it with
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
@@ -1110,6 +1111,47 @@ async def test_subscribers_get_events_and_a_raising_one_does_no_harm(
 #
 # Tasks
 #
+
+
+FORKING_SCRIPT = """
+import os
+import anyio
+from asched import AsyncScheduler
+
+scheduler = AsyncScheduler()  # made at import, as under gunicorn --preload
+
+
+async def identity() -> str:
+    async with scheduler:
+        return scheduler.identity
+
+
+children = []
+for _ in range(2):
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(write_end, anyio.run(identity).encode())
+        os._exit(0)
+    os.close(write_end)
+    children.append((pid, read_end))
+for pid, read_end in children:
+    os.waitpid(pid, 0)
+    print(os.read(read_end, 1000).decode())
+print(scheduler.identity)
+"""
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_scheduler_made_before_a_fork_has_its_own_identity_in_each_child() -> None:
+    completed = await anyio.run_process([sys.executable, "-c", FORKING_SCRIPT])
+    identities = completed.stdout.decode().split()
+    assert len(identities) == 3
+    assert len(set(identities)) == 3  # two children and the parent
+
+    named = AsyncScheduler(identity="worker-1")
+    async with named:
+        assert named.identity == "worker-1"  # a given identity is kept as it is
 
 
 async def test_task_decorator_sets_id_and_limits(clock: FakeClock) -> None:
