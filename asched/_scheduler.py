@@ -1053,27 +1053,25 @@ class AsyncScheduler:
         )
         unpausing = current.paused and not updated.paused
         if new_trigger is None and updated.max_jitter == current.max_jitter and not unpausing:
-            # Same trigger: keep its place in time
-            updated = attrs.evolve(
-                updated,
-                next_fire_time=current.next_fire_time,
-                next_run_time=current.next_run_time,
-                last_fire_time=current.last_fire_time,
-            )
-        else:
-            next_fire_time, next_run_time = first_fire_and_run_times(
-                updated.trigger, updated.max_jitter, self.clock.now() - timedelta(microseconds=1)
-            )
-            if next_fire_time is None and new_trigger is None:
-                raise ValueError(f"trigger: {updated.trigger} has no fire times from now on")
-            if next_fire_time is not None:
-                updated = attrs.evolve(
-                    updated, next_fire_time=next_fire_time, next_run_time=next_run_time
-                )
-            # else: a new trigger whose fire times are all past keeps its first one, as in
-            # add_schedule, and the misfire rules decide
-            updated = attrs.evolve(updated, last_fire_time=current.last_fire_time)
+            # Same trigger: the store keeps its place in time as stored *now*; the fire times
+            # read above may be stale already (a scheduler firing it meanwhile)
+            stored = await self.data_store.update_schedule_definition(updated)
+            if stored is None:
+                raise ScheduleLookupError(id)
+            return stored
 
+        next_fire_time, next_run_time = first_fire_and_run_times(
+            updated.trigger, updated.max_jitter, self.clock.now() - timedelta(microseconds=1)
+        )
+        if next_fire_time is None and new_trigger is None:
+            raise ValueError(f"trigger: {updated.trigger} has no fire times from now on")
+        if next_fire_time is not None:
+            updated = attrs.evolve(
+                updated, next_fire_time=next_fire_time, next_run_time=next_run_time
+            )
+        # else: a new trigger whose fire times are all past keeps its first one, as in
+        # add_schedule, and the misfire rules decide
+        updated = attrs.evolve(updated, last_fire_time=current.last_fire_time)
         await self.data_store.add_schedule(updated, ConflictPolicy.replace)
         return updated
 

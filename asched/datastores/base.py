@@ -155,6 +155,21 @@ class DataStore(ABC):
         """
 
     @abstractmethod
+    async def update_schedule_definition(self, schedule: Schedule) -> Schedule | None:
+        """Replace what a stored schedule is, keeping where it is in time, atomically.
+
+        Everything of ``schedule`` is stored except its progress: ``next_fire_time``,
+        ``next_run_time`` and ``last_fire_time`` stay as stored, so an update racing a
+        scheduler that fires the schedule can neither fire a fire time twice nor skip one.
+        The lease is cleared, as by ``add_schedule`` with ``ConflictPolicy.replace`` (a
+        scheduler processing the schedule loses its update, and the stored fire time fires
+        once, later). Publishes ``ScheduleUpdated``.
+
+        :return: the schedule as stored now, or ``None`` if there is no schedule of its id
+        :raises ~asched.SerializationError: if a persistent store cannot serialize the args
+        """
+
+    @abstractmethod
     async def remove_schedules(self, ids: Iterable[str], *, finished: bool = False) -> None:
         """Remove the schedules with the given ids; unknown ids are ignored.
 

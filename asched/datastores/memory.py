@@ -191,6 +191,33 @@ class MemoryDataStore(DataStore):
         self._enqueue_schedule(schedule)
         await self._publish([event])
 
+    async def update_schedule_definition(self, schedule: Schedule) -> Schedule | None:
+        """Replace a schedule, keeping its progress; see the base class."""
+        stored = self._schedules.get(schedule.id)
+        if stored is None:
+            return None
+        updated = attrs.evolve(
+            schedule,
+            next_fire_time=stored.next_fire_time,
+            next_run_time=stored.next_run_time,
+            last_fire_time=stored.last_fire_time,
+            acquired_by=None,
+            acquired_until=None,
+        )
+        self._schedules[schedule.id] = updated
+        self._leased_schedule_ids.discard(schedule.id)
+        self._enqueue_schedule(updated)
+        await self._publish(
+            [
+                ScheduleUpdated(
+                    schedule_id=updated.id,
+                    task_id=updated.task_id,
+                    next_fire_time=updated.next_fire_time,
+                )
+            ]
+        )
+        return updated
+
     async def remove_schedules(self, ids: Iterable[str], *, finished: bool = False) -> None:
         """Remove schedules; see :meth:`DataStore.remove_schedules`."""
         events: list[Event] = []

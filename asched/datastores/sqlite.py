@@ -86,6 +86,10 @@ _SCHEDULE_COLUMNS = (
     "acquired_by",
     "acquired_until",
 )
+#: where a schedule is in time (kept by update_schedule_definition) and its lease
+_SCHEDULE_PROGRESS = frozenset(
+    {"next_fire_time", "next_run_time", "last_fire_time", "acquired_by", "acquired_until"}
+)
 _JOB_COLUMNS = (
     "id",
     "task_id",
@@ -505,6 +509,33 @@ class SQLiteDataStore(BaseExternalDataStore):
                 )
             ]
         )
+
+    async def update_schedule_definition(self, schedule: Schedule) -> Schedule | None:
+        """Replace a schedule, keeping its progress; see the base class."""
+        record = dict(zip(_SCHEDULE_COLUMNS, self._schedule_row(schedule), strict=True))
+        definition = [name for name in _SCHEDULE_COLUMNS if name not in _SCHEDULE_PROGRESS]
+        assignments = ", ".join(f"{name} = ?" for name in definition if name != "id")
+
+        def operation(connection: sqlite3.Connection) -> list[sqlite3.Row]:
+            return connection.execute(
+                f"UPDATE schedules SET {assignments}, acquired_by = NULL, acquired_until = NULL "
+                f"WHERE id = ? RETURNING {', '.join(_SCHEDULE_COLUMNS)}",
+                [*(record[name] for name in definition if name != "id"), schedule.id],
+            ).fetchall()
+
+        rows = await self._run(operation)
+        [updated] = await self._schedules_from_rows(rows) if rows else [None]
+        if updated is not None:
+            await self._publish(
+                [
+                    ScheduleUpdated(
+                        schedule_id=updated.id,
+                        task_id=updated.task_id,
+                        next_fire_time=updated.next_fire_time,
+                    )
+                ]
+            )
+        return updated
 
     async def remove_schedules(self, ids: Iterable[str], *, finished: bool = False) -> None:
         """Remove schedules; see :meth:`DataStore.remove_schedules`."""

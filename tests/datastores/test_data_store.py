@@ -16,6 +16,7 @@ from uuid import UUID, uuid4
 
 import anyio
 import anyio.lowlevel
+import attrs
 import pytest
 
 from asched import (
@@ -213,6 +214,76 @@ async def test_conflict_exception_raises(data_store: DataStore, clock: FakeClock
 
     with pytest.raises(ConflictingIdError, match="'s1'"):
         await data_store.add_schedule(make_schedule(clock), ConflictPolicy.exception)
+
+
+async def test_a_definition_update_keeps_the_stored_progress_and_clears_the_lease(
+    data_store: DataStore, clock: FakeClock, recorder: EventRecorder
+) -> None:
+    await data_store.add_task(make_task())
+    await data_store.add_schedule(make_schedule(clock, name="old"), ConflictPolicy.exception)
+    [read] = await data_store.get_schedules()  # what an update_schedule() call reads...
+    [acquired] = await data_store.acquire_schedules("me", LEASE, 10)  # ...while it fires
+    moved_on = clock.now() + timedelta(seconds=10)
+    await data_store.release_schedules(
+        "me",
+        [
+            ScheduleUpdate(
+                schedule_id="s1",
+                next_fire_time=moved_on,
+                next_run_time=moved_on,
+                last_fire_time=acquired.next_fire_time,
+                jobs=(make_job(clock, schedule_id="s1"),),
+            )
+        ],
+    )
+    recorder.clear()
+
+    changed = attrs.evolve(read, name="new", args=(1, 2), metadata={"team": "ops"})
+    updated = await data_store.update_schedule_definition(changed)
+
+    [stored] = await data_store.get_schedules()
+    assert updated == stored
+    assert (stored.name, stored.args, stored.metadata) == ("new", (1, 2), {"team": "ops"})
+    # the fire time that ran is not restored from the stale read
+    assert (stored.next_fire_time, stored.last_fire_time) == (moved_on, acquired.next_fire_time)
+    assert stored.acquired_by is None
+    assert [event.schedule_id for event in recorder.of_type(ScheduleUpdated)] == ["s1"]
+
+
+async def test_a_definition_update_of_a_leased_schedule_drops_the_leaseholders_release(
+    data_store: DataStore, clock: FakeClock
+) -> None:
+    await data_store.add_task(make_task())
+    await data_store.add_schedule(make_schedule(clock, name="old"), ConflictPolicy.exception)
+    [acquired] = await data_store.acquire_schedules("me", LEASE, 10)
+
+    await data_store.update_schedule_definition(attrs.evolve(acquired, name="new"))
+    await data_store.release_schedules(
+        "me",
+        [
+            ScheduleUpdate(
+                schedule_id="s1",
+                next_fire_time=clock.now() + timedelta(seconds=10),
+                next_run_time=clock.now() + timedelta(seconds=10),
+                last_fire_time=acquired.next_fire_time,
+                jobs=(make_job(clock, schedule_id="s1"),),
+            )
+        ],
+    )
+
+    # the fire time was not processed: it fires once, for whoever acquires it next
+    assert await data_store.get_jobs() == []
+    [again] = await data_store.acquire_schedules("other", LEASE, 10)
+    assert (again.name, again.next_fire_time) == ("new", acquired.next_fire_time)
+
+
+async def test_a_definition_update_of_a_missing_schedule_changes_nothing(
+    data_store: DataStore, clock: FakeClock, recorder: EventRecorder
+) -> None:
+    await data_store.add_task(make_task())
+    assert await data_store.update_schedule_definition(make_schedule(clock, "ghost")) is None
+    assert await data_store.get_schedules() == []
+    assert not recorder.of_type(ScheduleUpdated)
 
 
 async def test_schedules_are_listed_by_id_and_filtered_by_ids(
