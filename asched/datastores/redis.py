@@ -381,6 +381,37 @@ end
 """
 )
 
+# ARGV: token, TTL, id, task_id, paused, max_running_jobs or '', record. Replaces what the
+# stored schedule is, keeping where it is in time (next_fire_time, next_run_time,
+# last_fire_time), and clears its lease. Returns its hash fields, or an empty list if there is
+# no such schedule
+_UPDATE_SCHEDULE_DEFINITION = """
+local function run()
+  local id, paused, limit = ARGV[3], ARGV[5], ARGV[6]
+  local key = p..':schedule:'..id
+  if redis.call('EXISTS', key) == 0 then return {}, 0 end
+  local old_limit = redis.call('HGET', key, 'max_running_jobs')
+  -- 'record': where earlier versions kept the record
+  redis.call('HDEL', key, 'acquired_by', 'acquired_until', 'record')
+  redis.call('HSET', key, 'task_id', ARGV[4], 'paused', paused, 'max_running_jobs', limit)
+  redis.call('SET', p..':schedule_record:'..id, ARGV[7])
+  redis.call('ZREM', p..':leased', id)
+  local nrt = redis.call('HGET', key, 'next_run_time')
+  if paused == '0' and nrt and nrt ~= '' then
+    redis.call('ZADD', p..':due', nrt, id)
+  else
+    redis.call('ZREM', p..':due', id)
+  end
+  if old_limit ~= limit then unblock(p..':blocked_schedule:'..id) end
+  return redis.call('HGETALL', key), 1
+end
+
+local function replay(kept)
+  if kept == 0 then return {} end
+  return redis.call('HGETALL', p..':schedule:'..ARGV[3])
+end
+"""
+
 # ARGV: token, TTL, then schedule ids. Returns (id, task id) of each schedule removed
 _REMOVE_SCHEDULES = (
     _LUA_SAME_REPLY
@@ -742,6 +773,7 @@ _SCRIPTS: dict[str, tuple[str, bool, tuple[str, ...]]] = {
     # name: (source, replayable, the helpers it calls)
     "acquire_schedules": (_ACQUIRE_SCHEDULES, True, ()),
     "add_schedule": (_ADD_SCHEDULE, True, ("unblock",)),
+    "update_schedule_definition": (_UPDATE_SCHEDULE_DEFINITION, True, ("unblock",)),
     "remove_schedules": (_REMOVE_SCHEDULES, True, ("forget_schedule",)),
     "release_schedules": (_RELEASE_SCHEDULES, True, ("add_job", "forget_schedule")),
     "add_jobs": (_ADD_JOBS, True, ("add_job",)),
@@ -1066,6 +1098,31 @@ class RedisDataStore(BaseExternalDataStore):
                 )
             ]
         )
+
+    async def update_schedule_definition(self, schedule: Schedule) -> Schedule | None:
+        """Replace a schedule, keeping its progress, in one script call; see the base class."""
+        record = self._schedule_fields(schedule)[0]
+        fields = await self._call(
+            "update_schedule_definition",
+            schedule.id,
+            schedule.task_id,
+            "1" if schedule.paused else "0",
+            "" if schedule.max_running_jobs is None else schedule.max_running_jobs,
+            record,
+        )
+        if not fields:
+            return None
+        restored = await self._schedules_from_replies([(record, fields)])
+        await self._publish(
+            [
+                ScheduleUpdated(
+                    schedule_id=schedule.id,
+                    task_id=schedule.task_id,
+                    next_fire_time=_from_db(_hash_dict(fields).get("next_fire_time")),
+                )
+            ]
+        )
+        return restored[0] if restored else None
 
     async def remove_schedules(self, ids: Iterable[str], *, finished: bool = False) -> None:
         """Remove schedules; see :meth:`DataStore.remove_schedules`."""

@@ -17,6 +17,7 @@ from typing import Any
 from uuid import uuid4
 
 import anyio
+import attrs
 import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -715,6 +716,35 @@ async def test_no_running_job_counters_remain_once_the_jobs_of_one_off_schedules
     # nothing per schedule or per job is left behind either
     kinds = {key.split(":")[1] for key in await prefix_keys(namespace)}
     assert kinds <= {"tasks", "sequence", "reply"}
+
+
+async def test_a_definition_update_changing_the_limit_lets_held_back_jobs_start(
+    namespace: str, clock: FakeClock
+) -> None:
+    async with AsyncExitStack() as stack:
+        store = await started_store(stack, url_for(namespace), clock)
+        await store.add_task(Task(id="task", job_executor="async"))
+        limited = attrs.evolve(due_schedule("limited", clock), max_running_jobs=1)
+        await store.add_schedule(limited, ConflictPolicy.exception)
+        [acquired] = await store.acquire_schedules("me", LEASE, 10)
+        jobs = [Job(task_id="task", schedule_id="limited", created_at=clock.now())]
+        jobs += [Job(task_id="task", schedule_id="limited", created_at=clock.now())]
+        jobs += [Job(task_id="task", schedule_id="limited", created_at=clock.now())]
+        await store.add_jobs(jobs)
+        assert ids_of(await store.acquire_jobs("me", LEASE, 10)) == [jobs[0].id]
+        assert store.jobs_held_back
+
+        updated = await store.update_schedule_definition(
+            attrs.evolve(limited, max_running_jobs=2, name="raised")
+        )
+        assert updated is not None
+        assert (updated.name, updated.max_running_jobs, updated.acquired_by) == ("raised", 2, None)
+        assert ids_of(await store.acquire_jobs("me", LEASE, 10)) == [jobs[1].id]
+        await store.update_schedule_definition(attrs.evolve(limited, max_running_jobs=None))
+        assert ids_of(await store.acquire_jobs("me", LEASE, 10)) == [jobs[2].id]
+        # the lease was cleared: the schedule is due again, at its stored fire time
+        [again] = await store.acquire_schedules("other", LEASE, 10)
+        assert again.next_fire_time == acquired.next_fire_time
 
 
 async def test_reading_some_jobs_reads_only_those_jobs(namespace: str, clock: FakeClock) -> None:
