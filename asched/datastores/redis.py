@@ -3,9 +3,9 @@
 Every operation that changes the store is one Lua script, so it is atomic and one round trip
 whatever the batch size (acquisitions take one per 1,000 items): acquiring k schedules or jobs
 (with their leases and the ``max_running_jobs`` counters), releasing k results, adding k
-jobs. Each call carries a token, the same for all its attempts, and the script keeps what a
-repeat needs: a retry after a lost reply gets that instead of acting twice. Keys live under a
-prefix:
+jobs. Each call carries a token, random per operation and the same for all its attempts, and
+the script keeps what a repeat needs: a retry after a lost reply gets that instead of acting
+twice. Keys live under a prefix:
 
 - ``{prefix}:schedule:{id}`` hash (times, lease and the fields the scripts look at) and
   ``{prefix}:schedule_record:{id}`` string (the record): apart, the hash stays small enough
@@ -32,27 +32,30 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import itertools
+import inspect
 import json
 import math
-import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AsyncExitStack
 from datetime import datetime, timedelta, timezone
 from logging import Logger
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 from uuid import UUID
 
 import attrs
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import BusyLoadingError, NoScriptError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from tenacity import AsyncRetrying, stop_after_attempt, stop_before_delay
 
 from .._clock import Clock
 from .._enums import ConflictPolicy, JobOutcome
 from .._exceptions import ConflictingIdError, DeserializationError, TaskLookupError
+from .._ids import random_uuid
 from .._structures import Job, JobResult, Schedule, ScheduleUpdate, Task
 from ..eventbrokers.base import EventBroker
 from ..events import (
@@ -82,6 +85,7 @@ from .base import (
 #: what the store accepts as a client (a Redis Cluster works: all of a store's keys share a slot)
 RedisClient: TypeAlias = aioredis.Redis | aioredis.RedisCluster
 
+_T = TypeVar("_T")
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MICROSECOND = timedelta(microseconds=1)
 _SCHEDULE_TIMES = ("next_fire_time", "next_run_time", "last_fire_time")
@@ -272,9 +276,10 @@ _HELPER_NEEDS = {
 
 # Makes a script safe to run again after its reply was lost (a timeout or a dropped connection
 # after the server ran it, then a retry). ARGV[1] is a token made once per operation (every
-# attempt sends the same one) and ARGV[2] a TTL in seconds. run() does the work and returns
-# the reply and what a repeat needs (kept, small, under {prefix}:reply:{token}); a repeat
-# returns replay(what was kept) instead of doing the work again.
+# attempt sends the same one) and ARGV[2] a TTL in seconds, longer than the attempts of one
+# operation can take (see RedisDataStore._reply_ttl). run() does the work and returns the
+# reply and what a repeat needs (kept, small, under {prefix}:reply:{token}); a repeat returns
+# replay(what was kept) instead of doing the work again.
 _LUA_REPLAY = """
 local reply_key = p..':reply:'..ARGV[1]
 local kept = redis.call('GET', reply_key)
@@ -290,7 +295,7 @@ local function replay(kept) return kept end
 
 # ARGV: token, TTL, now, lease expiry, limit, scheduler id, then the tokens of this
 # scheduler's acquisitions that got no answer. Returns (record, hash fields) of each schedule
-# acquired, and the tokens whose schedules were given back
+# acquired
 _ACQUIRE_SCHEDULES = """
 local now, untl, limit, sid = tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5]), ARGV[6]
 
@@ -309,24 +314,27 @@ local function unlease(id)
   end
 end
 
--- An acquisition whose caller never saw the reply: its schedules are due again at once
+-- An acquisition whose caller never saw the reply: its schedules are due again at once. Its
+-- reply key is left empty (made so if the acquisition has not run yet): an attempt of it that
+-- comes later takes nothing
 local function give_back(token)
   local reply_key = p..':reply:'..token
   local kept = redis.call('GET', reply_key)
-  if not kept then return false end
+  local empty = cmsgpack.pack({{}})
+  if not kept then
+    redis.call('SET', reply_key, empty, 'EX', ARGV[2])
+    return
+  end
   for _, id in ipairs(cmsgpack.unpack(kept)[1]) do
     if redis.call('HGET', p..':schedule:'..id, 'acquired_by') == sid then unlease(id) end
   end
-  redis.call('DEL', reply_key)
-  return true
+  redis.call('SET', reply_key, empty, 'KEEPTTL')
 end
 
 local function run()
-  local given_back = {}
-  for i = 7, #ARGV do
-    if give_back(ARGV[i]) then table.insert(given_back, ARGV[i]) end
-  end
-  for _, id in ipairs(redis.call('ZRANGEBYSCORE', p..':leased', '-inf', now)) do
+  for i = 7, #ARGV do give_back(ARGV[i]) end
+  -- expired leases: as many as this call may take (the rest wait for the next call)
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', p..':leased', '-inf', now, 'LIMIT', 0, limit)) do
     unlease(id)
   end
   local result, ids = {}, {}
@@ -337,7 +345,7 @@ local function run()
     table.insert(result, schedule_reply(id))
     table.insert(ids, id)
   end
-  return {result, given_back}, {ids, given_back}
+  return {result}, {ids}
 end
 
 local function replay(kept)
@@ -347,7 +355,7 @@ local function replay(kept)
       table.insert(result, schedule_reply(id))
     end
   end
-  return {result, kept[2]}
+  return {result}
 end
 """
 
@@ -450,17 +458,22 @@ end
 
 # ARGV: token, TTL, now, lease expiry, limit, worker id, then the tokens of this worker's
 # acquisitions that got no answer. Returns the acquired records, (id, task id, schedule id,
-# fire time) of each job found past its start deadline, 1 if some lane is held back by a
-# limit, and the tokens whose jobs were given back
+# fire time) of each job found past its start deadline, and 1 if some lane is held back by a
+# limit
 _ACQUIRE_JOBS = """
 local now, untl, limit, sid = tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5]), ARGV[6]
 
 -- An acquisition whose caller never saw the reply: its jobs go back to their lanes, and the
--- jobs it found past their start deadline are reported now
+-- jobs it found past their start deadline are reported now. Its reply key is left empty
+-- (made so if the acquisition has not run yet): an attempt of it that comes later takes nothing
 local function give_back(token, missed)
   local reply_key = p..':reply:'..token
   local kept = redis.call('GET', reply_key)
-  if not kept then return false end
+  local empty = cmsgpack.pack({{}, {}, 0})
+  if not kept then
+    redis.call('SET', reply_key, empty, 'EX', ARGV[2])
+    return
+  end
   kept = cmsgpack.unpack(kept)
   local tasks, schedules = {}, {}
   for _, id in ipairs(kept[1]) do
@@ -481,8 +494,7 @@ local function give_back(token, missed)
   end
   free_slots(tasks, schedules)
   for _, job in ipairs(kept[2]) do table.insert(missed, job) end
-  redis.call('DEL', reply_key)
-  return true
+  redis.call('SET', reply_key, empty, 'KEEPTTL')
 end
 
 -- How many jobs of the lane may start now (limit at most), and the set to put it in if none
@@ -507,10 +519,8 @@ local function room_in(task_id, schedule_id, room)
 end
 
 local function run()
-  local acquired, ids, missed, given_back = {}, {}, {}, {}
-  for i = 7, #ARGV do
-    if give_back(ARGV[i], missed) then table.insert(given_back, ARGV[i]) end
-  end
+  local acquired, ids, missed = {}, {}, {}
+  for i = 7, #ARGV do give_back(ARGV[i], missed) end
   while #ids < limit do
     local head = redis.call('ZPOPMIN', p..':lanes')
     if #head == 0 then break end
@@ -574,7 +584,7 @@ local function run()
     end
   end
   local held = redis.call('EXISTS', p..':blocked')
-  return {acquired, missed, held, given_back}, {ids, missed, held, given_back}
+  return {acquired, missed, held}, {ids, missed, held}
 end
 
 local function replay(kept)
@@ -583,7 +593,7 @@ local function replay(kept)
     local job = redis.call('HMGET', p..':job:'..id, 'acquired_by', 'record')
     if job[1] == sid then table.insert(acquired, job[2]) end
   end
-  return {acquired, kept[2], kept[3], kept[4]}
+  return {acquired, kept[2], kept[3]}
 end
 """
 
@@ -833,6 +843,23 @@ class LuaScript:
 _QUEUE_MOVE_BATCH = 1000
 #: the most schedules or jobs one script call acquires (larger limits take several calls)
 _ACQUIRE_BATCH = 1000
+#: the client the store makes from a URL waits this long (seconds) to connect, and this long
+#: for each read or write of its socket; its own retries of a command are off (the store
+#: retries), so that one attempt of an operation is bounded
+_CONNECT_TIMEOUT = 5.0
+_SOCKET_TIMEOUT = 5.0
+#: how late after its start an attempt can reach the server: connecting, a health check
+#: (a PING, when the connection was idle) and sending
+_ATTEMPT_REACH = _CONNECT_TIMEOUT + 2 * _SOCKET_TIMEOUT
+
+
+def _new_token() -> str:
+    """Return a token for one operation: random, so that no two processes share one.
+
+    (A counter after a per-store random part would repeat in the processes forked from a
+    process that made the store, each replaying the others' replies.)
+    """
+    return random_uuid().hex
 
 
 class RedisDataStore(BaseExternalDataStore):
@@ -892,14 +919,16 @@ class RedisDataStore(BaseExternalDataStore):
             for name, (source, replayable, helpers) in _SCRIPTS.items()
         }
         self._job_writer = WriteBatcher(self._write_jobs)
-        # Tokens of replayable script calls: unique per operation, the same for its retries
-        self._token_base = f"{secrets.token_hex(8)}:"
-        self._token_numbers = itertools.count()
-        # How long a repeat of a call may come after it: a few times the longest retry wait
         settings = self.retry_settings
         retry_waits = sum(settings.wait_after(failed) for failed in range(1, settings.attempts))
-        self._reply_ttl = max(10, math.ceil(3 * retry_waits))
-        # (script, scheduler id) -> (token, when it failed) of acquisitions that got no answer
+        # No attempt of an operation starts later than this (seconds) after its first: the
+        # waits between attempts, and as much again for the attempts themselves
+        self._retry_window = 2 * retry_waits
+        # How long (seconds) a reply is kept for a repeat of its call: twice the latest an
+        # attempt of the call can reach the server
+        self._reply_ttl = math.ceil(2 * (self._retry_window + _ATTEMPT_REACH))
+        # (script, scheduler id) -> (token, when to forget it) of acquisitions whose caller
+        # did not get what they acquired
         self._unanswered: dict[tuple[str, str], list[tuple[str, float]]] = {}
 
     def __repr__(self) -> str:
@@ -922,6 +951,34 @@ class RedisDataStore(BaseExternalDataStore):
             exc, (RedisConnectionError, RedisTimeoutError, BusyLoadingError, ConnectionError)
         )
 
+    def _retrying(self, started: float | None = None) -> AsyncRetrying:
+        """Return the retrier of one operation, which starts no attempt after its window.
+
+        :param started: when (``time.monotonic()``) the operation's first attempt started, if
+            before now
+        """
+        window = self._retry_window
+        if started is not None:
+            window -= time.monotonic() - started
+        stop = stop_after_attempt(self.retry_settings.attempts) | stop_before_delay(max(window, 0))
+        return super()._retrying().copy(stop=stop)
+
+    async def _with_retries(self, operation: Callable[[], Awaitable[_T]]) -> _T:
+        """Run ``operation`` as the base class does, with no attempt after the retry window."""
+        started = time.monotonic()
+        try:
+            return await operation()
+        except Exception as exc:
+            if not self._is_transient(exc) or self.retry_settings.attempts < 2:
+                raise
+            first_failure = exc
+        async for attempt in self._retrying(started):
+            with attempt:
+                if attempt.retry_state.attempt_number == 1:
+                    raise first_failure  # counted (and logged) as the first attempt
+                return await operation()
+        raise AssertionError("unreachable")  # pragma: no cover
+
     async def start(
         self,
         exit_stack: AsyncExitStack,
@@ -935,13 +992,54 @@ class RedisDataStore(BaseExternalDataStore):
         self._clock = clock
         if self._client is None:
             assert self._url is not None
+            # (options the URL gives win over these)
             self._client = aioredis.Redis.from_url(
-                self._url, health_check_interval=10, client_name=f"asched-{self.prefix}"
+                self._url,
+                health_check_interval=10,
+                client_name=f"asched-{self.prefix}",
+                socket_connect_timeout=_CONNECT_TIMEOUT,
+                socket_timeout=_SOCKET_TIMEOUT,
+                retry=Retry(NoBackoff(), 0),
             )
             self._own_client = True
             exit_stack.push_async_callback(self._close_client)
+        self._check_attempts_are_bounded(self._client)
         while await self._call("move_queue_to_lanes", _QUEUE_MOVE_BATCH):
             pass
+
+    def _check_attempts_are_bounded(self, client: RedisClient) -> None:
+        """Warn if one attempt of an operation on ``client`` can reach Redis too late.
+
+        A retry that reaches the server after the reply of an earlier attempt expired acts
+        again. Replies are kept long enough if one attempt (a command, with the client's own
+        retries of it) reaches the server within ``_ATTEMPT_REACH`` seconds.
+        """
+        if not isinstance(client, aioredis.Redis):
+            return  # a RedisCluster client: see the documentation
+        retry = _connection_setting(client, "retry")
+        retries = 0 if retry is None else retry.get_retries()
+        socket = _connection_setting(client, "socket_timeout")
+        connect = _connection_setting(client, "socket_connect_timeout") or socket
+        if socket is None or connect is None:
+            reach = math.inf
+        else:
+            reach = (retries + 1) * (connect + 2 * socket)
+        if reach > _ATTEMPT_REACH:
+            self._logger.warning(
+                "RedisDataStore: one command of the client given may take longer than %g s to "
+                "reach Redis (it retries each command %d times itself, waits %s s to connect "
+                "and %s s for its socket): a retry could then reach Redis after the store "
+                "stopped keeping the first attempt's reply (%d s) and act again (run a job "
+                "twice). Give it socket_connect_timeout=%g, socket_timeout=%g and "
+                "retry=Retry(NoBackoff(), 0)",
+                _ATTEMPT_REACH,
+                retries,
+                connect,
+                socket,
+                self._reply_ttl,
+                _CONNECT_TIMEOUT,
+                _SOCKET_TIMEOUT,
+            )
 
     async def _close_client(self) -> None:
         if self._client is not None and self._own_client:
@@ -955,35 +1053,47 @@ class RedisDataStore(BaseExternalDataStore):
             raise RuntimeError("RedisDataStore: the store has not been started")
         return self._client
 
-    async def _call(self, script: str, *args: Any, token: str | None = None) -> Any:
+    async def _call(
+        self, script: str, *args: Any, token: str | None = None, ttl: int | None = None
+    ) -> Any:
         run_script, client, root = self._scripts[script], self._redis, self._root
         if run_script.replayable:
             # one token for every attempt: a retry after a lost reply gets the kept reply
-            token = token or f"{self._token_base}{next(self._token_numbers)}"
-            args = (token, self._reply_ttl, *args)
+            args = (token or _new_token(), ttl or self._reply_ttl, *args)
         return await self._with_retries(lambda: run_script(client, root, *args))
 
-    async def _acquire(self, script: str, scheduler_id: str, *args: Any) -> Any:
-        """Run an acquiring script; return its reply without the given-back tokens at its end.
+    def _acquisition_ttl(self, lease_duration: timedelta) -> int:
+        """How long (seconds) an acquisition keeps its reply: while it can be put back."""
+        return max(self._reply_ttl, math.ceil(lease_duration.total_seconds()))
 
-        A call that raised (retries exhausted) or was cancelled may have leased items that its
-        caller never saw. Its token is passed to this scheduler's next acquisition, whose
-        script hands such items back (a token is forgotten once its kept reply has expired).
+    def _not_answered(self, script: str, scheduler_id: str, tokens: list[str], ttl: int) -> None:
+        """Note acquisitions whose items their caller never got, for the next to put back."""
+        until = time.monotonic() + ttl
+        self._unanswered.setdefault((script, scheduler_id), []).extend(
+            (token, until) for token in tokens
+        )
+
+    async def _acquire(
+        self, script: str, scheduler_id: str, token: str, ttl: int, *args: Any
+    ) -> Any:
+        """Run one call of an acquiring script (whose last arguments are the unanswered ones).
+
+        A call that raised (retries exhausted, or refused after the retry window) or was
+        cancelled may have leased items that its caller never saw. Its token is passed to this
+        scheduler's next acquisition, whose script hands such items back and leaves the call's
+        reply empty, so that an attempt of it that reaches the server later takes nothing.
         """
         unanswered = self._unanswered.setdefault((script, scheduler_id), [])
-        started = time.monotonic()
-        unanswered[:] = [(old, at) for old, at in unanswered if started - at < self._reply_ttl]
-        token = f"{self._token_base}{next(self._token_numbers)}"
+        now = time.monotonic()
+        unanswered[:] = [(old, until) for old, until in unanswered if until > now]
+        passed = {old for old, _ in unanswered}
         try:
-            *reply, given_back = await self._call(
-                script, *args, scheduler_id, *[old for old, _ in unanswered], token=token
-            )
+            reply = await self._call(script, *args, scheduler_id, *passed, token=token, ttl=ttl)
         except BaseException:
-            unanswered.append((token, time.monotonic()))
+            self._not_answered(script, scheduler_id, [token], ttl)
             raise
-        if given_back:
-            done = {_text(old) for old in given_back}
-            unanswered[:] = [(old, at) for old, at in unanswered if old not in done]
+        if passed:
+            unanswered[:] = [(old, until) for old, until in unanswered if old not in passed]
         return reply
 
     async def _publish(self, events: Iterable[Event]) -> None:
@@ -1159,20 +1269,31 @@ class RedisDataStore(BaseExternalDataStore):
         """Lease due schedules; see :meth:`DataStore.acquire_schedules`."""
         now = self._clock.now()
         args = (_to_db(now), _to_db(now + lease_duration))
+        ttl = self._acquisition_ttl(lease_duration)
         replies: list[Any] = []
-        while len(replies) < limit:  # calls of _ACQUIRE_BATCH at most: none holds Redis long
-            batch = min(limit - len(replies), _ACQUIRE_BATCH)
-            try:
-                (acquired,) = await self._acquire("acquire_schedules", scheduler_id, *args, batch)
-            except Exception:
-                if not replies:
-                    raise
-                self._logger.warning("Could not acquire more schedules", exc_info=True)
-                break
-            replies += acquired
-            if len(acquired) < batch:
-                break
-        return await self._schedules_from_replies(replies)
+        answered: list[str] = []
+        try:
+            while len(replies) < limit:  # calls of _ACQUIRE_BATCH at most: none holds Redis long
+                batch = min(limit - len(replies), _ACQUIRE_BATCH)
+                token = _new_token()
+                try:
+                    (acquired,) = await self._acquire(
+                        "acquire_schedules", scheduler_id, token, ttl, *args, batch
+                    )
+                except Exception:
+                    if not replies:
+                        raise
+                    self._logger.warning("Could not acquire more schedules", exc_info=True)
+                    break
+                answered.append(token)
+                replies += acquired
+                if len(acquired) < batch:
+                    break
+            return await self._schedules_from_replies(replies)
+        except BaseException:
+            # the caller gets none of the schedules acquired: the next acquisition puts them back
+            self._not_answered("acquire_schedules", scheduler_id, answered, ttl)
+            raise
 
     def _job_args(self, job: Job) -> list[Any]:
         """Return the 7 values that the scripts' add_job takes for ``job``."""
@@ -1318,33 +1439,42 @@ class RedisDataStore(BaseExternalDataStore):
         """Lease queued jobs, oldest first; see :meth:`DataStore.acquire_jobs`."""
         now = self._clock.now()
         args = (_to_db(now), _to_db(now + lease_duration))
+        ttl = self._acquisition_ttl(lease_duration)
         records: list[Any] = []
         missed: list[Any] = []
-        while len(records) < limit:  # calls of _ACQUIRE_BATCH at most: none holds Redis long
-            batch = min(limit - len(records), _ACQUIRE_BATCH)
-            try:
-                acquired, newly_missed, held_back = await self._acquire(
-                    "acquire_jobs", scheduler_id, *args, batch
+        answered: list[str] = []
+        try:
+            while len(records) < limit:  # calls of _ACQUIRE_BATCH at most: none holds Redis long
+                batch = min(limit - len(records), _ACQUIRE_BATCH)
+                token = _new_token()
+                try:
+                    acquired, newly_missed, held_back = await self._acquire(
+                        "acquire_jobs", scheduler_id, token, ttl, *args, batch
+                    )
+                except Exception:
+                    if not records and not missed:
+                        raise
+                    self._logger.warning("Could not acquire more jobs", exc_info=True)
+                    break
+                answered.append(token)
+                records += acquired
+                missed += newly_missed
+                self._jobs_held_back = bool(held_back)
+                if len(acquired) < batch:
+                    break
+            jobs = await self._jobs_from_records(records)
+            events = job_acquisition_events(scheduler_id, now, jobs, ())
+            events.extend(
+                job_released_event(
+                    scheduler_id, job, _ended(job, JobOutcome.missed_start_deadline, now)
                 )
-            except Exception:
-                if not records and not missed:
-                    raise
-                self._logger.warning("Could not acquire more jobs", exc_info=True)
-                break
-            records += acquired
-            missed += newly_missed
-            self._jobs_held_back = bool(held_back)
-            if len(acquired) < batch:
-                break
-        jobs = await self._jobs_from_records(records)
-        events = job_acquisition_events(scheduler_id, now, jobs, ())
-        events.extend(
-            job_released_event(
-                scheduler_id, job, _ended(job, JobOutcome.missed_start_deadline, now)
+                for job in map(_released_job, missed)
             )
-            for job in map(_released_job, missed)
-        )
-        await self._publish(events)
+            await self._publish(events)
+        except BaseException:
+            # the caller gets none of the jobs acquired: the next acquisition puts them back
+            self._not_answered("acquire_jobs", scheduler_id, answered, ttl)
+            raise
         return jobs
 
     def _ttl_ms(self, result: JobResult) -> int:
@@ -1415,6 +1545,19 @@ class RedisDataStore(BaseExternalDataStore):
             for job in map(_released_job, overdue)
         )
         await self._publish(events)
+
+
+def _connection_setting(client: aioredis.Redis, name: str) -> Any:
+    """Return a setting of the connections of ``client``'s pool (given, or the default)."""
+    pool = client.connection_pool
+    if name in pool.connection_kwargs:
+        return pool.connection_kwargs[name]
+    for cls in pool.connection_class.__mro__:  # (subclasses pass most settings on as **kwargs)
+        init = vars(cls).get("__init__")
+        parameter = None if init is None else inspect.signature(init).parameters.get(name)
+        if parameter is not None:
+            return parameter.default
+    return None
 
 
 def _released_job(fields: Sequence[bytes]) -> ReleasedJob:
