@@ -3,9 +3,9 @@
 Every operation that changes the store is one Lua script, so it is atomic and one round trip
 whatever the batch size (acquisitions take one per 1,000 items): acquiring k schedules or jobs
 (with their leases and the ``max_running_jobs`` counters), releasing k results, adding k
-jobs. Each call carries a token, random per operation and the same for all its attempts, and
-the script keeps what a repeat needs: a retry after a lost reply gets that instead of acting
-twice. Keys live under a prefix:
+jobs. A script that a repeat would make act twice takes a token, random per operation and the
+same for all its attempts, and keeps what a repeat needs: a retry after a lost reply gets that
+instead of acting again. Keys live under a prefix:
 
 - ``{prefix}:schedule:{id}`` hash (times, lease and the fields the scripts look at) and
   ``{prefix}:schedule_record:{id}`` string (the record): apart, the hash stays small enough
@@ -13,13 +13,13 @@ twice. Keys live under a prefix:
   sorted set (unleased, unpaused schedules by next run time), ``{prefix}:leased`` sorted
   set (leased ones by lease expiry);
 - ``{prefix}:job:{id}`` hash, ``{prefix}:sequence`` (numbers jobs as they come),
-  ``{prefix}:jobs`` (all, by sequence number), ``{prefix}:running`` (by lease expiry),
-  ``{prefix}:deadlines`` (waiting jobs with a start deadline);
+  ``{prefix}:running`` (by lease expiry), ``{prefix}:deadlines`` (waiting jobs with a start
+  deadline);
 - waiting jobs in lanes, one per (task, schedule): ``{prefix}:lane:{lane}`` sorted sets,
   ``{prefix}:lanes`` (the lanes that may run, by their first job), and the sets of lanes
   held back by a limit, ``{prefix}:blocked_task:{id}``, ``{prefix}:blocked_schedule:{id}``
-  and ``{prefix}:blocked``; ``{prefix}:running_tasks`` and ``{prefix}:running_schedules``
-  hashes count running jobs;
+  and ``{prefix}:blocked``; ``{prefix}:running_tasks`` (tasks with a limit only) and
+  ``{prefix}:running_schedules`` hashes count running jobs;
 - ``{prefix}:tasks`` and ``{prefix}:task_limits`` hashes; ``{prefix}:result:{id}`` and
   ``{prefix}:reply:{token}`` strings that expire on their own.
 
@@ -40,7 +40,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AsyncExitStack
 from datetime import datetime, timedelta, timezone
 from logging import Logger
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, Literal, TypeAlias, TypeVar
 from uuid import UUID
 
 import attrs
@@ -220,7 +220,6 @@ local function add_job(id, task_id, schedule_id, deadline, fire_time, result_ttl
   redis.call('HSET', key, 'task_id', task_id, 'schedule_id', schedule_id,
              'start_deadline', deadline, 'fire_time', fire_time, 'result_ttl', result_ttl,
              'record', record, 'sequence', seq)
-  redis.call('ZADD', p..':jobs', seq, id)
   local lane = lane_of(task_id, schedule_id)
   local lane_key = p..':lane:'..lane
   redis.call('ZADD', lane_key, seq, id)
@@ -232,7 +231,6 @@ end
 -- Deletes a running job (info: its job_info), counting the slot it frees (see free_slots)
 local function finish_job(id, key, tasks, schedules, info)
   redis.call('ZREM', p..':running', id)
-  redis.call('ZREM', p..':jobs', id)
   redis.call('DEL', key)
   tasks[info[1]] = (tasks[info[1]] or 0) + 1
   if info[2] ~= '' then schedules[info[2]] = (schedules[info[2]] or 0) + 1 end
@@ -240,19 +238,37 @@ local function finish_job(id, key, tasks, schedules, info)
 end
 """,
     "free_slots": """
--- Gives back the running slots finish_job counted; a counter that reaches 0 goes
+-- Gives back the running slots finish_job counted; a counter that reaches 0 goes. Jobs are
+-- counted per task only while the task has a limit (see recount_task)
 local function free_slots(tasks, schedules)
   for task_id, count in pairs(tasks) do
-    if redis.call('HINCRBY', p..':running_tasks', task_id, -count) <= 0 then
-      redis.call('HDEL', p..':running_tasks', task_id)
+    if redis.call('HEXISTS', p..':task_limits', task_id) == 1 then
+      if redis.call('HINCRBY', p..':running_tasks', task_id, -count) <= 0 then
+        redis.call('HDEL', p..':running_tasks', task_id)
+      end
+      unblock(p..':blocked_task:'..task_id)
     end
-    unblock(p..':blocked_task:'..task_id)
   end
   for schedule_id, count in pairs(schedules) do
     if redis.call('HINCRBY', p..':running_schedules', schedule_id, -count) <= 0 then
       redis.call('HDEL', p..':running_schedules', schedule_id)
     end
     unblock(p..':blocked_schedule:'..schedule_id)
+  end
+end
+""",
+    "recount_task": """
+-- A task given a limit: its running jobs, uncounted until now, are counted
+local function recount_task(task_id)
+  local running = 0
+  for _, id in ipairs(redis.call('ZRANGE', p..':running', 0, -1)) do
+    local job = redis.call('HMGET', p..':job:'..id, 'task_id', 'acquired_by')
+    if job[1] == task_id and job[2] then running = running + 1 end
+  end
+  if running > 0 then
+    redis.call('HSET', p..':running_tasks', task_id, running)
+  else
+    redis.call('HDEL', p..':running_tasks', task_id)
   end
 end
 """,
@@ -274,19 +290,32 @@ _HELPER_NEEDS = {
     "forget_schedule": ("unblock",),
 }
 
-# Makes a script safe to run again after its reply was lost (a timeout or a dropped connection
+#: how a script takes a repeat of its call (the same call again after its reply was lost):
+#: "harmless" ones take no token (a repeat does no harm); "once" ones act on the first call
+#: of a token only; "replay" ones act on the first and return what they kept to a repeat
+Repeat: TypeAlias = Literal["harmless", "once", "replay"]
+
+# Make a script safe to run again after its reply was lost (a timeout or a dropped connection
 # after the server ran it, then a retry). ARGV[1] is a token made once per operation (every
 # attempt sends the same one) and ARGV[2] a TTL in seconds, longer than the attempts of one
-# operation can take (see RedisDataStore._reply_ttl). run() does the work and returns the
-# reply and what a repeat needs (kept, small, under {prefix}:reply:{token}); a repeat returns
-# replay(what was kept) instead of doing the work again.
+# operation can take (see RedisDataStore._reply_ttl).
+#
+# "replay": run() does the work and returns the reply and what a repeat needs (kept, small,
+# under {prefix}:reply:{token}; nil: nothing to keep, a repeat may do the work again); a repeat
+# returns replay(what was kept) instead of doing the work again.
 _LUA_REPLAY = """
 local reply_key = p..':reply:'..ARGV[1]
 local kept = redis.call('GET', reply_key)
 if kept then return replay(cmsgpack.unpack(kept)) end
 local reply, to_keep = run()
-redis.call('SET', reply_key, cmsgpack.pack(to_keep), 'EX', ARGV[2])
+if to_keep ~= nil then redis.call('SET', reply_key, cmsgpack.pack(to_keep), 'EX', ARGV[2]) end
 return reply
+"""
+
+# "once": the first call with a token marks it and does the work; a repeat does nothing
+_LUA_ONCE = """
+if not redis.call('SET', p..':reply:'..ARGV[1], 1, 'NX', 'EX', ARGV[2]) then return 0 end
+return run()
 """
 
 _LUA_SAME_REPLY = """
@@ -345,6 +374,7 @@ local function run()
     table.insert(result, schedule_reply(id))
     table.insert(ids, id)
   end
+  if #ids == 0 then return {result}, nil end
   return {result}, {ids}
 end
 
@@ -443,18 +473,16 @@ end
 """
 )
 
-# ARGV: token, TTL, then 7 values per job (see add_job)
-_ADD_JOBS = (
-    _LUA_SAME_REPLY
-    + """
+# ARGV: token, TTL, then 7 values per job (see add_job). A repeat must not add a job that ran
+# meanwhile again: it does nothing ("once")
+_ADD_JOBS = """
 local function run()
   for i = 3, #ARGV, 7 do
     add_job(ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5], ARGV[i+6])
   end
-  return 0, 0
+  return 0
 end
 """
-)
 
 # ARGV: token, TTL, now, lease expiry, limit, worker id, then the tokens of this worker's
 # acquisitions that got no answer. Returns the acquired records, (id, task id, schedule id,
@@ -497,13 +525,14 @@ local function give_back(token, missed)
   redis.call('SET', reply_key, empty, 'KEEPTTL')
 end
 
--- How many jobs of the lane may start now (limit at most), and the set to put it in if none
+-- How many jobs of the lane may start now (room at most), the set to put the lane in if none,
+-- and whether its task has a limit (only then are its running jobs counted)
 local function room_in(task_id, schedule_id, room)
   local task_limit = redis.call('HGET', p..':task_limits', task_id)
   if task_limit then
     local free = tonumber(task_limit) -
       tonumber(redis.call('HGET', p..':running_tasks', task_id) or '0')
-    if free <= 0 then return 0, p..':blocked_task:'..task_id end
+    if free <= 0 then return 0, p..':blocked_task:'..task_id, true end
     if free < room then room = free end
   end
   if schedule_id ~= '' then
@@ -511,11 +540,11 @@ local function room_in(task_id, schedule_id, room)
     if schedule_limit and schedule_limit ~= '' then
       local free = tonumber(schedule_limit) -
         tonumber(redis.call('HGET', p..':running_schedules', schedule_id) or '0')
-      if free <= 0 then return 0, p..':blocked_schedule:'..schedule_id end
+      if free <= 0 then return 0, p..':blocked_schedule:'..schedule_id, task_limit end
       if free < room then room = free end
     end
   end
-  return room, nil
+  return room, nil, task_limit
 end
 
 local function run()
@@ -526,29 +555,34 @@ local function run()
     if #head == 0 then break end
     local lane = head[1]
     local task_id, schedule_id = split_lane(lane)
-    local room, blocker = room_in(task_id, schedule_id, limit - #ids)
+    local room, blocker, task_limited = room_in(task_id, schedule_id, limit - #ids)
     local lane_key = p..':lane:'..lane
     if blocker then
       redis.call('SADD', blocker, lane)
       redis.call('SADD', p..':blocked', lane)
     else
-      -- take this lane's jobs while they are older than every other lane's first job
-      local next_lane = redis.call('ZRANGE', p..':lanes', 0, 0, 'WITHSCORES')
-      local bound = next_lane[2] and tonumber(next_lane[2]) or math.huge
+      -- Take this lane's jobs while they are older than every other lane's first job (the
+      -- bound). Its first job is (the lane came first in {prefix}:lanes, by that job's
+      -- number), so the bound is read only once a second job is looked at
+      local bound = nil
       -- head: the score of the lane's first job left; false once it is empty, nil if unknown.
       -- One entry more than there is room for is read, to learn the head without another call
-      local taken, stop, head = 0, false, nil
+      local taken, seen, stop, head = 0, 0, false, nil
       while not stop do
         local wanted = room + 1
         local entries = redis.call('ZRANGE', lane_key, 0, wanted - 1, 'WITHSCORES')
         local processed = 0
         head = nil
         for i = 1, #entries, 2 do
-          if room == 0 or tonumber(entries[i + 1]) > bound then
+          if room > 0 and seen > 0 and not bound then
+            local next_lane = redis.call('ZRANGE', p..':lanes', 0, 0, 'WITHSCORES')
+            bound = next_lane[2] and tonumber(next_lane[2]) or math.huge
+          end
+          if room == 0 or (seen > 0 and tonumber(entries[i + 1]) > bound) then
             stop, head = true, entries[i + 1]
             break
           end
-          processed = processed + 1
+          processed, seen = processed + 1, seen + 1
           local id = entries[i]
           local key = p..':job:'..id
           local job = redis.call('HMGET', key, 'start_deadline', 'record')
@@ -556,7 +590,6 @@ local function run()
           if deadline and deadline ~= '' and tonumber(deadline) < now then
             local info = job_info(key)
             redis.call('ZREM', p..':deadlines', id)
-            redis.call('ZREM', p..':jobs', id)
             redis.call('DEL', key)
             keep_result(id, 'missed_start_deadline', ARGV[3], info[4])
             table.insert(missed, {id, info[1], info[2], info[3]})
@@ -574,7 +607,7 @@ local function run()
         if not stop and #entries < wanted * 2 then stop, head = true, false end
       end
       if taken > 0 then
-        redis.call('HINCRBY', p..':running_tasks', task_id, taken)
+        if task_limited then redis.call('HINCRBY', p..':running_tasks', task_id, taken) end
         if schedule_id ~= '' then
           redis.call('HINCRBY', p..':running_schedules', schedule_id, taken)
         end
@@ -584,6 +617,7 @@ local function run()
     end
   end
   local held = redis.call('EXISTS', p..':blocked')
+  if #ids == 0 and #missed == 0 then return {acquired, missed, held}, nil end
   return {acquired, missed, held}, {ids, missed, held}
 end
 
@@ -597,31 +631,27 @@ local function replay(kept)
 end
 """
 
-# ARGV: token, TTL, worker id, then triples of job id, result record, TTL in ms (an empty
-# record: the job keeps no result). Returns (id, task id, schedule id, fire time) of each job
-# released
-_RELEASE_JOBS = (
-    _LUA_SAME_REPLY
-    + """
-local function run()
-  local sid, released, tasks, schedules = ARGV[3], {}, {}, {}
-  for i = 4, #ARGV, 3 do
-    local id = ARGV[i]
-    local key = p..':job:'..id
-    local info = job_info(key)
-    if info[5] == sid then
-      finish_job(id, key, tasks, schedules, info)
-      table.insert(released, {id, info[1], info[2], info[3]})
-      if ARGV[i+1] ~= '' then  -- a kept result
-        redis.call('SET', p..':result:'..id, ARGV[i+1], 'PX', ARGV[i+2])
-      end
+# ARGV: worker id, then triples of job id, result record, TTL in ms (an empty record: the job
+# keeps no result). Returns (id, task id, schedule id, fire time) of each job released. No
+# token: a repeat finds the jobs gone and does nothing (only the events of a lost reply are
+# lost; the results are kept)
+_RELEASE_JOBS = """
+local sid, released, tasks, schedules = ARGV[1], {}, {}, {}
+for i = 2, #ARGV, 3 do
+  local id = ARGV[i]
+  local key = p..':job:'..id
+  local info = job_info(key)
+  if info[5] == sid then
+    finish_job(id, key, tasks, schedules, info)
+    table.insert(released, {id, info[1], info[2], info[3]})
+    if ARGV[i+1] ~= '' then  -- a kept result
+      redis.call('SET', p..':result:'..id, ARGV[i+1], 'PX', ARGV[i+2])
     end
   end
-  free_slots(tasks, schedules)
-  return released, released
 end
+free_slots(tasks, schedules)
+return released
 """
-)
 
 # ARGV: token, TTL, now. Returns (owner, id, task id, schedule id, fire time) of each abandoned
 # job and (id, task id, schedule id, fire time) of each queued job past its start deadline;
@@ -648,7 +678,6 @@ local function run()
   for _, id in ipairs(redis.call('ZRANGEBYSCORE', p..':deadlines', '-inf', '(' .. now)) do
     local key = p..':job:'..id
     redis.call('ZREM', p..':deadlines', id)
-    redis.call('ZREM', p..':jobs', id)
     if redis.call('EXISTS', key) == 1 then
       local info = job_info(key)
       local lane = lane_of(info[1], info[2])
@@ -664,6 +693,13 @@ local function run()
       redis.call('DEL', key)
       keep_result(id, 'missed_start_deadline', now, info[4])
       table.insert(overdue, {id, info[1], info[2], info[3]})
+    end
+  end
+  -- counters of tasks without a limit, left by earlier versions (which counted every task)
+  local counters = redis.call('HKEYS', p..':running_tasks')
+  for _, task_id in ipairs(counters) do
+    if redis.call('HEXISTS', p..':task_limits', task_id) == 0 then
+      redis.call('HDEL', p..':running_tasks', task_id)
     end
   end
   local reply = {abandoned, overdue}
@@ -738,8 +774,9 @@ local function run()
   local created = redis.call('HSET', p..':tasks', id, ARGV[4])
   if ARGV[5] == '' then
     redis.call('HDEL', p..':task_limits', id)
-  else
-    redis.call('HSET', p..':task_limits', id, ARGV[5])
+    redis.call('HDEL', p..':running_tasks', id)  -- counted only while there is a limit
+  elseif redis.call('HSET', p..':task_limits', id, ARGV[5]) == 1 then
+    recount_task(id)  -- a limit where there was none
   end
   unblock(p..':blocked_task:'..id)  -- its limit may have changed
   return created, created
@@ -755,6 +792,7 @@ local function run()
   local id = ARGV[3]
   local removed = redis.call('HDEL', p..':tasks', id)
   redis.call('HDEL', p..':task_limits', id)
+  redis.call('HDEL', p..':running_tasks', id)
   unblock(p..':blocked_task:'..id)
   return removed, removed
 end
@@ -762,7 +800,8 @@ end
 )
 
 # ARGV: batch size. Moves that many jobs from the single queue of earlier versions
-# ({prefix}:queue) into lanes; returns how many are left (repeating it does no harm)
+# ({prefix}:queue) into lanes; returns how many are left (repeating it does no harm). Once none
+# are, drops the index of all jobs that earlier versions kept ({prefix}:jobs)
 _MOVE_QUEUE_TO_LANES = """
 local ids = redis.call('ZRANGE', p..':queue', 0, tonumber(ARGV[1]) - 1, 'WITHSCORES')
 for i = 1, #ids, 2 do
@@ -776,32 +815,50 @@ for i = 1, #ids, 2 do
   end
   redis.call('ZREM', p..':queue', id)
 end
-return redis.call('ZCARD', p..':queue')
+local left = redis.call('ZCARD', p..':queue')
+if left == 0 then redis.call('UNLINK', p..':jobs') end
+return left
 """
 
-_SCRIPTS: dict[str, tuple[str, bool, tuple[str, ...]]] = {
-    # name: (source, replayable, the helpers it calls)
-    "acquire_schedules": (_ACQUIRE_SCHEDULES, True, ()),
-    "add_schedule": (_ADD_SCHEDULE, True, ("unblock",)),
-    "update_schedule_definition": (_UPDATE_SCHEDULE_DEFINITION, True, ("unblock",)),
-    "remove_schedules": (_REMOVE_SCHEDULES, True, ("forget_schedule",)),
-    "release_schedules": (_RELEASE_SCHEDULES, True, ("add_job", "forget_schedule")),
-    "add_jobs": (_ADD_JOBS, True, ("add_job",)),
+# The ids of all queued and running jobs: those in lanes (that may run or are held back by a
+# limit) and those running. Changes nothing
+_LIST_JOBS = """
+local ids, lanes = {}, {}
+for _, lane in ipairs(redis.call('ZRANGE', p..':lanes', 0, -1)) do lanes[lane] = true end
+for _, lane in ipairs(redis.call('SMEMBERS', p..':blocked')) do lanes[lane] = true end
+for lane in pairs(lanes) do
+  for _, id in ipairs(redis.call('ZRANGE', p..':lane:'..lane, 0, -1)) do
+    table.insert(ids, id)
+  end
+end
+for _, id in ipairs(redis.call('ZRANGE', p..':running', 0, -1)) do table.insert(ids, id) end
+return ids
+"""
+
+_SCRIPTS: dict[str, tuple[str, Repeat, tuple[str, ...]]] = {
+    # name: (source, how it takes a repeat, the helpers it calls)
+    "acquire_schedules": (_ACQUIRE_SCHEDULES, "replay", ()),
+    "add_schedule": (_ADD_SCHEDULE, "replay", ("unblock",)),
+    "update_schedule_definition": (_UPDATE_SCHEDULE_DEFINITION, "replay", ("unblock",)),
+    "remove_schedules": (_REMOVE_SCHEDULES, "replay", ("forget_schedule",)),
+    "release_schedules": (_RELEASE_SCHEDULES, "replay", ("add_job", "forget_schedule")),
+    "add_jobs": (_ADD_JOBS, "once", ("add_job",)),
     "acquire_jobs": (
         _ACQUIRE_JOBS,
-        True,
+        "replay",
         ("lane_of", "split_lane", "job_info", "keep_result", "free_slots"),
     ),
-    "release_jobs": (_RELEASE_JOBS, True, ("job_info", "finish_job", "free_slots")),
+    "release_jobs": (_RELEASE_JOBS, "harmless", ("job_info", "finish_job", "free_slots")),
+    "list_jobs": (_LIST_JOBS, "harmless", ()),
     "cleanup": (
         _CLEANUP,
-        True,
+        "replay",
         ("lane_of", "job_info", "keep_result", "finish_job", "free_slots"),
     ),
-    "extend_leases": (_EXTEND_LEASES, False, ()),
-    "add_task": (_ADD_TASK, True, ("unblock",)),
-    "remove_task": (_REMOVE_TASK, True, ("unblock",)),
-    "move_queue_to_lanes": (_MOVE_QUEUE_TO_LANES, False, ("lane_of",)),
+    "extend_leases": (_EXTEND_LEASES, "harmless", ()),
+    "add_task": (_ADD_TASK, "replay", ("unblock", "recount_task")),
+    "remove_task": (_REMOVE_TASK, "replay", ("unblock",)),
+    "move_queue_to_lanes": (_MOVE_QUEUE_TO_LANES, "harmless", ("lane_of",)),
 }
 
 
@@ -812,21 +869,22 @@ class LuaScript:
     ``execute_command("EVALSHA", ...)``, and every job passes through three scripts.
 
     :param body: the script
-    :param replayable: whether it takes a token and a TTL first, and keeps what a repeat of the
-        call needs (see ``_LUA_REPLAY``)
+    :param repeat: how it takes a repeat of its call: ``"harmless"`` (no token), ``"once"``
+        (a token and a TTL first; a repeat does nothing) or ``"replay"`` (a token and a TTL
+        first; a repeat gets what the first call kept, see ``_LUA_REPLAY``)
     :param helpers: the functions of ``_LUA_HELPERS`` it calls (only those are defined: a
         Lua function costs its closure on every call)
     """
 
-    def __init__(self, body: str, *, replayable: bool, helpers: Iterable[str] = ()) -> None:
-        self.replayable = replayable
+    def __init__(self, body: str, *, repeat: Repeat, helpers: Iterable[str] = ()) -> None:
+        #: whether its calls take a token (and a TTL) first
+        self.takes_token = repeat != "harmless"
         needed = set(helpers)
         for name in list(needed):
             needed.update(_HELPER_NEEDS.get(name, ()))
         defined = [_LUA_HELPERS[name] for name in _LUA_HELPERS if name in needed]
-        self.source = "\n".join(
-            ["local p = KEYS[1]", *defined, body, _LUA_REPLAY if replayable else ""]
-        )
+        wrapper = {"harmless": "", "once": _LUA_ONCE, "replay": _LUA_REPLAY}[repeat]
+        self.source = "\n".join(["local p = KEYS[1]", *defined, body, wrapper])
         self.sha = hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
 
     async def __call__(self, client: RedisClient, key: str, *args: Any) -> Any:
@@ -915,8 +973,8 @@ class RedisDataStore(BaseExternalDataStore):
         self._clock = Clock()
         self._event_broker: EventBroker | None = None
         self._scripts = {
-            name: LuaScript(source, replayable=replayable, helpers=helpers)
-            for name, (source, replayable, helpers) in _SCRIPTS.items()
+            name: LuaScript(source, repeat=repeat, helpers=helpers)
+            for name, (source, repeat, helpers) in _SCRIPTS.items()
         }
         self._job_writer = WriteBatcher(self._write_jobs)
         settings = self.retry_settings
@@ -1057,7 +1115,7 @@ class RedisDataStore(BaseExternalDataStore):
         self, script: str, *args: Any, token: str | None = None, ttl: int | None = None
     ) -> Any:
         run_script, client, root = self._scripts[script], self._redis, self._root
-        if run_script.replayable:
+        if run_script.takes_token:
             # one token for every attempt: a retry after a lost reply gets the kept reply
             args = (token or _new_token(), ttl or self._reply_ttl, *args)
         return await self._with_retries(lambda: run_script(client, root, *args))
@@ -1404,8 +1462,8 @@ class RedisDataStore(BaseExternalDataStore):
         async for attempt in self._retrying():
             with attempt:
                 if ids is None:
-                    members = await self._redis.zrange(self._key("jobs"), 0, -1)
-                    id_list = [_text(member) for member in members]
+                    members = await self._scripts["list_jobs"](self._redis, self._root)
+                    id_list = list(dict.fromkeys(_text(member) for member in members))
                 else:
                     id_list = list(dict.fromkeys(str(job_id) for job_id in ids))
                 async with self._redis.pipeline(transaction=False) as pipeline:
@@ -1419,8 +1477,7 @@ class RedisDataStore(BaseExternalDataStore):
                         )
                     replies = await pipeline.execute()
         found = [reply for reply in replies if reply[0] is not None]
-        if ids is not None:
-            found.sort(key=lambda reply: int(reply[3]))
+        found.sort(key=lambda reply: int(reply[3] or 0))
         jobs: list[Job] = []
         for record, acquired_by, acquired_until, _ in found:
             (job,) = await self._jobs_from_records([record])

@@ -236,7 +236,7 @@ async def test_a_script_the_server_does_not_have_is_sent_in_full() -> None:
     # A restarted server has no cached scripts: EVALSHA fails with NOSCRIPT and the script is
     # sent in full (and cached). A script no server has seen stands for it, without flushing
     # the shared server's cache
-    script = LuaScript(f"return ARGV[1] .. ' {uuid4()}'", replayable=False)
+    script = LuaScript(f"return ARGV[1] .. ' {uuid4()}'", repeat="harmless")
     client = aioredis.Redis.from_url(REDIS_URL)
     try:
         assert await client.script_exists(script.sha) == [False]
@@ -423,18 +423,20 @@ async def test_jobs_run_once_when_each_first_reply_is_lost(
         abandoned.id: JobOutcome.abandoned,
     }
     assert counts(recorder, JobAcquired) == {job.id: 1 for job in [*jobs, abandoned]}
-    assert counts(recorder, JobReleased) == {job.id: 1 for job in [*jobs, late, abandoned]}
+    # A release keeps nothing for a repeat (which finds the jobs gone and does nothing): the
+    # events of a release whose reply was lost are lost with it, its results are kept
+    assert counts(recorder, JobReleased) == {job.id: 1 for job in [late, abandoned]}
 
 
 async def test_replies_lost_to_real_timeouts_lose_and_repeat_nothing(
     namespace: str, clock: FakeClock, recorder: EventRecorder, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # A client that waits 50 ms for a reply against scripts given batches that take the
-    # server longer (100-200 ms here): the server runs each script, the client gives up,
+    # A client that waits 20 ms for a reply against scripts given batches that take the
+    # server longer (tens of milliseconds here): the server runs each script, the client gives up,
     # drops the connection and retries; the repeats answer in a few milliseconds
     count = 3000
     # (redis-py's own retries off: each timeout reaches the store, which logs its retry)
-    client = aioredis.Redis.from_url(REDIS_URL, socket_timeout=0.05, retry=Retry(NoBackoff(), 0))
+    client = aioredis.Redis.from_url(REDIS_URL, socket_timeout=0.02, retry=Retry(NoBackoff(), 0))
     retries = RetrySettings(attempts=30, wait_min=0.01, wait_max=0.05)
 
     def lost_replies() -> int:
@@ -499,7 +501,8 @@ async def test_replies_lost_to_real_timeouts_lose_and_repeat_nothing(
         for job in (late[0], on_time[-1], abandoned[0]):
             assert await helper.get_job_result(job.id) is not None
     released = counts(recorder, JobReleased)
-    assert released == {job.id: 1 for job in [*late, *on_time, *abandoned]}
+    # (the release's reply was lost, and with it its events: a release keeps nothing)
+    assert released == {job.id: 1 for job in [*late, *abandoned]}
     assert counts(recorder, JobAcquired) == {job.id: 1 for job in on_time}
     outcomes = {event.job_id: event.outcome for event in recorder.of_type(JobReleased)}
     assert {outcomes[job.id] for job in late} == {JobOutcome.missed_start_deadline}
@@ -798,6 +801,29 @@ async def test_an_acquisitions_reply_is_kept_while_what_it_took_is_leased(
         assert await client.ttl(reply) >= lease.total_seconds() - 5
 
 
+async def test_only_calls_a_repeat_would_redo_keep_a_reply(
+    namespace: str, clock: FakeClock
+) -> None:
+    # A release repeated finds its jobs gone and does nothing; an acquisition that took
+    # nothing has nothing to keep; an addition needs only a mark that it was done
+    async with AsyncExitStack() as stack:
+        store = await started_store(stack, url_for(namespace), clock)
+        await store.add_task(Task(id="task", job_executor="async"))
+
+        async def new_replies(operation: Awaitable[Any]) -> int:
+            before = {key for key in await prefix_keys(namespace) if ":reply:" in key}
+            await operation
+            return len({key for key in await prefix_keys(namespace) if ":reply:" in key} - before)
+
+        assert await new_replies(store.acquire_jobs("me", LEASE, 10)) == 0
+        assert await new_replies(store.acquire_schedules("me", LEASE, 10)) == 0
+        job = Job(task_id="task", created_at=clock.now())
+        assert await new_replies(store.add_jobs([job])) == 1
+        assert await new_replies(store.acquire_jobs("me", LEASE, 10)) == 1
+        result = JobResult.for_job(job, JobOutcome.success, finished_at=clock.now())
+        assert await new_replies(store.release_jobs("me", [result])) == 0
+
+
 async def test_an_acquisition_frees_no_more_expired_leases_than_it_may_take(
     namespace: str, clock: FakeClock
 ) -> None:
@@ -970,6 +996,75 @@ async def test_no_running_job_counters_remain_once_the_jobs_of_one_off_schedules
     assert kinds <= {"tasks", "sequence", "reply"}
 
 
+async def test_running_jobs_are_counted_only_for_tasks_with_a_limit(
+    namespace: str, clock: FakeClock
+) -> None:
+    client = aioredis.Redis.from_url(REDIS_URL)
+    counters = f"{{{namespace}}}:running_tasks"
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(client.aclose)
+        store = await started_store(stack, url_for(namespace), clock)
+        await store.add_task(Task(id="task", job_executor="async"))
+        jobs = [Job(task_id="task", created_at=clock.now()) for _ in range(4)]
+        await store.add_jobs(jobs)
+        running = await store.acquire_jobs("me", LEASE, 2)
+        assert await client.hgetall(counters) == {}
+
+        # a limit set while jobs run counts them
+        await store.add_task(Task(id="task", job_executor="async", max_running_jobs=3))
+        assert await client.hgetall(counters) == {b"task": b"2"}
+        assert ids_of(await store.acquire_jobs("me", LEASE, 10)) == [jobs[2].id]
+        assert await store.acquire_jobs("me", LEASE, 10) == []
+        result = JobResult.for_job(running[0], JobOutcome.success, finished_at=clock.now())
+        await store.release_jobs("me", [result])
+        assert ids_of(await store.acquire_jobs("me", LEASE, 10)) == [jobs[3].id]
+
+        await store.add_task(Task(id="task", job_executor="async"))
+        assert await client.hgetall(counters) == {}
+        # a counter an earlier version kept for a task without a limit goes at the cleanup
+        await client.hset(counters, "unlimited", 2)
+        await store.cleanup()
+        assert await client.hgetall(counters) == {}
+
+
+async def test_jobs_of_several_lanes_are_acquired_oldest_first(
+    namespace: str, clock: FakeClock
+) -> None:
+    async with AsyncExitStack() as stack:
+        store = await started_store(stack, url_for(namespace), clock)
+        jobs = []
+        for task_id in ("a", "b", "a", "a", "b", "c", "a"):
+            jobs.append(Job(task_id=task_id, created_at=clock.now()))
+            clock.advance(0.001)
+        await store.add_jobs(jobs)
+
+        acquired = ids_of(await store.acquire_jobs("me", LEASE, 3))
+        acquired += ids_of(await store.acquire_jobs("me", LEASE, 10))
+    assert acquired == ids_of(jobs)
+
+
+async def test_every_job_is_listed_in_creation_order_without_an_index_of_all(
+    namespace: str, clock: FakeClock
+) -> None:
+    # queued jobs are in lanes (those held back by a limit too) and running ones in
+    # {prefix}:running: no third index of all jobs is kept
+    async with AsyncExitStack() as stack:
+        store = await started_store(stack, url_for(namespace), clock)
+        await store.add_task(Task(id="limited", job_executor="async", max_running_jobs=1))
+        jobs = []
+        for task_id in ("limited", "free", "limited", "free", "limited"):
+            jobs.append(Job(task_id=task_id, created_at=clock.now()))
+            clock.advance(0.001)
+        await store.add_jobs(jobs)
+        running = await store.acquire_jobs("me", LEASE, 10)
+        assert ids_of(running) == [jobs[0].id, jobs[1].id, jobs[3].id]
+
+        listed = await store.get_jobs()
+        assert ids_of(listed) == ids_of(jobs)
+        assert {job.id for job in listed if job.acquired_by == "me"} == set(ids_of(running))
+        assert f"{{{namespace}}}:jobs" not in await prefix_keys(namespace)
+
+
 async def test_a_definition_update_changing_the_limit_lets_held_back_jobs_start(
     namespace: str, clock: FakeClock
 ) -> None:
@@ -1075,9 +1170,11 @@ async def test_jobs_queued_by_an_earlier_version_are_still_run(
         for sequence, job in enumerate(old_jobs, 1):
             await client.hdel(f"{root}:job:{job.id}", "fire_time", "result_ttl")
             await client.zadd(f"{root}:queue", {str(job.id): sequence})
+            await client.zadd(f"{root}:jobs", {str(job.id): sequence})
 
         store = await started_store(stack, url_for(namespace), clock, recorder)
         assert not await client.exists(f"{root}:queue")
+        assert not await client.exists(f"{root}:jobs")  # the index of all jobs they kept
         run, gone = await store.acquire_jobs("me", LEASE, 10)
         await store.release_jobs(
             "me", [JobResult.for_job(run, JobOutcome.success, finished_at=clock.now())]
