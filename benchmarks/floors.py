@@ -44,15 +44,18 @@ async def redis_floor(spec: dict[str, Any]) -> dict[str, Any]:
     prefix = "{asched_floor}"
     client = aioredis.Redis.from_url(spec.get("url", "redis://127.0.0.1:6379/0"))
     scripts = {
-        name: redis_store.LuaScript(source, replayable=replayable, helpers=helpers)
+        name: redis_store.LuaScript(source, repeat=repeat, helpers=helpers)
         for name in ("add_jobs", "acquire_jobs", "release_jobs")
-        for source, replayable, helpers in [redis_store._SCRIPTS[name]]
+        for source, repeat, helpers in [redis_store._SCRIPTS[name]]
     }
     tokens = iter(range(sys.maxsize))
 
     async def call(name: str, *args: Any) -> Any:
-        # as the store calls it: a token per call, kept for a repeat for 20 s
-        return await scripts[name](client, prefix, f"floor:{next(tokens)}", 20, *args)
+        # as the store calls it: a token per call if the script takes one, with a TTL
+        script = scripts[name]
+        if script.takes_token:
+            args = (f"floor:{next(tokens)}", 60, *args)
+        return await script(client, prefix, *args)
 
     await _delete_keys(client, prefix)
     try:
@@ -63,7 +66,7 @@ async def redis_floor(spec: dict[str, Any]) -> dict[str, Any]:
                 args += [str(uuid4()), "task", "", "", "", 0, _REDIS_RECORD]
             await call("add_jobs", *args)
             now = int(time.time() * 1e6)
-            acquired, _missed, _held, _given_back = await call(
+            acquired, _missed, _held = await call(
                 "acquire_jobs", now, now + 30_000_000, batch, "floor"
             )
             assert len(acquired) == batch, acquired

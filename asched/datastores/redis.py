@@ -3,9 +3,9 @@
 Every operation that changes the store is one Lua script, so it is atomic and one round trip
 whatever the batch size (acquisitions take one per 1,000 items): acquiring k schedules or jobs
 (with their leases and the ``max_running_jobs`` counters), releasing k results, adding k
-jobs. Each call carries a token, the same for all its attempts, and the script keeps what a
-repeat needs: a retry after a lost reply gets that instead of acting twice. Keys live under a
-prefix:
+jobs. A script that a repeat would make act twice takes a token, random per operation and the
+same for all its attempts, and keeps what a repeat needs: a retry after a lost reply gets that
+instead of acting again. Keys live under a prefix:
 
 - ``{prefix}:schedule:{id}`` hash (times, lease and the fields the scripts look at) and
   ``{prefix}:schedule_record:{id}`` string (the record): apart, the hash stays small enough
@@ -13,13 +13,13 @@ prefix:
   sorted set (unleased, unpaused schedules by next run time), ``{prefix}:leased`` sorted
   set (leased ones by lease expiry);
 - ``{prefix}:job:{id}`` hash, ``{prefix}:sequence`` (numbers jobs as they come),
-  ``{prefix}:jobs`` (all, by sequence number), ``{prefix}:running`` (by lease expiry),
-  ``{prefix}:deadlines`` (waiting jobs with a start deadline);
+  ``{prefix}:running`` (by lease expiry), ``{prefix}:deadlines`` (waiting jobs with a start
+  deadline);
 - waiting jobs in lanes, one per (task, schedule): ``{prefix}:lane:{lane}`` sorted sets,
   ``{prefix}:lanes`` (the lanes that may run, by their first job), and the sets of lanes
   held back by a limit, ``{prefix}:blocked_task:{id}``, ``{prefix}:blocked_schedule:{id}``
-  and ``{prefix}:blocked``; ``{prefix}:running_tasks`` and ``{prefix}:running_schedules``
-  hashes count running jobs;
+  and ``{prefix}:blocked``; ``{prefix}:running_tasks`` (tasks with a limit only) and
+  ``{prefix}:running_schedules`` hashes count running jobs;
 - ``{prefix}:tasks`` and ``{prefix}:task_limits`` hashes; ``{prefix}:result:{id}`` and
   ``{prefix}:reply:{token}`` strings that expire on their own.
 
@@ -32,27 +32,30 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import itertools
+import inspect
 import json
 import math
-import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AsyncExitStack
 from datetime import datetime, timedelta, timezone
 from logging import Logger
-from typing import Any, TypeAlias
+from typing import Any, Literal, TypeAlias, TypeVar
 from uuid import UUID
 
 import attrs
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import BusyLoadingError, NoScriptError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from tenacity import AsyncRetrying, stop_after_attempt, stop_before_delay
 
 from .._clock import Clock
 from .._enums import ConflictPolicy, JobOutcome
 from .._exceptions import ConflictingIdError, DeserializationError, TaskLookupError
+from .._ids import random_uuid
 from .._structures import Job, JobResult, Schedule, ScheduleUpdate, Task
 from ..eventbrokers.base import EventBroker
 from ..events import (
@@ -82,6 +85,7 @@ from .base import (
 #: what the store accepts as a client (a Redis Cluster works: all of a store's keys share a slot)
 RedisClient: TypeAlias = aioredis.Redis | aioredis.RedisCluster
 
+_T = TypeVar("_T")
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MICROSECOND = timedelta(microseconds=1)
 _SCHEDULE_TIMES = ("next_fire_time", "next_run_time", "last_fire_time")
@@ -216,7 +220,6 @@ local function add_job(id, task_id, schedule_id, deadline, fire_time, result_ttl
   redis.call('HSET', key, 'task_id', task_id, 'schedule_id', schedule_id,
              'start_deadline', deadline, 'fire_time', fire_time, 'result_ttl', result_ttl,
              'record', record, 'sequence', seq)
-  redis.call('ZADD', p..':jobs', seq, id)
   local lane = lane_of(task_id, schedule_id)
   local lane_key = p..':lane:'..lane
   redis.call('ZADD', lane_key, seq, id)
@@ -228,7 +231,6 @@ end
 -- Deletes a running job (info: its job_info), counting the slot it frees (see free_slots)
 local function finish_job(id, key, tasks, schedules, info)
   redis.call('ZREM', p..':running', id)
-  redis.call('ZREM', p..':jobs', id)
   redis.call('DEL', key)
   tasks[info[1]] = (tasks[info[1]] or 0) + 1
   if info[2] ~= '' then schedules[info[2]] = (schedules[info[2]] or 0) + 1 end
@@ -236,19 +238,37 @@ local function finish_job(id, key, tasks, schedules, info)
 end
 """,
     "free_slots": """
--- Gives back the running slots finish_job counted; a counter that reaches 0 goes
+-- Gives back the running slots finish_job counted; a counter that reaches 0 goes. Jobs are
+-- counted per task only while the task has a limit (see recount_task)
 local function free_slots(tasks, schedules)
   for task_id, count in pairs(tasks) do
-    if redis.call('HINCRBY', p..':running_tasks', task_id, -count) <= 0 then
-      redis.call('HDEL', p..':running_tasks', task_id)
+    if redis.call('HEXISTS', p..':task_limits', task_id) == 1 then
+      if redis.call('HINCRBY', p..':running_tasks', task_id, -count) <= 0 then
+        redis.call('HDEL', p..':running_tasks', task_id)
+      end
+      unblock(p..':blocked_task:'..task_id)
     end
-    unblock(p..':blocked_task:'..task_id)
   end
   for schedule_id, count in pairs(schedules) do
     if redis.call('HINCRBY', p..':running_schedules', schedule_id, -count) <= 0 then
       redis.call('HDEL', p..':running_schedules', schedule_id)
     end
     unblock(p..':blocked_schedule:'..schedule_id)
+  end
+end
+""",
+    "recount_task": """
+-- A task given a limit: its running jobs, uncounted until now, are counted
+local function recount_task(task_id)
+  local running = 0
+  for _, id in ipairs(redis.call('ZRANGE', p..':running', 0, -1)) do
+    local job = redis.call('HMGET', p..':job:'..id, 'task_id', 'acquired_by')
+    if job[1] == task_id and job[2] then running = running + 1 end
+  end
+  if running > 0 then
+    redis.call('HSET', p..':running_tasks', task_id, running)
+  else
+    redis.call('HDEL', p..':running_tasks', task_id)
   end
 end
 """,
@@ -270,18 +290,32 @@ _HELPER_NEEDS = {
     "forget_schedule": ("unblock",),
 }
 
-# Makes a script safe to run again after its reply was lost (a timeout or a dropped connection
+#: how a script takes a repeat of its call (the same call again after its reply was lost):
+#: "harmless" ones take no token (a repeat does no harm); "once" ones act on the first call
+#: of a token only; "replay" ones act on the first and return what they kept to a repeat
+Repeat: TypeAlias = Literal["harmless", "once", "replay"]
+
+# Make a script safe to run again after its reply was lost (a timeout or a dropped connection
 # after the server ran it, then a retry). ARGV[1] is a token made once per operation (every
-# attempt sends the same one) and ARGV[2] a TTL in seconds. run() does the work and returns
-# the reply and what a repeat needs (kept, small, under {prefix}:reply:{token}); a repeat
+# attempt sends the same one) and ARGV[2] a TTL in seconds, longer than the attempts of one
+# operation can take (see RedisDataStore._reply_ttl).
+#
+# "replay": run() does the work and returns the reply and what a repeat needs (kept, small,
+# under {prefix}:reply:{token}; nil: nothing to keep, a repeat may do the work again); a repeat
 # returns replay(what was kept) instead of doing the work again.
 _LUA_REPLAY = """
 local reply_key = p..':reply:'..ARGV[1]
 local kept = redis.call('GET', reply_key)
 if kept then return replay(cmsgpack.unpack(kept)) end
 local reply, to_keep = run()
-redis.call('SET', reply_key, cmsgpack.pack(to_keep), 'EX', ARGV[2])
+if to_keep ~= nil then redis.call('SET', reply_key, cmsgpack.pack(to_keep), 'EX', ARGV[2]) end
 return reply
+"""
+
+# "once": the first call with a token marks it and does the work; a repeat does nothing
+_LUA_ONCE = """
+if not redis.call('SET', p..':reply:'..ARGV[1], 1, 'NX', 'EX', ARGV[2]) then return 0 end
+return run()
 """
 
 _LUA_SAME_REPLY = """
@@ -290,7 +324,7 @@ local function replay(kept) return kept end
 
 # ARGV: token, TTL, now, lease expiry, limit, scheduler id, then the tokens of this
 # scheduler's acquisitions that got no answer. Returns (record, hash fields) of each schedule
-# acquired, and the tokens whose schedules were given back
+# acquired
 _ACQUIRE_SCHEDULES = """
 local now, untl, limit, sid = tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5]), ARGV[6]
 
@@ -309,24 +343,27 @@ local function unlease(id)
   end
 end
 
--- An acquisition whose caller never saw the reply: its schedules are due again at once
+-- An acquisition whose caller never saw the reply: its schedules are due again at once. Its
+-- reply key is left empty (made so if the acquisition has not run yet): an attempt of it that
+-- comes later takes nothing
 local function give_back(token)
   local reply_key = p..':reply:'..token
   local kept = redis.call('GET', reply_key)
-  if not kept then return false end
+  local empty = cmsgpack.pack({{}})
+  if not kept then
+    redis.call('SET', reply_key, empty, 'EX', ARGV[2])
+    return
+  end
   for _, id in ipairs(cmsgpack.unpack(kept)[1]) do
     if redis.call('HGET', p..':schedule:'..id, 'acquired_by') == sid then unlease(id) end
   end
-  redis.call('DEL', reply_key)
-  return true
+  redis.call('SET', reply_key, empty, 'KEEPTTL')
 end
 
 local function run()
-  local given_back = {}
-  for i = 7, #ARGV do
-    if give_back(ARGV[i]) then table.insert(given_back, ARGV[i]) end
-  end
-  for _, id in ipairs(redis.call('ZRANGEBYSCORE', p..':leased', '-inf', now)) do
+  for i = 7, #ARGV do give_back(ARGV[i]) end
+  -- expired leases: as many as this call may take (the rest wait for the next call)
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', p..':leased', '-inf', now, 'LIMIT', 0, limit)) do
     unlease(id)
   end
   local result, ids = {}, {}
@@ -337,7 +374,8 @@ local function run()
     table.insert(result, schedule_reply(id))
     table.insert(ids, id)
   end
-  return {result, given_back}, {ids, given_back}
+  if #ids == 0 then return {result}, nil end
+  return {result}, {ids}
 end
 
 local function replay(kept)
@@ -347,7 +385,7 @@ local function replay(kept)
       table.insert(result, schedule_reply(id))
     end
   end
-  return {result, kept[2]}
+  return {result}
 end
 """
 
@@ -381,6 +419,37 @@ end
 """
 )
 
+# ARGV: token, TTL, id, task_id, paused, max_running_jobs or '', record. Replaces what the
+# stored schedule is, keeping where it is in time (next_fire_time, next_run_time,
+# last_fire_time), and clears its lease. Returns its hash fields, or an empty list if there is
+# no such schedule
+_UPDATE_SCHEDULE_DEFINITION = """
+local function run()
+  local id, paused, limit = ARGV[3], ARGV[5], ARGV[6]
+  local key = p..':schedule:'..id
+  if redis.call('EXISTS', key) == 0 then return {}, 0 end
+  local old_limit = redis.call('HGET', key, 'max_running_jobs')
+  -- 'record': where earlier versions kept the record
+  redis.call('HDEL', key, 'acquired_by', 'acquired_until', 'record')
+  redis.call('HSET', key, 'task_id', ARGV[4], 'paused', paused, 'max_running_jobs', limit)
+  redis.call('SET', p..':schedule_record:'..id, ARGV[7])
+  redis.call('ZREM', p..':leased', id)
+  local nrt = redis.call('HGET', key, 'next_run_time')
+  if paused == '0' and nrt and nrt ~= '' then
+    redis.call('ZADD', p..':due', nrt, id)
+  else
+    redis.call('ZREM', p..':due', id)
+  end
+  if old_limit ~= limit then unblock(p..':blocked_schedule:'..id) end
+  return redis.call('HGETALL', key), 1
+end
+
+local function replay(kept)
+  if kept == 0 then return {} end
+  return redis.call('HGETALL', p..':schedule:'..ARGV[3])
+end
+"""
+
 # ARGV: token, TTL, then schedule ids. Returns (id, task id) of each schedule removed
 _REMOVE_SCHEDULES = (
     _LUA_SAME_REPLY
@@ -404,32 +473,35 @@ end
 """
 )
 
-# ARGV: token, TTL, then 7 values per job (see add_job)
-_ADD_JOBS = (
-    _LUA_SAME_REPLY
-    + """
+# ARGV: token, TTL, then 7 values per job (see add_job). A repeat must not add a job that ran
+# meanwhile again: it does nothing ("once")
+_ADD_JOBS = """
 local function run()
   for i = 3, #ARGV, 7 do
     add_job(ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5], ARGV[i+6])
   end
-  return 0, 0
+  return 0
 end
 """
-)
 
 # ARGV: token, TTL, now, lease expiry, limit, worker id, then the tokens of this worker's
 # acquisitions that got no answer. Returns the acquired records, (id, task id, schedule id,
-# fire time) of each job found past its start deadline, 1 if some lane is held back by a
-# limit, and the tokens whose jobs were given back
+# fire time) of each job found past its start deadline, and 1 if some lane is held back by a
+# limit
 _ACQUIRE_JOBS = """
 local now, untl, limit, sid = tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5]), ARGV[6]
 
 -- An acquisition whose caller never saw the reply: its jobs go back to their lanes, and the
--- jobs it found past their start deadline are reported now
+-- jobs it found past their start deadline are reported now. Its reply key is left empty
+-- (made so if the acquisition has not run yet): an attempt of it that comes later takes nothing
 local function give_back(token, missed)
   local reply_key = p..':reply:'..token
   local kept = redis.call('GET', reply_key)
-  if not kept then return false end
+  local empty = cmsgpack.pack({{}, {}, 0})
+  if not kept then
+    redis.call('SET', reply_key, empty, 'EX', ARGV[2])
+    return
+  end
   kept = cmsgpack.unpack(kept)
   local tasks, schedules = {}, {}
   for _, id in ipairs(kept[1]) do
@@ -450,17 +522,17 @@ local function give_back(token, missed)
   end
   free_slots(tasks, schedules)
   for _, job in ipairs(kept[2]) do table.insert(missed, job) end
-  redis.call('DEL', reply_key)
-  return true
+  redis.call('SET', reply_key, empty, 'KEEPTTL')
 end
 
--- How many jobs of the lane may start now (limit at most), and the set to put it in if none
+-- How many jobs of the lane may start now (room at most), the set to put the lane in if none,
+-- and whether its task has a limit (only then are its running jobs counted)
 local function room_in(task_id, schedule_id, room)
   local task_limit = redis.call('HGET', p..':task_limits', task_id)
   if task_limit then
     local free = tonumber(task_limit) -
       tonumber(redis.call('HGET', p..':running_tasks', task_id) or '0')
-    if free <= 0 then return 0, p..':blocked_task:'..task_id end
+    if free <= 0 then return 0, p..':blocked_task:'..task_id, true end
     if free < room then room = free end
   end
   if schedule_id ~= '' then
@@ -468,46 +540,49 @@ local function room_in(task_id, schedule_id, room)
     if schedule_limit and schedule_limit ~= '' then
       local free = tonumber(schedule_limit) -
         tonumber(redis.call('HGET', p..':running_schedules', schedule_id) or '0')
-      if free <= 0 then return 0, p..':blocked_schedule:'..schedule_id end
+      if free <= 0 then return 0, p..':blocked_schedule:'..schedule_id, task_limit end
       if free < room then room = free end
     end
   end
-  return room, nil
+  return room, nil, task_limit
 end
 
 local function run()
-  local acquired, ids, missed, given_back = {}, {}, {}, {}
-  for i = 7, #ARGV do
-    if give_back(ARGV[i], missed) then table.insert(given_back, ARGV[i]) end
-  end
+  local acquired, ids, missed = {}, {}, {}
+  for i = 7, #ARGV do give_back(ARGV[i], missed) end
   while #ids < limit do
     local head = redis.call('ZPOPMIN', p..':lanes')
     if #head == 0 then break end
     local lane = head[1]
     local task_id, schedule_id = split_lane(lane)
-    local room, blocker = room_in(task_id, schedule_id, limit - #ids)
+    local room, blocker, task_limited = room_in(task_id, schedule_id, limit - #ids)
     local lane_key = p..':lane:'..lane
     if blocker then
       redis.call('SADD', blocker, lane)
       redis.call('SADD', p..':blocked', lane)
     else
-      -- take this lane's jobs while they are older than every other lane's first job
-      local next_lane = redis.call('ZRANGE', p..':lanes', 0, 0, 'WITHSCORES')
-      local bound = next_lane[2] and tonumber(next_lane[2]) or math.huge
+      -- Take this lane's jobs while they are older than every other lane's first job (the
+      -- bound). Its first job is (the lane came first in {prefix}:lanes, by that job's
+      -- number), so the bound is read only once a second job is looked at
+      local bound = nil
       -- head: the score of the lane's first job left; false once it is empty, nil if unknown.
       -- One entry more than there is room for is read, to learn the head without another call
-      local taken, stop, head = 0, false, nil
+      local taken, seen, stop, head = 0, 0, false, nil
       while not stop do
         local wanted = room + 1
         local entries = redis.call('ZRANGE', lane_key, 0, wanted - 1, 'WITHSCORES')
         local processed = 0
         head = nil
         for i = 1, #entries, 2 do
-          if room == 0 or tonumber(entries[i + 1]) > bound then
+          if room > 0 and seen > 0 and not bound then
+            local next_lane = redis.call('ZRANGE', p..':lanes', 0, 0, 'WITHSCORES')
+            bound = next_lane[2] and tonumber(next_lane[2]) or math.huge
+          end
+          if room == 0 or (seen > 0 and tonumber(entries[i + 1]) > bound) then
             stop, head = true, entries[i + 1]
             break
           end
-          processed = processed + 1
+          processed, seen = processed + 1, seen + 1
           local id = entries[i]
           local key = p..':job:'..id
           local job = redis.call('HMGET', key, 'start_deadline', 'record')
@@ -515,7 +590,6 @@ local function run()
           if deadline and deadline ~= '' and tonumber(deadline) < now then
             local info = job_info(key)
             redis.call('ZREM', p..':deadlines', id)
-            redis.call('ZREM', p..':jobs', id)
             redis.call('DEL', key)
             keep_result(id, 'missed_start_deadline', ARGV[3], info[4])
             table.insert(missed, {id, info[1], info[2], info[3]})
@@ -533,7 +607,7 @@ local function run()
         if not stop and #entries < wanted * 2 then stop, head = true, false end
       end
       if taken > 0 then
-        redis.call('HINCRBY', p..':running_tasks', task_id, taken)
+        if task_limited then redis.call('HINCRBY', p..':running_tasks', task_id, taken) end
         if schedule_id ~= '' then
           redis.call('HINCRBY', p..':running_schedules', schedule_id, taken)
         end
@@ -543,7 +617,8 @@ local function run()
     end
   end
   local held = redis.call('EXISTS', p..':blocked')
-  return {acquired, missed, held, given_back}, {ids, missed, held, given_back}
+  if #ids == 0 and #missed == 0 then return {acquired, missed, held}, nil end
+  return {acquired, missed, held}, {ids, missed, held}
 end
 
 local function replay(kept)
@@ -552,35 +627,31 @@ local function replay(kept)
     local job = redis.call('HMGET', p..':job:'..id, 'acquired_by', 'record')
     if job[1] == sid then table.insert(acquired, job[2]) end
   end
-  return {acquired, kept[2], kept[3], kept[4]}
+  return {acquired, kept[2], kept[3]}
 end
 """
 
-# ARGV: token, TTL, worker id, then triples of job id, result record, TTL in ms (an empty
-# record: the job keeps no result). Returns (id, task id, schedule id, fire time) of each job
-# released
-_RELEASE_JOBS = (
-    _LUA_SAME_REPLY
-    + """
-local function run()
-  local sid, released, tasks, schedules = ARGV[3], {}, {}, {}
-  for i = 4, #ARGV, 3 do
-    local id = ARGV[i]
-    local key = p..':job:'..id
-    local info = job_info(key)
-    if info[5] == sid then
-      finish_job(id, key, tasks, schedules, info)
-      table.insert(released, {id, info[1], info[2], info[3]})
-      if ARGV[i+1] ~= '' then  -- a kept result
-        redis.call('SET', p..':result:'..id, ARGV[i+1], 'PX', ARGV[i+2])
-      end
+# ARGV: worker id, then triples of job id, result record, TTL in ms (an empty record: the job
+# keeps no result). Returns (id, task id, schedule id, fire time) of each job released. No
+# token: a repeat finds the jobs gone and does nothing (only the events of a lost reply are
+# lost; the results are kept)
+_RELEASE_JOBS = """
+local sid, released, tasks, schedules = ARGV[1], {}, {}, {}
+for i = 2, #ARGV, 3 do
+  local id = ARGV[i]
+  local key = p..':job:'..id
+  local info = job_info(key)
+  if info[5] == sid then
+    finish_job(id, key, tasks, schedules, info)
+    table.insert(released, {id, info[1], info[2], info[3]})
+    if ARGV[i+1] ~= '' then  -- a kept result
+      redis.call('SET', p..':result:'..id, ARGV[i+1], 'PX', ARGV[i+2])
     end
   end
-  free_slots(tasks, schedules)
-  return released, released
 end
+free_slots(tasks, schedules)
+return released
 """
-)
 
 # ARGV: token, TTL, now. Returns (owner, id, task id, schedule id, fire time) of each abandoned
 # job and (id, task id, schedule id, fire time) of each queued job past its start deadline;
@@ -607,7 +678,6 @@ local function run()
   for _, id in ipairs(redis.call('ZRANGEBYSCORE', p..':deadlines', '-inf', '(' .. now)) do
     local key = p..':job:'..id
     redis.call('ZREM', p..':deadlines', id)
-    redis.call('ZREM', p..':jobs', id)
     if redis.call('EXISTS', key) == 1 then
       local info = job_info(key)
       local lane = lane_of(info[1], info[2])
@@ -623,6 +693,13 @@ local function run()
       redis.call('DEL', key)
       keep_result(id, 'missed_start_deadline', now, info[4])
       table.insert(overdue, {id, info[1], info[2], info[3]})
+    end
+  end
+  -- counters of tasks without a limit, left by earlier versions (which counted every task)
+  local counters = redis.call('HKEYS', p..':running_tasks')
+  for _, task_id in ipairs(counters) do
+    if redis.call('HEXISTS', p..':task_limits', task_id) == 0 then
+      redis.call('HDEL', p..':running_tasks', task_id)
     end
   end
   local reply = {abandoned, overdue}
@@ -697,8 +774,9 @@ local function run()
   local created = redis.call('HSET', p..':tasks', id, ARGV[4])
   if ARGV[5] == '' then
     redis.call('HDEL', p..':task_limits', id)
-  else
-    redis.call('HSET', p..':task_limits', id, ARGV[5])
+    redis.call('HDEL', p..':running_tasks', id)  -- counted only while there is a limit
+  elseif redis.call('HSET', p..':task_limits', id, ARGV[5]) == 1 then
+    recount_task(id)  -- a limit where there was none
   end
   unblock(p..':blocked_task:'..id)  -- its limit may have changed
   return created, created
@@ -714,6 +792,7 @@ local function run()
   local id = ARGV[3]
   local removed = redis.call('HDEL', p..':tasks', id)
   redis.call('HDEL', p..':task_limits', id)
+  redis.call('HDEL', p..':running_tasks', id)
   unblock(p..':blocked_task:'..id)
   return removed, removed
 end
@@ -721,7 +800,8 @@ end
 )
 
 # ARGV: batch size. Moves that many jobs from the single queue of earlier versions
-# ({prefix}:queue) into lanes; returns how many are left (repeating it does no harm)
+# ({prefix}:queue) into lanes; returns how many are left (repeating it does no harm). Once none
+# are, drops the index of all jobs that earlier versions kept ({prefix}:jobs)
 _MOVE_QUEUE_TO_LANES = """
 local ids = redis.call('ZRANGE', p..':queue', 0, tonumber(ARGV[1]) - 1, 'WITHSCORES')
 for i = 1, #ids, 2 do
@@ -735,31 +815,50 @@ for i = 1, #ids, 2 do
   end
   redis.call('ZREM', p..':queue', id)
 end
-return redis.call('ZCARD', p..':queue')
+local left = redis.call('ZCARD', p..':queue')
+if left == 0 then redis.call('UNLINK', p..':jobs') end
+return left
 """
 
-_SCRIPTS: dict[str, tuple[str, bool, tuple[str, ...]]] = {
-    # name: (source, replayable, the helpers it calls)
-    "acquire_schedules": (_ACQUIRE_SCHEDULES, True, ()),
-    "add_schedule": (_ADD_SCHEDULE, True, ("unblock",)),
-    "remove_schedules": (_REMOVE_SCHEDULES, True, ("forget_schedule",)),
-    "release_schedules": (_RELEASE_SCHEDULES, True, ("add_job", "forget_schedule")),
-    "add_jobs": (_ADD_JOBS, True, ("add_job",)),
+# The ids of all queued and running jobs: those in lanes (that may run or are held back by a
+# limit) and those running. Changes nothing
+_LIST_JOBS = """
+local ids, lanes = {}, {}
+for _, lane in ipairs(redis.call('ZRANGE', p..':lanes', 0, -1)) do lanes[lane] = true end
+for _, lane in ipairs(redis.call('SMEMBERS', p..':blocked')) do lanes[lane] = true end
+for lane in pairs(lanes) do
+  for _, id in ipairs(redis.call('ZRANGE', p..':lane:'..lane, 0, -1)) do
+    table.insert(ids, id)
+  end
+end
+for _, id in ipairs(redis.call('ZRANGE', p..':running', 0, -1)) do table.insert(ids, id) end
+return ids
+"""
+
+_SCRIPTS: dict[str, tuple[str, Repeat, tuple[str, ...]]] = {
+    # name: (source, how it takes a repeat, the helpers it calls)
+    "acquire_schedules": (_ACQUIRE_SCHEDULES, "replay", ()),
+    "add_schedule": (_ADD_SCHEDULE, "replay", ("unblock",)),
+    "update_schedule_definition": (_UPDATE_SCHEDULE_DEFINITION, "replay", ("unblock",)),
+    "remove_schedules": (_REMOVE_SCHEDULES, "replay", ("forget_schedule",)),
+    "release_schedules": (_RELEASE_SCHEDULES, "replay", ("add_job", "forget_schedule")),
+    "add_jobs": (_ADD_JOBS, "once", ("add_job",)),
     "acquire_jobs": (
         _ACQUIRE_JOBS,
-        True,
+        "replay",
         ("lane_of", "split_lane", "job_info", "keep_result", "free_slots"),
     ),
-    "release_jobs": (_RELEASE_JOBS, True, ("job_info", "finish_job", "free_slots")),
+    "release_jobs": (_RELEASE_JOBS, "harmless", ("job_info", "finish_job", "free_slots")),
+    "list_jobs": (_LIST_JOBS, "harmless", ()),
     "cleanup": (
         _CLEANUP,
-        True,
+        "replay",
         ("lane_of", "job_info", "keep_result", "finish_job", "free_slots"),
     ),
-    "extend_leases": (_EXTEND_LEASES, False, ()),
-    "add_task": (_ADD_TASK, True, ("unblock",)),
-    "remove_task": (_REMOVE_TASK, True, ("unblock",)),
-    "move_queue_to_lanes": (_MOVE_QUEUE_TO_LANES, False, ("lane_of",)),
+    "extend_leases": (_EXTEND_LEASES, "harmless", ()),
+    "add_task": (_ADD_TASK, "replay", ("unblock", "recount_task")),
+    "remove_task": (_REMOVE_TASK, "replay", ("unblock",)),
+    "move_queue_to_lanes": (_MOVE_QUEUE_TO_LANES, "harmless", ("lane_of",)),
 }
 
 
@@ -770,21 +869,22 @@ class LuaScript:
     ``execute_command("EVALSHA", ...)``, and every job passes through three scripts.
 
     :param body: the script
-    :param replayable: whether it takes a token and a TTL first, and keeps what a repeat of the
-        call needs (see ``_LUA_REPLAY``)
+    :param repeat: how it takes a repeat of its call: ``"harmless"`` (no token), ``"once"``
+        (a token and a TTL first; a repeat does nothing) or ``"replay"`` (a token and a TTL
+        first; a repeat gets what the first call kept, see ``_LUA_REPLAY``)
     :param helpers: the functions of ``_LUA_HELPERS`` it calls (only those are defined: a
         Lua function costs its closure on every call)
     """
 
-    def __init__(self, body: str, *, replayable: bool, helpers: Iterable[str] = ()) -> None:
-        self.replayable = replayable
+    def __init__(self, body: str, *, repeat: Repeat, helpers: Iterable[str] = ()) -> None:
+        #: whether its calls take a token (and a TTL) first
+        self.takes_token = repeat != "harmless"
         needed = set(helpers)
         for name in list(needed):
             needed.update(_HELPER_NEEDS.get(name, ()))
         defined = [_LUA_HELPERS[name] for name in _LUA_HELPERS if name in needed]
-        self.source = "\n".join(
-            ["local p = KEYS[1]", *defined, body, _LUA_REPLAY if replayable else ""]
-        )
+        wrapper = {"harmless": "", "once": _LUA_ONCE, "replay": _LUA_REPLAY}[repeat]
+        self.source = "\n".join(["local p = KEYS[1]", *defined, body, wrapper])
         self.sha = hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
 
     async def __call__(self, client: RedisClient, key: str, *args: Any) -> Any:
@@ -801,6 +901,23 @@ class LuaScript:
 _QUEUE_MOVE_BATCH = 1000
 #: the most schedules or jobs one script call acquires (larger limits take several calls)
 _ACQUIRE_BATCH = 1000
+#: the client the store makes from a URL waits this long (seconds) to connect, and this long
+#: for each read or write of its socket; its own retries of a command are off (the store
+#: retries), so that one attempt of an operation is bounded
+_CONNECT_TIMEOUT = 5.0
+_SOCKET_TIMEOUT = 5.0
+#: how late after its start an attempt can reach the server: connecting, a health check
+#: (a PING, when the connection was idle) and sending
+_ATTEMPT_REACH = _CONNECT_TIMEOUT + 2 * _SOCKET_TIMEOUT
+
+
+def _new_token() -> str:
+    """Return a token for one operation: random, so that no two processes share one.
+
+    (A counter after a per-store random part would repeat in the processes forked from a
+    process that made the store, each replaying the others' replies.)
+    """
+    return random_uuid().hex
 
 
 class RedisDataStore(BaseExternalDataStore):
@@ -856,18 +973,20 @@ class RedisDataStore(BaseExternalDataStore):
         self._clock = Clock()
         self._event_broker: EventBroker | None = None
         self._scripts = {
-            name: LuaScript(source, replayable=replayable, helpers=helpers)
-            for name, (source, replayable, helpers) in _SCRIPTS.items()
+            name: LuaScript(source, repeat=repeat, helpers=helpers)
+            for name, (source, repeat, helpers) in _SCRIPTS.items()
         }
         self._job_writer = WriteBatcher(self._write_jobs)
-        # Tokens of replayable script calls: unique per operation, the same for its retries
-        self._token_base = f"{secrets.token_hex(8)}:"
-        self._token_numbers = itertools.count()
-        # How long a repeat of a call may come after it: a few times the longest retry wait
         settings = self.retry_settings
         retry_waits = sum(settings.wait_after(failed) for failed in range(1, settings.attempts))
-        self._reply_ttl = max(10, math.ceil(3 * retry_waits))
-        # (script, scheduler id) -> (token, when it failed) of acquisitions that got no answer
+        # No attempt of an operation starts later than this (seconds) after its first: the
+        # waits between attempts, and as much again for the attempts themselves
+        self._retry_window = 2 * retry_waits
+        # How long (seconds) a reply is kept for a repeat of its call: twice the latest an
+        # attempt of the call can reach the server
+        self._reply_ttl = math.ceil(2 * (self._retry_window + _ATTEMPT_REACH))
+        # (script, scheduler id) -> (token, when to forget it) of acquisitions whose caller
+        # did not get what they acquired
         self._unanswered: dict[tuple[str, str], list[tuple[str, float]]] = {}
 
     def __repr__(self) -> str:
@@ -890,6 +1009,34 @@ class RedisDataStore(BaseExternalDataStore):
             exc, (RedisConnectionError, RedisTimeoutError, BusyLoadingError, ConnectionError)
         )
 
+    def _retrying(self, started: float | None = None) -> AsyncRetrying:
+        """Return the retrier of one operation, which starts no attempt after its window.
+
+        :param started: when (``time.monotonic()``) the operation's first attempt started, if
+            before now
+        """
+        window = self._retry_window
+        if started is not None:
+            window -= time.monotonic() - started
+        stop = stop_after_attempt(self.retry_settings.attempts) | stop_before_delay(max(window, 0))
+        return super()._retrying().copy(stop=stop)
+
+    async def _with_retries(self, operation: Callable[[], Awaitable[_T]]) -> _T:
+        """Run ``operation`` as the base class does, with no attempt after the retry window."""
+        started = time.monotonic()
+        try:
+            return await operation()
+        except Exception as exc:
+            if not self._is_transient(exc) or self.retry_settings.attempts < 2:
+                raise
+            first_failure = exc
+        async for attempt in self._retrying(started):
+            with attempt:
+                if attempt.retry_state.attempt_number == 1:
+                    raise first_failure  # counted (and logged) as the first attempt
+                return await operation()
+        raise AssertionError("unreachable")  # pragma: no cover
+
     async def start(
         self,
         exit_stack: AsyncExitStack,
@@ -903,13 +1050,54 @@ class RedisDataStore(BaseExternalDataStore):
         self._clock = clock
         if self._client is None:
             assert self._url is not None
+            # (options the URL gives win over these)
             self._client = aioredis.Redis.from_url(
-                self._url, health_check_interval=10, client_name=f"asched-{self.prefix}"
+                self._url,
+                health_check_interval=10,
+                client_name=f"asched-{self.prefix}",
+                socket_connect_timeout=_CONNECT_TIMEOUT,
+                socket_timeout=_SOCKET_TIMEOUT,
+                retry=Retry(NoBackoff(), 0),
             )
             self._own_client = True
             exit_stack.push_async_callback(self._close_client)
+        self._check_attempts_are_bounded(self._client)
         while await self._call("move_queue_to_lanes", _QUEUE_MOVE_BATCH):
             pass
+
+    def _check_attempts_are_bounded(self, client: RedisClient) -> None:
+        """Warn if one attempt of an operation on ``client`` can reach Redis too late.
+
+        A retry that reaches the server after the reply of an earlier attempt expired acts
+        again. Replies are kept long enough if one attempt (a command, with the client's own
+        retries of it) reaches the server within ``_ATTEMPT_REACH`` seconds.
+        """
+        if not isinstance(client, aioredis.Redis):
+            return  # a RedisCluster client: see the documentation
+        retry = _connection_setting(client, "retry")
+        retries = 0 if retry is None else retry.get_retries()
+        socket = _connection_setting(client, "socket_timeout")
+        connect = _connection_setting(client, "socket_connect_timeout") or socket
+        if socket is None or connect is None:
+            reach = math.inf
+        else:
+            reach = (retries + 1) * (connect + 2 * socket)
+        if reach > _ATTEMPT_REACH:
+            self._logger.warning(
+                "RedisDataStore: one command of the client given may take longer than %g s to "
+                "reach Redis (it retries each command %d times itself, waits %s s to connect "
+                "and %s s for its socket): a retry could then reach Redis after the store "
+                "stopped keeping the first attempt's reply (%d s) and act again (run a job "
+                "twice). Give it socket_connect_timeout=%g, socket_timeout=%g and "
+                "retry=Retry(NoBackoff(), 0)",
+                _ATTEMPT_REACH,
+                retries,
+                connect,
+                socket,
+                self._reply_ttl,
+                _CONNECT_TIMEOUT,
+                _SOCKET_TIMEOUT,
+            )
 
     async def _close_client(self) -> None:
         if self._client is not None and self._own_client:
@@ -923,35 +1111,47 @@ class RedisDataStore(BaseExternalDataStore):
             raise RuntimeError("RedisDataStore: the store has not been started")
         return self._client
 
-    async def _call(self, script: str, *args: Any, token: str | None = None) -> Any:
+    async def _call(
+        self, script: str, *args: Any, token: str | None = None, ttl: int | None = None
+    ) -> Any:
         run_script, client, root = self._scripts[script], self._redis, self._root
-        if run_script.replayable:
+        if run_script.takes_token:
             # one token for every attempt: a retry after a lost reply gets the kept reply
-            token = token or f"{self._token_base}{next(self._token_numbers)}"
-            args = (token, self._reply_ttl, *args)
+            args = (token or _new_token(), ttl or self._reply_ttl, *args)
         return await self._with_retries(lambda: run_script(client, root, *args))
 
-    async def _acquire(self, script: str, scheduler_id: str, *args: Any) -> Any:
-        """Run an acquiring script; return its reply without the given-back tokens at its end.
+    def _acquisition_ttl(self, lease_duration: timedelta) -> int:
+        """How long (seconds) an acquisition keeps its reply: while it can be put back."""
+        return max(self._reply_ttl, math.ceil(lease_duration.total_seconds()))
 
-        A call that raised (retries exhausted) or was cancelled may have leased items that its
-        caller never saw. Its token is passed to this scheduler's next acquisition, whose
-        script hands such items back (a token is forgotten once its kept reply has expired).
+    def _not_answered(self, script: str, scheduler_id: str, tokens: list[str], ttl: int) -> None:
+        """Note acquisitions whose items their caller never got, for the next to put back."""
+        until = time.monotonic() + ttl
+        self._unanswered.setdefault((script, scheduler_id), []).extend(
+            (token, until) for token in tokens
+        )
+
+    async def _acquire(
+        self, script: str, scheduler_id: str, token: str, ttl: int, *args: Any
+    ) -> Any:
+        """Run one call of an acquiring script (whose last arguments are the unanswered ones).
+
+        A call that raised (retries exhausted, or refused after the retry window) or was
+        cancelled may have leased items that its caller never saw. Its token is passed to this
+        scheduler's next acquisition, whose script hands such items back and leaves the call's
+        reply empty, so that an attempt of it that reaches the server later takes nothing.
         """
         unanswered = self._unanswered.setdefault((script, scheduler_id), [])
-        started = time.monotonic()
-        unanswered[:] = [(old, at) for old, at in unanswered if started - at < self._reply_ttl]
-        token = f"{self._token_base}{next(self._token_numbers)}"
+        now = time.monotonic()
+        unanswered[:] = [(old, until) for old, until in unanswered if until > now]
+        passed = {old for old, _ in unanswered}
         try:
-            *reply, given_back = await self._call(
-                script, *args, scheduler_id, *[old for old, _ in unanswered], token=token
-            )
+            reply = await self._call(script, *args, scheduler_id, *passed, token=token, ttl=ttl)
         except BaseException:
-            unanswered.append((token, time.monotonic()))
+            self._not_answered(script, scheduler_id, [token], ttl)
             raise
-        if given_back:
-            done = {_text(old) for old in given_back}
-            unanswered[:] = [(old, at) for old, at in unanswered if old not in done]
+        if passed:
+            unanswered[:] = [(old, until) for old, until in unanswered if old not in passed]
         return reply
 
     async def _publish(self, events: Iterable[Event]) -> None:
@@ -1067,6 +1267,31 @@ class RedisDataStore(BaseExternalDataStore):
             ]
         )
 
+    async def update_schedule_definition(self, schedule: Schedule) -> Schedule | None:
+        """Replace a schedule, keeping its progress, in one script call; see the base class."""
+        record = self._schedule_fields(schedule)[0]
+        fields = await self._call(
+            "update_schedule_definition",
+            schedule.id,
+            schedule.task_id,
+            "1" if schedule.paused else "0",
+            "" if schedule.max_running_jobs is None else schedule.max_running_jobs,
+            record,
+        )
+        if not fields:
+            return None
+        restored = await self._schedules_from_replies([(record, fields)])
+        await self._publish(
+            [
+                ScheduleUpdated(
+                    schedule_id=schedule.id,
+                    task_id=schedule.task_id,
+                    next_fire_time=_from_db(_hash_dict(fields).get("next_fire_time")),
+                )
+            ]
+        )
+        return restored[0] if restored else None
+
     async def remove_schedules(self, ids: Iterable[str], *, finished: bool = False) -> None:
         """Remove schedules; see :meth:`DataStore.remove_schedules`."""
         id_list = list(ids)
@@ -1102,20 +1327,31 @@ class RedisDataStore(BaseExternalDataStore):
         """Lease due schedules; see :meth:`DataStore.acquire_schedules`."""
         now = self._clock.now()
         args = (_to_db(now), _to_db(now + lease_duration))
+        ttl = self._acquisition_ttl(lease_duration)
         replies: list[Any] = []
-        while len(replies) < limit:  # calls of _ACQUIRE_BATCH at most: none holds Redis long
-            batch = min(limit - len(replies), _ACQUIRE_BATCH)
-            try:
-                (acquired,) = await self._acquire("acquire_schedules", scheduler_id, *args, batch)
-            except Exception:
-                if not replies:
-                    raise
-                self._logger.warning("Could not acquire more schedules", exc_info=True)
-                break
-            replies += acquired
-            if len(acquired) < batch:
-                break
-        return await self._schedules_from_replies(replies)
+        answered: list[str] = []
+        try:
+            while len(replies) < limit:  # calls of _ACQUIRE_BATCH at most: none holds Redis long
+                batch = min(limit - len(replies), _ACQUIRE_BATCH)
+                token = _new_token()
+                try:
+                    (acquired,) = await self._acquire(
+                        "acquire_schedules", scheduler_id, token, ttl, *args, batch
+                    )
+                except Exception:
+                    if not replies:
+                        raise
+                    self._logger.warning("Could not acquire more schedules", exc_info=True)
+                    break
+                answered.append(token)
+                replies += acquired
+                if len(acquired) < batch:
+                    break
+            return await self._schedules_from_replies(replies)
+        except BaseException:
+            # the caller gets none of the schedules acquired: the next acquisition puts them back
+            self._not_answered("acquire_schedules", scheduler_id, answered, ttl)
+            raise
 
     def _job_args(self, job: Job) -> list[Any]:
         """Return the 7 values that the scripts' add_job takes for ``job``."""
@@ -1226,8 +1462,8 @@ class RedisDataStore(BaseExternalDataStore):
         async for attempt in self._retrying():
             with attempt:
                 if ids is None:
-                    members = await self._redis.zrange(self._key("jobs"), 0, -1)
-                    id_list = [_text(member) for member in members]
+                    members = await self._scripts["list_jobs"](self._redis, self._root)
+                    id_list = list(dict.fromkeys(_text(member) for member in members))
                 else:
                     id_list = list(dict.fromkeys(str(job_id) for job_id in ids))
                 async with self._redis.pipeline(transaction=False) as pipeline:
@@ -1241,8 +1477,7 @@ class RedisDataStore(BaseExternalDataStore):
                         )
                     replies = await pipeline.execute()
         found = [reply for reply in replies if reply[0] is not None]
-        if ids is not None:
-            found.sort(key=lambda reply: int(reply[3]))
+        found.sort(key=lambda reply: int(reply[3] or 0))
         jobs: list[Job] = []
         for record, acquired_by, acquired_until, _ in found:
             (job,) = await self._jobs_from_records([record])
@@ -1261,33 +1496,42 @@ class RedisDataStore(BaseExternalDataStore):
         """Lease queued jobs, oldest first; see :meth:`DataStore.acquire_jobs`."""
         now = self._clock.now()
         args = (_to_db(now), _to_db(now + lease_duration))
+        ttl = self._acquisition_ttl(lease_duration)
         records: list[Any] = []
         missed: list[Any] = []
-        while len(records) < limit:  # calls of _ACQUIRE_BATCH at most: none holds Redis long
-            batch = min(limit - len(records), _ACQUIRE_BATCH)
-            try:
-                acquired, newly_missed, held_back = await self._acquire(
-                    "acquire_jobs", scheduler_id, *args, batch
+        answered: list[str] = []
+        try:
+            while len(records) < limit:  # calls of _ACQUIRE_BATCH at most: none holds Redis long
+                batch = min(limit - len(records), _ACQUIRE_BATCH)
+                token = _new_token()
+                try:
+                    acquired, newly_missed, held_back = await self._acquire(
+                        "acquire_jobs", scheduler_id, token, ttl, *args, batch
+                    )
+                except Exception:
+                    if not records and not missed:
+                        raise
+                    self._logger.warning("Could not acquire more jobs", exc_info=True)
+                    break
+                answered.append(token)
+                records += acquired
+                missed += newly_missed
+                self._jobs_held_back = bool(held_back)
+                if len(acquired) < batch:
+                    break
+            jobs = await self._jobs_from_records(records)
+            events = job_acquisition_events(scheduler_id, now, jobs, ())
+            events.extend(
+                job_released_event(
+                    scheduler_id, job, _ended(job, JobOutcome.missed_start_deadline, now)
                 )
-            except Exception:
-                if not records and not missed:
-                    raise
-                self._logger.warning("Could not acquire more jobs", exc_info=True)
-                break
-            records += acquired
-            missed += newly_missed
-            self._jobs_held_back = bool(held_back)
-            if len(acquired) < batch:
-                break
-        jobs = await self._jobs_from_records(records)
-        events = job_acquisition_events(scheduler_id, now, jobs, ())
-        events.extend(
-            job_released_event(
-                scheduler_id, job, _ended(job, JobOutcome.missed_start_deadline, now)
+                for job in map(_released_job, missed)
             )
-            for job in map(_released_job, missed)
-        )
-        await self._publish(events)
+            await self._publish(events)
+        except BaseException:
+            # the caller gets none of the jobs acquired: the next acquisition puts them back
+            self._not_answered("acquire_jobs", scheduler_id, answered, ttl)
+            raise
         return jobs
 
     def _ttl_ms(self, result: JobResult) -> int:
@@ -1358,6 +1602,19 @@ class RedisDataStore(BaseExternalDataStore):
             for job in map(_released_job, overdue)
         )
         await self._publish(events)
+
+
+def _connection_setting(client: aioredis.Redis, name: str) -> Any:
+    """Return a setting of the connections of ``client``'s pool (given, or the default)."""
+    pool = client.connection_pool
+    if name in pool.connection_kwargs:
+        return pool.connection_kwargs[name]
+    for cls in pool.connection_class.__mro__:  # (subclasses pass most settings on as **kwargs)
+        init = vars(cls).get("__init__")
+        parameter = None if init is None else inspect.signature(init).parameters.get(name)
+        if parameter is not None:
+            return parameter.default
+    return None
 
 
 def _released_job(fields: Sequence[bytes]) -> ReleasedJob:

@@ -8,7 +8,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import AsyncExitStack
 from datetime import datetime, timedelta
 from functools import partial
@@ -17,6 +17,7 @@ from typing import Any
 from uuid import uuid4
 
 import anyio
+import attrs
 import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -91,6 +92,7 @@ class ReplyLosingClient(aioredis.Redis):
     As a timeout or a dropped connection at the worst moment does: the server acted, and the
     caller sees a connection error (and retries). ``lose(args)`` chooses the replies to lose;
     ``hold(args)`` those to wait for forever instead (until the caller is cancelled).
+    ``before(args)``, if set, is awaited before each command is sent (and may raise).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -99,10 +101,14 @@ class ReplyLosingClient(aioredis.Redis):
         self.lost = 0
         self.lose: Callable[[tuple[Any, ...]], bool] = lambda args: False
         self.hold: Callable[[tuple[Any, ...]], bool] = lambda args: False
+        self.before: Callable[[tuple[Any, ...]], Awaitable[None]] | None = None
         self.held = anyio.Event()
+        self.lost_one = anyio.Event()
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
         self.commands.append(args)
+        if self.before is not None:
+            await self.before(args)
         reply = await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
         if args[0] in ("EVALSHA", "EVAL"):
             if self.hold(args):
@@ -110,6 +116,7 @@ class ReplyLosingClient(aioredis.Redis):
                 await anyio.sleep_forever()
             if self.lose(args):
                 self.lost += 1
+                self.lost_one.set()
                 raise RedisConnectionError("test: the reply was lost on its way")
         return reply
 
@@ -126,7 +133,12 @@ class ReplyLosingClient(aioredis.Redis):
         self.lose = lose
 
     def lose_every_reply_of(self, script: LuaScript) -> None:
-        self.lose = lambda args: args[1] in (script.sha, script.source)
+        self.lose = lambda args: is_call_of(script, args)
+
+
+def is_call_of(script: LuaScript, args: tuple[Any, ...]) -> bool:
+    """Whether a command (``execute_command`` arguments) runs ``script``."""
+    return args[0] in ("EVALSHA", "EVAL") and args[1] in (script.sha, script.source)
 
 
 def losing_client() -> ReplyLosingClient:
@@ -224,7 +236,7 @@ async def test_a_script_the_server_does_not_have_is_sent_in_full() -> None:
     # A restarted server has no cached scripts: EVALSHA fails with NOSCRIPT and the script is
     # sent in full (and cached). A script no server has seen stands for it, without flushing
     # the shared server's cache
-    script = LuaScript(f"return ARGV[1] .. ' {uuid4()}'", replayable=False)
+    script = LuaScript(f"return ARGV[1] .. ' {uuid4()}'", repeat="harmless")
     client = aioredis.Redis.from_url(REDIS_URL)
     try:
         assert await client.script_exists(script.sha) == [False]
@@ -411,18 +423,20 @@ async def test_jobs_run_once_when_each_first_reply_is_lost(
         abandoned.id: JobOutcome.abandoned,
     }
     assert counts(recorder, JobAcquired) == {job.id: 1 for job in [*jobs, abandoned]}
-    assert counts(recorder, JobReleased) == {job.id: 1 for job in [*jobs, late, abandoned]}
+    # A release keeps nothing for a repeat (which finds the jobs gone and does nothing): the
+    # events of a release whose reply was lost are lost with it, its results are kept
+    assert counts(recorder, JobReleased) == {job.id: 1 for job in [late, abandoned]}
 
 
 async def test_replies_lost_to_real_timeouts_lose_and_repeat_nothing(
     namespace: str, clock: FakeClock, recorder: EventRecorder, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # A client that waits 50 ms for a reply against scripts given batches that take the
-    # server longer (100-200 ms here): the server runs each script, the client gives up,
+    # A client that waits 20 ms for a reply against scripts given batches that take the
+    # server longer (tens of milliseconds here): the server runs each script, the client gives up,
     # drops the connection and retries; the repeats answer in a few milliseconds
     count = 3000
     # (redis-py's own retries off: each timeout reaches the store, which logs its retry)
-    client = aioredis.Redis.from_url(REDIS_URL, socket_timeout=0.05, retry=Retry(NoBackoff(), 0))
+    client = aioredis.Redis.from_url(REDIS_URL, socket_timeout=0.02, retry=Retry(NoBackoff(), 0))
     retries = RetrySettings(attempts=30, wait_min=0.01, wait_max=0.05)
 
     def lost_replies() -> int:
@@ -487,7 +501,8 @@ async def test_replies_lost_to_real_timeouts_lose_and_repeat_nothing(
         for job in (late[0], on_time[-1], abandoned[0]):
             assert await helper.get_job_result(job.id) is not None
     released = counts(recorder, JobReleased)
-    assert released == {job.id: 1 for job in [*late, *on_time, *abandoned]}
+    # (the release's reply was lost, and with it its events: a release keeps nothing)
+    assert released == {job.id: 1 for job in [*late, *abandoned]}
     assert counts(recorder, JobAcquired) == {job.id: 1 for job in on_time}
     outcomes = {event.job_id: event.outcome for event in recorder.of_type(JobReleased)}
     assert {outcomes[job.id] for job in late} == {JobOutcome.missed_start_deadline}
@@ -560,6 +575,270 @@ async def test_schedules_an_unanswered_acquisition_took_are_handed_out_by_the_ne
         # due again at once, not when the lease runs out
         assert ids_of(await store.acquire_schedules("me", LEASE, 10)) == ["a", "b"]
         assert await store.acquire_schedules("me", LEASE, 10) == []
+
+
+@pytest.mark.parametrize("kind", ["jobs", "schedules"])
+async def test_a_split_acquisition_cancelled_midway_puts_back_what_it_took(
+    namespace: str, clock: FakeClock, kind: str
+) -> None:
+    # More than 1,000 items take several script calls; cancelled while waiting for the
+    # second reply, the caller gets none of them, those of the first call included
+    client = losing_client()
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(client.aclose)
+        store = await started_store(stack, client, clock, prefix=namespace)
+        await store.add_task(Task(id="task", job_executor="async"))
+        if kind == "jobs":
+            jobs = [Job(task_id="task", created_at=clock.now()) for _ in range(1500)]
+            await store.add_jobs(jobs)
+            expected = ids_of(jobs)
+            acquire: Callable[[], Coroutine[Any, Any, list[Any]]] = partial(
+                store.acquire_jobs, "me", LEASE, 1500
+            )
+        else:
+            expected = [f"s{index:04}" for index in range(1500)]
+            for schedule_id in expected:
+                schedule = due_schedule(schedule_id, clock)
+                await store.add_schedule(schedule, ConflictPolicy.exception)
+            acquire = partial(store.acquire_schedules, "me", LEASE, 1500)
+        script = script_of(store, f"acquire_{kind}")
+        calls = 0
+
+        def second_call(args: tuple[Any, ...]) -> bool:
+            nonlocal calls
+            calls += is_call_of(script, args)
+            return is_call_of(script, args) and calls == 2
+
+        client.hold = second_call
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(acquire)
+                await client.held.wait()  # the first call was answered, the second ran
+                task_group.cancel_scope.cancel()
+        client.hold = lambda args: False
+
+        again = await acquire()
+    assert sorted(item.id for item in again) == sorted(expected)
+
+
+@pytest.mark.parametrize("first_attempt", ["ran", "never ran"])
+async def test_an_attempt_of_a_put_back_acquisition_that_comes_later_takes_nothing(
+    namespace: str, clock: FakeClock, first_attempt: str
+) -> None:
+    # An attempt of an unanswered acquisition still on its way (on another connection, or in
+    # the client's own retry) can reach the server after the next acquisition put back what
+    # the first attempt took, or before the first attempt ever got there
+    client = losing_client()
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(client.aclose)
+        store = await started_store(
+            stack, client, clock, prefix=namespace, retry_settings=RetrySettings(attempts=1)
+        )
+        await store.add_task(Task(id="task", job_executor="async"))
+        jobs = [Job(task_id="task", created_at=clock.now()) for _ in range(4)]
+        await store.add_jobs(jobs)
+        script = script_of(store, "acquire_jobs")
+        sent: list[tuple[Any, ...]] = []
+
+        async def fail_before_sending(args: tuple[Any, ...]) -> None:
+            if is_call_of(script, args):
+                sent.append(args)
+                raise RedisConnectionError("test: the connection dropped before the command")
+
+        if first_attempt == "ran":
+            client.lose_every_reply_of(script)
+        else:
+            client.before = fail_before_sending
+        with pytest.raises(RedisConnectionError):
+            await store.acquire_jobs("me", LEASE, 2)
+        client.lose, client.before = (lambda args: False), None
+        late_attempt = sent[0] if sent else client.commands[-1]
+
+        assert ids_of(await store.acquire_jobs("me", LEASE, 2)) == ids_of(jobs[:2])
+        late_reply = await client.execute_command(*late_attempt)
+        assert late_reply[0] == []
+        assert ids_of(await store.acquire_jobs("other", LEASE, 10)) == ids_of(jobs[2:])
+
+
+async def test_an_attempt_of_a_put_back_schedule_acquisition_that_comes_later_takes_nothing(
+    namespace: str, clock: FakeClock
+) -> None:
+    client = losing_client()
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(client.aclose)
+        store = await started_store(
+            stack, client, clock, prefix=namespace, retry_settings=RetrySettings(attempts=1)
+        )
+        for schedule_id in ("a", "b"):
+            await store.add_schedule(due_schedule(schedule_id, clock), ConflictPolicy.exception)
+        client.lose_every_reply_of(script_of(store, "acquire_schedules"))
+        with pytest.raises(RedisConnectionError):
+            await store.acquire_schedules("me", LEASE, 1)
+        client.lose = lambda args: False
+        late_attempt = client.commands[-1]
+
+        assert ids_of(await store.acquire_schedules("me", LEASE, 1)) == ["a"]
+        assert (await client.execute_command(*late_attempt))[0] == []
+        assert ids_of(await store.acquire_schedules("other", LEASE, 10)) == ["b"]
+
+
+async def test_processes_forked_from_one_store_never_share_a_token(
+    namespace: str, clock: FakeClock
+) -> None:
+    # A store made before fork() (a module-level scheduler under gunicorn --preload, say):
+    # each child's operations must act, not replay the reply of another child's
+    store = RedisDataStore(url_for(namespace))
+    jobs = [Job(task_id="task", created_at=clock.now()) for _ in range(2)]
+
+    async def add(job: Job) -> None:
+        async with AsyncExitStack() as stack:
+            broker = LocalEventBroker()
+            await broker.start(stack, logging.getLogger("test"))
+            await store.start(stack, broker, logging.getLogger("test"), clock)
+            await store.add_task(Task(id="task", job_executor="async"))
+            await store.add_jobs([job])
+
+    def add_in_a_forked_child(job: Job) -> int:
+        # (forked from a worker thread: no event loop runs in the child's only thread)
+        pid = os.fork()
+        if pid == 0:  # the child: add the job and leave at once, whatever happens
+            status = 1
+            try:
+                anyio.run(add, job)
+                status = 0
+            finally:
+                os._exit(status)
+        return os.waitpid(pid, 0)[1]
+
+    for job in jobs:
+        assert await anyio.to_thread.run_sync(add_in_a_forked_child, job) == 0
+
+    async with AsyncExitStack() as stack:
+        reader = await started_store(stack, url_for(namespace), clock)
+        assert sorted(ids_of(await reader.get_jobs())) == sorted(ids_of(jobs))
+
+
+async def test_no_retry_starts_so_late_that_it_could_act_again(
+    namespace: str, clock: FakeClock
+) -> None:
+    # The first attempt of a call runs and its reply is lost; each later attempt takes a
+    # second and fails (as against a server that cannot be reached: each waits out a connect
+    # timeout), until the call's reply has expired on the server. An attempt that reached it
+    # then would act again: add a job that ran meanwhile a second time, or lease a second set
+    # of jobs while nobody puts the first set back. The store refuses to start attempts that
+    # late (its retry window), and its replies outlive the window
+    client = losing_client()
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(client.aclose)
+        # (attempts enough to last past the reply's expiry, if each were allowed to start)
+        retries = RetrySettings(attempts=20, wait_min=0.01, wait_max=0.05)
+        store = await started_store(stack, client, clock, prefix=namespace, retry_settings=retries)
+        worker = await started_store(stack, url_for(namespace), clock)
+        await worker.add_task(Task(id="task", job_executor="async"))
+        first_attempt = 0.0
+
+        def losing_first_attempt(script: LuaScript) -> None:
+            def lose(args: tuple[Any, ...]) -> bool:
+                nonlocal first_attempt
+                if not is_call_of(script, args) or first_attempt:
+                    return False
+                first_attempt = time.monotonic()
+                return True
+
+            client.lose = lose
+
+        async def slow_failing_attempts(args: tuple[Any, ...]) -> None:
+            elapsed = time.monotonic() - first_attempt
+            if first_attempt and elapsed < store._reply_ttl + 0.5:
+                await anyio.sleep(1)
+                raise RedisConnectionError("test: the connection timed out")
+
+        client.before = slow_failing_attempts
+        job = Job(task_id="task", created_at=clock.now())
+        losing_first_attempt(script_of(store, "add_jobs"))
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as task_group:
+
+                async def add() -> None:
+                    with pytest.raises(RedisConnectionError):
+                        await store.add_jobs([job])
+
+                task_group.start_soon(add)
+                await client.lost_one.wait()  # the job was added; it runs meanwhile
+                [ran] = await worker.acquire_jobs("w1", LEASE, 10)
+                result = JobResult.for_job(ran, JobOutcome.success, finished_at=clock.now())
+                await worker.release_jobs("w1", [result])
+        assert ran.id == job.id
+        assert await worker.acquire_jobs("w2", LEASE, 10) == []  # it was not added again
+
+        jobs = [Job(task_id="task", created_at=clock.now()) for _ in range(4)]
+        await worker.add_jobs(jobs)
+        first_attempt = 0.0
+        losing_first_attempt(script_of(store, "acquire_jobs"))
+        with anyio.fail_after(30), pytest.raises(RedisConnectionError):
+            await store.acquire_jobs("me", LEASE, 2)
+        client.lose, client.before = (lambda args: False), None
+        # the two jobs the first attempt took are put back, none is left to nobody
+        assert ids_of(await store.acquire_jobs("me", LEASE, 10)) == ids_of(jobs)
+
+
+async def test_an_acquisitions_reply_is_kept_while_what_it_took_is_leased(
+    namespace: str, clock: FakeClock
+) -> None:
+    # while it is kept, an acquisition whose caller never saw its reply can be put back
+    lease = timedelta(minutes=10)
+    client = aioredis.Redis.from_url(REDIS_URL)
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(client.aclose)
+        store = await started_store(stack, url_for(namespace), clock)
+        await store.add_task(Task(id="task", job_executor="async"))
+        await store.add_jobs([Job(task_id="task", created_at=clock.now())])
+        replies_before = {key for key in await prefix_keys(namespace) if ":reply:" in key}
+        await store.acquire_jobs("me", lease, 10)
+        [reply] = {key for key in await prefix_keys(namespace) if ":reply:" in key} - (
+            replies_before
+        )
+        assert await client.ttl(reply) >= lease.total_seconds() - 5
+
+
+async def test_only_calls_a_repeat_would_redo_keep_a_reply(
+    namespace: str, clock: FakeClock
+) -> None:
+    # A release repeated finds its jobs gone and does nothing; an acquisition that took
+    # nothing has nothing to keep; an addition needs only a mark that it was done
+    async with AsyncExitStack() as stack:
+        store = await started_store(stack, url_for(namespace), clock)
+        await store.add_task(Task(id="task", job_executor="async"))
+
+        async def new_replies(operation: Awaitable[Any]) -> int:
+            before = {key for key in await prefix_keys(namespace) if ":reply:" in key}
+            await operation
+            return len({key for key in await prefix_keys(namespace) if ":reply:" in key} - before)
+
+        assert await new_replies(store.acquire_jobs("me", LEASE, 10)) == 0
+        assert await new_replies(store.acquire_schedules("me", LEASE, 10)) == 0
+        job = Job(task_id="task", created_at=clock.now())
+        assert await new_replies(store.add_jobs([job])) == 1
+        assert await new_replies(store.acquire_jobs("me", LEASE, 10)) == 1
+        result = JobResult.for_job(job, JobOutcome.success, finished_at=clock.now())
+        assert await new_replies(store.release_jobs("me", [result])) == 0
+
+
+async def test_an_acquisition_frees_no_more_expired_leases_than_it_may_take(
+    namespace: str, clock: FakeClock
+) -> None:
+    async with AsyncExitStack() as stack:
+        store = await started_store(stack, url_for(namespace), clock)
+        ids = [f"s{index}" for index in range(5)]
+        for schedule_id in ids:
+            await store.add_schedule(due_schedule(schedule_id, clock), ConflictPolicy.exception)
+        assert len(await store.acquire_schedules("gone", LEASE, 10)) == 5
+        clock.advance(LEASE.total_seconds() + 1)
+
+        assert len(await store.acquire_schedules("me", LEASE, 2)) == 2
+        leases = [schedule.acquired_by for schedule in await store.get_schedules()]
+        assert sorted(leases, key=str) == ["gone", "gone", "gone", "me", "me"]
+        assert len(await store.acquire_schedules("me", LEASE, 10)) == 3
 
 
 #
@@ -717,6 +996,123 @@ async def test_no_running_job_counters_remain_once_the_jobs_of_one_off_schedules
     assert kinds <= {"tasks", "sequence", "reply"}
 
 
+async def test_running_jobs_are_counted_only_for_tasks_with_a_limit(
+    namespace: str, clock: FakeClock
+) -> None:
+    client = aioredis.Redis.from_url(REDIS_URL)
+    counters = f"{{{namespace}}}:running_tasks"
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(client.aclose)
+        store = await started_store(stack, url_for(namespace), clock)
+        await store.add_task(Task(id="task", job_executor="async"))
+        jobs = [Job(task_id="task", created_at=clock.now()) for _ in range(4)]
+        await store.add_jobs(jobs)
+        running = await store.acquire_jobs("me", LEASE, 2)
+        assert await client.hgetall(counters) == {}
+
+        # a limit set while jobs run counts them
+        await store.add_task(Task(id="task", job_executor="async", max_running_jobs=3))
+        assert await client.hgetall(counters) == {b"task": b"2"}
+        assert ids_of(await store.acquire_jobs("me", LEASE, 10)) == [jobs[2].id]
+        assert await store.acquire_jobs("me", LEASE, 10) == []
+        result = JobResult.for_job(running[0], JobOutcome.success, finished_at=clock.now())
+        await store.release_jobs("me", [result])
+        assert ids_of(await store.acquire_jobs("me", LEASE, 10)) == [jobs[3].id]
+
+        await store.add_task(Task(id="task", job_executor="async"))
+        assert await client.hgetall(counters) == {}
+        # a counter an earlier version kept for a task without a limit goes at the cleanup
+        await client.hset(counters, "unlimited", 2)
+        await store.cleanup()
+        assert await client.hgetall(counters) == {}
+
+
+async def test_jobs_of_several_lanes_are_acquired_oldest_first(
+    namespace: str, clock: FakeClock
+) -> None:
+    async with AsyncExitStack() as stack:
+        store = await started_store(stack, url_for(namespace), clock)
+        jobs = []
+        for task_id in ("a", "b", "a", "a", "b", "c", "a"):
+            jobs.append(Job(task_id=task_id, created_at=clock.now()))
+            clock.advance(0.001)
+        await store.add_jobs(jobs)
+
+        acquired = ids_of(await store.acquire_jobs("me", LEASE, 3))
+        acquired += ids_of(await store.acquire_jobs("me", LEASE, 10))
+    assert acquired == ids_of(jobs)
+
+
+async def test_every_job_is_listed_in_creation_order_without_an_index_of_all(
+    namespace: str, clock: FakeClock
+) -> None:
+    # queued jobs are in lanes (those held back by a limit too) and running ones in
+    # {prefix}:running: no third index of all jobs is kept
+    async with AsyncExitStack() as stack:
+        store = await started_store(stack, url_for(namespace), clock)
+        await store.add_task(Task(id="limited", job_executor="async", max_running_jobs=1))
+        jobs = []
+        for task_id in ("limited", "free", "limited", "free", "limited"):
+            jobs.append(Job(task_id=task_id, created_at=clock.now()))
+            clock.advance(0.001)
+        await store.add_jobs(jobs)
+        running = await store.acquire_jobs("me", LEASE, 10)
+        assert ids_of(running) == [jobs[0].id, jobs[1].id, jobs[3].id]
+
+        listed = await store.get_jobs()
+        assert ids_of(listed) == ids_of(jobs)
+        assert {job.id for job in listed if job.acquired_by == "me"} == set(ids_of(running))
+        assert f"{{{namespace}}}:jobs" not in await prefix_keys(namespace)
+
+
+async def test_a_definition_update_changing_the_limit_lets_held_back_jobs_start(
+    namespace: str, clock: FakeClock
+) -> None:
+    async with AsyncExitStack() as stack:
+        store = await started_store(stack, url_for(namespace), clock)
+        await store.add_task(Task(id="task", job_executor="async"))
+        limited = attrs.evolve(due_schedule("limited", clock), max_running_jobs=1)
+        await store.add_schedule(limited, ConflictPolicy.exception)
+        [acquired] = await store.acquire_schedules("me", LEASE, 10)
+        jobs = [Job(task_id="task", schedule_id="limited", created_at=clock.now())]
+        jobs += [Job(task_id="task", schedule_id="limited", created_at=clock.now())]
+        jobs += [Job(task_id="task", schedule_id="limited", created_at=clock.now())]
+        await store.add_jobs(jobs)
+        assert ids_of(await store.acquire_jobs("me", LEASE, 10)) == [jobs[0].id]
+        assert store.jobs_held_back
+
+        updated = await store.update_schedule_definition(
+            attrs.evolve(limited, max_running_jobs=2, name="raised")
+        )
+        assert updated is not None
+        assert (updated.name, updated.max_running_jobs, updated.acquired_by) == ("raised", 2, None)
+        assert ids_of(await store.acquire_jobs("me", LEASE, 10)) == [jobs[1].id]
+        await store.update_schedule_definition(attrs.evolve(limited, max_running_jobs=None))
+        assert ids_of(await store.acquire_jobs("me", LEASE, 10)) == [jobs[2].id]
+        # the lease was cleared: the schedule is due again, at its stored fire time
+        [again] = await store.acquire_schedules("other", LEASE, 10)
+        assert again.next_fire_time == acquired.next_fire_time
+
+
+async def test_a_client_that_retries_commands_itself_is_warned_about(
+    namespace: str, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    retrying = aioredis.Redis.from_url(REDIS_URL, retry=Retry(NoBackoff(), 3))
+    bounded = aioredis.Redis.from_url(
+        REDIS_URL, socket_connect_timeout=5, socket_timeout=5, retry=Retry(NoBackoff(), 0)
+    )
+    async with AsyncExitStack() as stack:
+        for client in (retrying, bounded):
+            stack.push_async_callback(client.aclose)
+        with caplog.at_level(logging.WARNING):
+            await started_store(stack, retrying, clock, prefix=namespace)
+            assert "it retries each command 3 times itself" in caplog.text
+            caplog.clear()
+            await started_store(stack, bounded, clock, prefix=namespace)
+            await started_store(stack, url_for(namespace), clock)
+            assert "RedisDataStore" not in caplog.text
+
+
 async def test_reading_some_jobs_reads_only_those_jobs(namespace: str, clock: FakeClock) -> None:
     sent: list[tuple[Any, ...]] = []
 
@@ -774,9 +1170,11 @@ async def test_jobs_queued_by_an_earlier_version_are_still_run(
         for sequence, job in enumerate(old_jobs, 1):
             await client.hdel(f"{root}:job:{job.id}", "fire_time", "result_ttl")
             await client.zadd(f"{root}:queue", {str(job.id): sequence})
+            await client.zadd(f"{root}:jobs", {str(job.id): sequence})
 
         store = await started_store(stack, url_for(namespace), clock, recorder)
         assert not await client.exists(f"{root}:queue")
+        assert not await client.exists(f"{root}:jobs")  # the index of all jobs they kept
         run, gone = await store.acquire_jobs("me", LEASE, 10)
         await store.release_jobs(
             "me", [JobResult.for_job(run, JobOutcome.success, finished_at=clock.now())]
