@@ -321,6 +321,9 @@ class AsyncScheduler:
             exit_stack.callback(subscription.unsubscribe)
 
     def _on_schedule_changed(self, event: ScheduleAdded | ScheduleUpdated) -> None:
+        # a schedule's changed limit may let held-back jobs run
+        if self._worker is not None and self.data_store.jobs_held_back:
+            self._worker.wakeup.wake()
         fire_time = event.next_fire_time
         if fire_time is None:
             return

@@ -777,6 +777,36 @@ async def test_schedule_max_running_jobs_lets_one_run_at_a_time(
     assert peak == 1
 
 
+async def test_raising_a_schedules_limit_starts_its_waiting_jobs_at_once(
+    scheduler: AsyncScheduler, clock: FakeClock
+) -> None:
+    running = 0
+    all_started = anyio.Event()
+    release = anyio.Event()
+
+    async def slow() -> None:
+        nonlocal running
+        running += 1
+        if running == 3:
+            all_started.set()
+        await release.wait()
+
+    schedule_id = await scheduler.add_schedule(
+        slow, every(clock, 1, first_in=1), max_running_jobs=1, coalesce=CoalescePolicy.all
+    )
+    await scheduler.start_in_background()
+    for _ in range(3):
+        clock.advance(1)
+        await idle()
+    assert running == 1
+
+    await scheduler.update_schedule(schedule_id, max_running_jobs=3)
+
+    with anyio.fail_after(5):  # no job ended: nothing but the update can wake the worker
+        await all_started.wait()
+    release.set()
+
+
 async def test_jitter_delays_each_job_within_bounds_and_before_the_next_fire_time(
     scheduler: AsyncScheduler, clock: FakeClock
 ) -> None:

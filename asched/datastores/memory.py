@@ -186,10 +186,15 @@ class MemoryDataStore(DataStore):
 
         if schedule.acquired_by is not None:
             schedule = attrs.evolve(schedule, acquired_by=None, acquired_until=None)
+        self._store_schedule(schedule)
+        await self._publish([event])
+
+    def _store_schedule(self, schedule: Schedule) -> None:
         self._schedules[schedule.id] = schedule
         self._leased_schedule_ids.discard(schedule.id)
         self._enqueue_schedule(schedule)
-        await self._publish([event])
+        # A changed limit may free slots for waiting jobs
+        self._unblock_lanes(self._lanes_blocked_by_schedule.pop(schedule.id, ()))
 
     async def update_schedule_definition(self, schedule: Schedule) -> Schedule | None:
         """Replace a schedule, keeping its progress; see the base class."""
@@ -204,9 +209,7 @@ class MemoryDataStore(DataStore):
             acquired_by=None,
             acquired_until=None,
         )
-        self._schedules[schedule.id] = updated
-        self._leased_schedule_ids.discard(schedule.id)
-        self._enqueue_schedule(updated)
+        self._store_schedule(updated)
         await self._publish(
             [
                 ScheduleUpdated(

@@ -737,6 +737,25 @@ async def test_schedule_max_running_jobs_holds_its_jobs_back(
     assert ids_of(await data_store.acquire_jobs("me", LEASE, 10)) == [limited[1].id]
 
 
+@pytest.mark.parametrize("how", ["replace", "definition update"])
+async def test_raising_a_schedules_limit_lets_its_held_back_jobs_start(
+    data_store: DataStore, clock: FakeClock, how: str
+) -> None:
+    await data_store.add_task(make_task())
+    schedule = make_schedule(clock, "limited", due_in=3600, max_running_jobs=1)
+    await data_store.add_schedule(schedule, ConflictPolicy.exception)
+    limited = await add_jobs(data_store, clock, 3, schedule_id="limited")
+    assert ids_of(await data_store.acquire_jobs("me", LEASE, 10)) == [limited[0].id]
+
+    raised = attrs.evolve(schedule, max_running_jobs=3)
+    if how == "replace":
+        await data_store.add_schedule(raised, ConflictPolicy.replace)
+    else:
+        await data_store.update_schedule_definition(raised)
+
+    assert ids_of(await data_store.acquire_jobs("me", LEASE, 10)) == ids_of(limited[1:])
+
+
 @pytest.mark.parametrize("limited_by", ["task", "schedule"])
 async def test_a_saturated_backlog_does_not_hold_back_the_jobs_queued_behind_it(
     data_store: DataStore, clock: FakeClock, limited_by: str
