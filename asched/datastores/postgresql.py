@@ -72,6 +72,10 @@ _SCHEDULE_COLUMNS = (
     "max_jitter, max_running_jobs, job_executor, job_result_expiration_time, metadata, "
     "next_fire_time, next_run_time, last_fire_time, acquired_by, acquired_until"
 )
+#: where a schedule is in time and its lease: what update_schedule_definition keeps
+_SCHEDULE_PROGRESS = frozenset(
+    {"next_fire_time", "next_run_time", "last_fire_time", "acquired_by", "acquired_until"}
+)
 _JOB_COLUMNS = (
     "id, task_id, args, kwargs, schedule_id, scheduled_fire_time, jitter, start_deadline, "
     "job_executor, result_expiration_time, created_at, acquired_by, acquired_until"
@@ -929,6 +933,50 @@ class PostgreSQLDataStore(BaseExternalDataStore):
                 next_fire_time=schedule.next_fire_time,
             )
         await self._publish([event])
+
+    async def update_schedule_definition(self, schedule: Schedule) -> Schedule | None:
+        """Replace a schedule, keeping its progress, in one statement; see the base class."""
+        # the id first (as in add_schedule: _slot_counting's $1 is the schedule's id), then
+        # every column but those of its progress and lease
+        columns = [
+            column for column in _SCHEDULE_COLUMNS.split(", ") if column not in _SCHEDULE_PROGRESS
+        ]
+        values = dict(
+            zip(_SCHEDULE_COLUMNS.split(", "), self._schedule_values(schedule), strict=True)
+        )
+        assignments = ", ".join(
+            f"{column} = ${index}" for index, column in enumerate(columns, start=1) if index > 1
+        )
+        limit = f"${columns.index('max_running_jobs') + 1}"
+        statement = f"""
+            WITH written AS (
+                UPDATE {self._schema}.schedules
+                SET {assignments}, acquired_by = NULL, acquired_until = NULL
+                WHERE id = $1
+                RETURNING {_SCHEDULE_COLUMNS}
+            ), {self._slot_counting("schedule", "schedule_id", limit)}
+            SELECT {_SCHEDULE_COLUMNS} FROM written
+            """
+        async for attempt in self._retrying():
+            with attempt:
+                async with self._connection() as connection:
+                    rows = await connection.fetch(
+                        statement, *(values[column] for column in columns)
+                    )
+
+        if not rows:
+            return None
+        [updated] = await self._schedules_from_rows(rows)
+        await self._publish(
+            [
+                ScheduleUpdated(
+                    schedule_id=updated.id,
+                    task_id=updated.task_id,
+                    next_fire_time=updated.next_fire_time,
+                )
+            ]
+        )
+        return updated
 
     async def remove_schedules(self, ids: Iterable[str], *, finished: bool = False) -> None:
         """Remove schedules; see :meth:`DataStore.remove_schedules`."""

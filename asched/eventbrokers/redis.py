@@ -98,7 +98,7 @@ class RedisEventBroker(BaseExternalEventBroker):
             finally:
                 with anyio.CancelScope(shield=True):
                     if pubsub is not None:
-                        await pubsub.aclose()  # type: ignore[no-untyped-call]
+                        await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
                     if client is not None:
                         await client.aclose()
             await anyio.sleep(RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)])

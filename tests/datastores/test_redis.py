@@ -109,7 +109,7 @@ class ReplyLosingClient(aioredis.Redis):
         self.commands.append(args)
         if self.before is not None:
             await self.before(args)
-        reply = await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
+        reply = await super().execute_command(*args, **options)  # type: ignore[no-untyped-call, unused-ignore]
         if args[0] in ("EVALSHA", "EVAL"):
             if self.hold(args):
                 self.held.set()
