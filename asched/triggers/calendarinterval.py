@@ -26,21 +26,31 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=_UTC)
 _ONE_DAY = timedelta(days=1)
 
 
-def _as_date(value: date | str | None, field: str) -> date | None:
+def _as_date(value: date | str | None, field: str, tz: tzinfo) -> date | None:
+    """Return the date ``value`` names on the wall clock of ``tz``.
+
+    An aware datetime (or an ISO string with an offset) counts by its date in ``tz``; a
+    naive one by its own date. The time of day of a datetime is not used.
+    """
     if value is None:
         return None
+    if isinstance(value, str):
+        try:
+            return date.fromisoformat(value.strip())
+        except ValueError:
+            try:
+                value = datetime.fromisoformat(value.strip())
+            except ValueError:
+                raise ValueError(
+                    f"CalendarIntervalTrigger: {field}: {value!r} is not an ISO 8601 date "
+                    "(expected e.g. '2026-04-30')"
+                ) from None
     if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            return value.astimezone(tz).date()
         return value.date()
     if isinstance(value, date):
         return value
-    if isinstance(value, str):
-        try:
-            return date.fromisoformat(value.strip()[:10])
-        except ValueError:
-            raise ValueError(
-                f"CalendarIntervalTrigger: {field}: {value!r} is not an ISO 8601 date "
-                "(expected e.g. '2026-04-30')"
-            ) from None
     raise TypeError(
         f"CalendarIntervalTrigger: {field}: expected a date or a string, got {value!r}"
     )
@@ -59,9 +69,11 @@ class CalendarIntervalTrigger(Trigger):
     :param hour: hour of the day to fire at (0-23)
     :param minute: minute of the hour (0-59)
     :param second: second of the minute (0-59)
-    :param start_date: the first date (default: today in ``timezone``)
+    :param start_date: the first date (default: today in ``timezone``); an aware datetime
+        counts by its date in ``timezone``
     :param end_date: the last possible date (inclusive)
-    :param timezone: zone of the wall clock (default: the local zone)
+    :param timezone: zone of the wall clock (default: the zone of an aware ``start_date``
+        datetime, else the local zone)
     :raises ValueError: on an all-zero or negative interval, a time out of range, or
         ``end_date`` before ``start_date``
     :raises TypeError: if an interval or time field is not an int
@@ -129,9 +141,12 @@ class CalendarIntervalTrigger(Trigger):
                     f"(expected 0-{high})"
                 )
 
-        tz = as_timezone(timezone, field="CalendarIntervalTrigger: timezone")
-        start = _as_date(start_date, "start_date") or utc_now().astimezone(tz).date()
-        end = _as_date(end_date, "end_date")
+        if timezone is None and isinstance(start_date, datetime) and start_date.tzinfo is not None:
+            tz = start_date.tzinfo  # as CronTrigger and IntervalTrigger do
+        else:
+            tz = as_timezone(timezone, field="CalendarIntervalTrigger: timezone")
+        start = _as_date(start_date, "start_date", tz) or utc_now().astimezone(tz).date()
+        end = _as_date(end_date, "end_date", tz)
         if end is not None and end < start:
             raise ValueError(
                 f"CalendarIntervalTrigger: end_date ({end}) is before start_date ({start})"

@@ -4,6 +4,7 @@ import pickle
 from datetime import date, datetime, timedelta, timezone
 from functools import partial
 from itertools import islice, pairwise
+from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given
@@ -60,6 +61,30 @@ def test_end_date_is_inclusive() -> None:
         days=1, start_date="2026-01-01", end_date="2026-01-03", timezone="UTC"
     )
     assert dates(trigger, 10) == ["2026-01-01", "2026-01-02", "2026-01-03"]
+
+
+@pytest.mark.parametrize(
+    ("start_date", "expected"),
+    [
+        ("2026-01-01", date(2026, 1, 1)),
+        ("2026-01-01 23:00", date(2026, 1, 1)),  # naive: its own date
+        ("2026-01-01T23:00:00+00:00", date(2026, 1, 2)),  # aware: its date in Tokyo
+        (datetime(2026, 1, 1, 23, tzinfo=UTC), date(2026, 1, 2)),
+        (datetime(2026, 1, 1, 23), date(2026, 1, 1)),
+    ],
+)
+def test_a_start_date_given_as_a_datetime_counts_by_its_date_in_the_triggers_zone(
+    start_date: datetime | str, expected: date
+) -> None:
+    trigger = CalendarIntervalTrigger(days=1, start_date=start_date, timezone="Asia/Tokyo")
+    assert trigger.start_date == expected
+
+
+def test_the_zone_of_an_aware_start_date_is_the_default_zone() -> None:
+    berlin = datetime(2026, 1, 1, 9, tzinfo=UTC).astimezone(ZoneInfo("Europe/Berlin"))
+    trigger = CalendarIntervalTrigger(days=1, hour=9, start_date=berlin)
+    assert trigger.timezone == ZoneInfo("Europe/Berlin")
+    assert trigger.next_fire_time() == datetime(2026, 1, 1, 9, tzinfo=ZoneInfo("Europe/Berlin"))
 
 
 def test_default_start_date_is_today() -> None:
@@ -306,6 +331,11 @@ def test_pickling_keeps_the_arguments_only() -> None:
         ({"days": 1, "hour": 24}, ValueError, r"invalid value 24 for 'hour' \(expected 0-23\)"),
         ({"days": 1, "minute": 60}, ValueError, "invalid value 60 for 'minute'"),
         ({"days": 1, "start_date": "soon"}, ValueError, "start_date: 'soon' is not an ISO"),
+        (
+            {"days": 1, "start_date": "2026-01-01 garbage"},
+            ValueError,
+            "start_date: '2026-01-01 garbage' is not an ISO",
+        ),
         (
             {"days": 1, "start_date": "2026-02-01", "end_date": "2026-01-01"},
             ValueError,

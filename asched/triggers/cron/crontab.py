@@ -36,12 +36,15 @@ def _crontab_weekdays(expression: str) -> str:
         try:
             values = range_values("day_of_week", expression, text, (0, 7))
         except CronFieldError as exc:
-            raise ValueError(
-                f"crontab: invalid day of week {expression!r} (expected numbers 0-7, where 0 "
-                "and 7 are Sunday, or the names sun-sat; as in cron a range cannot wrap past "
-                "the end of the week: Monday to Sunday is '1-7' or 'mon-sat,sun', not "
-                f"'mon-sun'): {exc}"
-            ) from None
+            if "ends before it starts" in exc.reason:
+                reason = (
+                    f"the range {part!r} ends before it starts; as in cron a range cannot "
+                    "wrap past the end of the week: Monday to Sunday is '1-7' or "
+                    "'mon-sat,sun', not 'mon-sun'"
+                )
+            else:
+                reason = f"{exc.reason}; days are 0-7 (0 and 7 are Sunday) or sun-sat"
+            raise ValueError(f"crontab: invalid day of week {expression!r} ({reason})") from None
         weekdays.update((value + 6) % 7 for value in values)
 
     # Render runs of consecutive weekdays as ranges: {0..4} -> "mon-fri"

@@ -64,6 +64,7 @@ class CronFieldError(ValueError):
         )
         self.field = field
         self.expression = expression
+        self.reason = reason
 
 
 def normalize_expression(field: str, value: object) -> str:
@@ -190,9 +191,18 @@ class DaySpec:
                 ordinal_text = match.group("ordinal")
                 ordinals.append((_ORDINALS.get(ordinal_text, -1), weekday))
                 continue
-            if re.match(r"^\d+(st|nd|rd|th)\s", part):
+            ordinal_start = re.match(r"^(\d+(?:st|nd|rd|th)|last)\s", part)
+            if ordinal_start is not None:
+                ordinal_text = ordinal_start.group(1)
+                if ordinal_text != "last" and ordinal_text not in _ORDINALS:
+                    raise CronFieldError(
+                        "day", expression, f"{ordinal_text!r} is not an ordinal from 1st to 5th"
+                    )
                 raise CronFieldError(
-                    "day", expression, f"{part.split()[0]!r} is not an ordinal from 1st to 5th"
+                    "day",
+                    expression,
+                    f"{part!r}: an ordinal takes one weekday name, as in '3rd fri' or "
+                    "'last sun' (no ranges or steps)",
                 )
             fixed.update(range_values("day", expression, part))
         return cls(frozenset(fixed), last_day, tuple(ordinals))

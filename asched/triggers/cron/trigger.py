@@ -119,7 +119,11 @@ class CronTrigger(Trigger):
             tz = as_timezone(timezone, field="CronTrigger: timezone")
         start = optional_aware_datetime(start_time, tz, field="CronTrigger: start_time")
         if start is None:
-            start = utc_now().replace(microsecond=0)
+            # now, rounded up to the second: the first fire time is never before creation
+            now = utc_now()
+            start = now.replace(microsecond=0)
+            if now.microsecond:
+                start += timedelta(seconds=1)
         end = optional_aware_datetime(end_time, tz, field="CronTrigger: end_time")
         if end is not None and end < start:
             raise ValueError(
