@@ -24,7 +24,7 @@ from anyio import (
 from anyio.abc import TaskGroup, TaskStatus
 
 from ._clock import Clock
-from ._converters import as_timedelta, as_timezone, positive_int_or_none
+from ._converters import as_aware_datetime, as_timedelta, as_timezone, positive_int_or_none
 from ._coroutines import is_coroutine_callable
 from ._enums import CoalescePolicy, ConflictPolicy, JobOutcome, RunState, SchedulerRole
 from ._exceptions import (
@@ -1063,8 +1063,8 @@ class AsyncScheduler:
                 raise ScheduleLookupError(id)
             return stored
 
-        next_fire_time, next_run_time = first_fire_and_run_times(
-            updated.trigger, updated.max_jitter, self.clock.now() - timedelta(microseconds=1)
+        next_fire_time, next_run_time = _resumed_fire_and_run_times(
+            current, updated.trigger, updated.max_jitter, self.clock.now()
         )
         if next_fire_time is None and new_trigger is None:
             raise ValueError(f"trigger: {updated.trigger} has no fire times from now on")
@@ -1081,13 +1081,18 @@ class AsyncScheduler:
     async def pause_schedule(self, id: str) -> None:
         """Pause a schedule: it is kept but creates no jobs until unpaused.
 
+        Its progress (the fire times already processed) is kept as stored at that moment,
+        even if a scheduler is firing it meanwhile.
+
         :raises ScheduleLookupError: if there is no such schedule
         """
         schedule = await self.get_schedule(id)
         if not schedule.paused:
-            await self.data_store.add_schedule(
-                attrs.evolve(schedule, paused=True), ConflictPolicy.replace
+            stored = await self.data_store.update_schedule_definition(
+                attrs.evolve(schedule, paused=True)
             )
+            if stored is None:
+                raise ScheduleLookupError(id)
 
     async def unpause_schedule(
         self, id: str, *, resume_from: datetime | str | None = None
@@ -1096,7 +1101,11 @@ class AsyncScheduler:
 
         By default it resumes from now: fire times that passed while it was paused are
         dropped. With ``resume_from``, fire times from that moment on count, and the misfire
-        and coalescing rules decide which of the past ones run.
+        and coalescing rules decide which of the past ones run. Either way a fire time that
+        was already processed (run, missed or coalesced) before the pause never counts again:
+        the search starts after the schedule's ``last_fire_time`` if that is later.
+
+        Unpausing a schedule that is not paused does nothing (its due fire times stay due).
 
         :param resume_from: an aware datetime (or ISO string), or ``None`` for now
         :raises ScheduleLookupError: if there is no such schedule
@@ -1106,11 +1115,11 @@ class AsyncScheduler:
         if resume_from is None:
             start = self.clock.now()
         else:
-            from ._converters import as_aware_datetime
-
             start = as_aware_datetime(resume_from, self.timezone, field="resume_from")
-        next_fire_time, next_run_time = first_fire_and_run_times(
-            schedule.trigger, schedule.max_jitter, start - timedelta(microseconds=1)
+        if not schedule.paused:
+            return
+        next_fire_time, next_run_time = _resumed_fire_and_run_times(
+            schedule, schedule.trigger, schedule.max_jitter, start
         )
         if next_fire_time is None:
             raise ValueError(f"schedule {id!r}: its trigger has no fire times after {start}")
@@ -1282,6 +1291,21 @@ class AsyncScheduler:
         if isinstance(event_types, type):
             event_types = [event_types]
         return self.event_broker.subscribe(callback, event_types, one_shot=one_shot)
+
+
+def _resumed_fire_and_run_times(
+    schedule: Schedule, trigger: Trigger, max_jitter: timedelta | None, start: datetime
+) -> tuple[datetime | None, datetime | None]:
+    """Return the first fire time of ``trigger`` from ``start`` on, and its run time.
+
+    Never a fire time the schedule already processed: the search starts after its
+    ``last_fire_time`` when that is later than ``start``, so that each fire time of a
+    schedule yields at most one job however it is paused, unpaused or rescheduled.
+    """
+    after = start - timedelta(microseconds=1)
+    if schedule.last_fire_time is not None and schedule.last_fire_time > after:
+        after = schedule.last_fire_time
+    return first_fire_and_run_times(trigger, max_jitter, after)
 
 
 def _same_definition(stored: Schedule, declared: Schedule) -> bool:

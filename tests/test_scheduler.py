@@ -629,6 +629,53 @@ async def test_unpause_from_a_past_moment_applies_the_misfire_rules(
     assert calls.fire_times == [clock.now() - timedelta(seconds=5)]
 
 
+@pytest.mark.parametrize("misfire_grace_time", [None, 3])
+async def test_unpausing_from_before_the_last_fire_time_yields_no_fire_time_twice(
+    scheduler: AsyncScheduler,
+    clock: FakeClock,
+    recorder: EventRecorder,
+    misfire_grace_time: float | None,
+) -> None:
+    start = clock.now()
+    calls = Calls()
+    schedule_id = await scheduler.add_schedule(
+        calls.record,
+        every(clock, 10, first_in=10),
+        coalesce=CoalescePolicy.all,
+        misfire_grace_time=misfire_grace_time,
+    )
+    await scheduler.start_in_background()
+    clock.advance(10)
+    await calls.wait()  # +10 s ran
+    await recorder.wait_for(JobReleased)
+    await scheduler.pause_schedule(schedule_id)
+    clock.advance(12)  # +20 s passes while paused
+
+    await scheduler.unpause_schedule(schedule_id, resume_from=start)
+
+    await calls.wait(2)
+    await recorder.wait_for(JobReleased, 2)
+    await idle()
+    released = recorder.of_type(JobReleased)
+    assert [event.scheduled_fire_time for event in released] == [
+        start + timedelta(seconds=10),
+        start + timedelta(seconds=20),
+    ]
+    assert {event.outcome for event in released} == {JobOutcome.success}
+
+
+async def test_unpausing_a_schedule_that_is_not_paused_changes_nothing(
+    scheduler: AsyncScheduler, clock: FakeClock
+) -> None:
+    schedule_id = await scheduler.add_schedule(jobs.add, every(clock, 10, first_in=-5), args=[1])
+    before = await scheduler.get_schedule(schedule_id)  # a fire time is due
+
+    await scheduler.unpause_schedule(schedule_id)
+    await scheduler.unpause_schedule(schedule_id, resume_from=clock.now() + timedelta(hours=1))
+
+    assert await scheduler.get_schedule(schedule_id) == before
+
+
 #
 # Misfires, coalescing, jitter, limits
 #
