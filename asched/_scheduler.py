@@ -429,9 +429,11 @@ class AsyncScheduler:
         """Stop taking new work; running jobs finish (``wait=True``) or are cancelled.
 
         Returns at once; :meth:`wait_until_stopped` waits for the running jobs. With
-        ``wait=False``, coroutine jobs are cancelled and thread or process jobs are left to
-        finish on their own, their outcome discarded; they are released as ``cancelled``.
-        Calling it on a stopped scheduler does nothing.
+        ``wait=False``, coroutine jobs are cancelled, process-pool jobs are ended by killing
+        their worker process (SIGKILL: the function gets no chance to clean up), and
+        thread-pool jobs, which cannot be interrupted, are left to finish on their own with
+        their outcome discarded. All of them are released as ``cancelled``. Calling it on a
+        stopped scheduler does nothing.
         """
         if self._state in (RunState.starting, RunState.started):
             self._state = RunState.stopping

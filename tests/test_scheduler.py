@@ -7,10 +7,12 @@ Time is the fake clock's: the scheduler sleeps on it, and tests move it with
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -46,7 +48,7 @@ from asched.events import (
     SchedulerStopped,
 )
 from asched.triggers import DateTrigger, IntervalTrigger, Trigger
-from tests import jobs
+from tests import jobs, process_jobs
 from tests.clock import FakeClock
 from tests.conftest import EventRecorder
 
@@ -1128,6 +1130,30 @@ async def test_stop_without_waiting_leaves_threads_behind(clock: FakeClock) -> N
 
     release.set()
     assert result.outcome is JobOutcome.cancelled
+
+
+async def test_stop_without_waiting_kills_running_process_jobs(
+    clock: FakeClock, tmp_path: Path
+) -> None:
+    fifo = tmp_path / "pid"
+    os.mkfifo(fifo)
+
+    async with AsyncScheduler(clock=clock) as scheduler:
+        await scheduler.start_in_background()
+        job_id = await scheduler.add_job(
+            process_jobs.announce_pid_and_sleep, args=[str(fifo), 60], job_executor="processpool"
+        )
+        with anyio.fail_after(30):  # reading waits until the job runs in its worker process
+            pid = int(await anyio.to_thread.run_sync(fifo.read_text, abandon_on_cancel=True))
+
+        await scheduler.stop(wait=False)
+        with anyio.fail_after(10):  # not the job's 60 s
+            await scheduler.wait_until_stopped()
+        result = await scheduler.get_job_result(job_id, wait=False)
+
+    assert result.outcome is JobOutcome.cancelled
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # the worker process was killed (and reaped)
 
 
 async def test_leaving_the_context_on_an_error_cancels_running_jobs(clock: FakeClock) -> None:

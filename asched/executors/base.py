@@ -21,7 +21,8 @@ class JobExecutor(ABC):
         """Call ``func(*job.args, **job.kwargs)`` and return its return value.
 
         Exceptions the function raises propagate. Cancelling the calling task cancels the
-        job where the executor can (coroutines) or stops waiting for it (threads, processes).
+        job where the executor can: a coroutine is cancelled, a worker process is killed; a
+        thread cannot be interrupted, so the executor stops waiting for it.
         """
 
     def check_function(self, func: Callable[..., Any], reference: str | None) -> None:  # noqa: B027

@@ -25,6 +25,10 @@ class ProcessPoolJobExecutor(JobExecutor):
     module-level function (in a script's ``__main__`` too), not a lambda or a nested
     function. Arguments and return values must be picklable.
 
+    Cancelling a job (``stop(wait=False)``, or leaving the scheduler's ``async with`` on an
+    exception) kills the worker process running it with SIGKILL; the pool starts a new one
+    for the next job.
+
     :param max_workers: the most processes running jobs at once (default: CPU count)
     :raises ValueError: if ``max_workers`` is less than 1
     """
@@ -41,7 +45,10 @@ class ProcessPoolJobExecutor(JobExecutor):
         self._limiter = CapacityLimiter(self.max_workers)
 
     async def run_job(self, func: Callable[..., Any], job: Job) -> Any:
-        """Run the function in a worker process and return its result."""
+        """Run the function in a worker process and return its result.
+
+        Cancelled, it kills the worker process (the function cannot clean up).
+        """
         return await to_process.run_sync(
             _call, func, job.args, dict(job.kwargs), cancellable=True, limiter=self._limiter
         )
