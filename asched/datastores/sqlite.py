@@ -315,6 +315,11 @@ class SQLiteDataStore(BaseExternalDataStore):
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _in_transaction(self, operation: Callable[..., _T], args: tuple[Any, ...]) -> _T:
+        # BEGIN IMMEDIATE may wait up to busy_timeout for another process's write lock, and
+        # _run may retry after that: operations that grant leases read the clock inside,
+        # once they hold the lock, so that waiting never eats into a lease. (Clock.now is
+        # called from this worker thread: the system clock and a test's clock, which only
+        # reads an attribute, are both safe to call from any thread.)
         connection = self._connection
         if connection is None:
             raise RuntimeError("SQLiteDataStore: the store has not been started")
@@ -579,11 +584,13 @@ class SQLiteDataStore(BaseExternalDataStore):
         self, scheduler_id: str, lease_duration: timedelta, limit: int
     ) -> list[Schedule]:
         """Lease due schedules; see :meth:`DataStore.acquire_schedules`."""
-        now = _to_db(self._clock.now())
-        until = _to_db(self._clock.now() + lease_duration)
         columns = ", ".join(_SCHEDULE_COLUMNS)
 
         def operation(connection: sqlite3.Connection) -> list[sqlite3.Row]:
+            # "now" once this attempt holds the write lock: a wait for the lock must not
+            # shorten the lease (see _in_transaction)
+            now = self._clock.now()
+            until = _to_db(now + lease_duration)
             return connection.execute(
                 f"""
                 UPDATE schedules SET acquired_by = ?, acquired_until = ?
@@ -595,7 +602,7 @@ class SQLiteDataStore(BaseExternalDataStore):
                 )
                 RETURNING {columns}
                 """,
-                (scheduler_id, until, now, now, limit),
+                (scheduler_id, until, _to_db(now), _to_db(now), limit),
             ).fetchall()
 
         schedules = await self._schedules_from_rows(await self._run(operation))
@@ -721,15 +728,17 @@ class SQLiteDataStore(BaseExternalDataStore):
         self, scheduler_id: str, lease_duration: timedelta, limit: int
     ) -> list[Job]:
         """Lease queued jobs, oldest first; see :meth:`DataStore.acquire_jobs`."""
-        now = self._clock.now()
-        until = _to_db(now + lease_duration)
 
         def operation(
             connection: sqlite3.Connection,
-        ) -> tuple[list[sqlite3.Row], list[sqlite3.Row]]:
-            return self._acquire_jobs(connection, scheduler_id, _to_db(now), until, limit)
+        ) -> tuple[datetime, list[sqlite3.Row], list[sqlite3.Row]]:
+            now = self._clock.now()  # once this attempt holds the write lock
+            acquired, missed = self._acquire_jobs(
+                connection, scheduler_id, _to_db(now), _to_db(now + lease_duration), limit
+            )
+            return now, acquired, missed
 
-        acquired_rows, missed_rows = await self._run(operation)
+        now, acquired_rows, missed_rows = await self._run(operation)
         jobs = await self._jobs_from_rows(acquired_rows)
         missed = await self._jobs_from_rows(missed_rows)
         events = job_acquisition_events(scheduler_id, now, jobs, missed)
@@ -923,9 +932,9 @@ class SQLiteDataStore(BaseExternalDataStore):
         id_list = [str(job_id) for job_id in job_ids]
         if not id_list:
             return
-        until = _to_db(self._clock.now() + lease_duration)
 
         def operation(connection: sqlite3.Connection) -> None:
+            until = _to_db(self._clock.now() + lease_duration)  # once this holds the lock
             connection.execute(
                 "UPDATE jobs SET acquired_until = ? "
                 "WHERE id IN (SELECT value FROM json_each(?)) AND acquired_by = ?",

@@ -160,6 +160,91 @@ async def test_a_write_lock_held_by_another_process_is_waited_out(
         assert [task.id for task in await store.get_tasks()] == ["task"]
 
 
+@pytest.mark.parametrize("operation", ["acquire_schedules", "acquire_jobs", "extend_leases"])
+async def test_a_lease_runs_from_when_the_write_lock_was_got_not_from_the_call(
+    tmp_path: Path, clock: FakeClock, operation: str
+) -> None:
+    """Another connection holds the write lock for longer than the lease while a lease is
+    being granted: the lease still lasts its full duration from when the store got the lock,
+    so another process's cleanup does not take the job back as abandoned."""
+    path = tmp_path / "jobs.sqlite"
+    lease = timedelta(seconds=2)
+    async with AsyncExitStack() as stack:
+        store = await started_store(stack, path, clock)
+        other = await started_store(stack, path, clock)  # another scheduler's cleanup
+        await store.add_schedule(
+            Schedule(
+                id="schedule",
+                task_id="task",
+                trigger=IntervalTrigger(seconds=1, start_time=clock.now()),
+                next_fire_time=clock.now(),
+                next_run_time=clock.now(),
+            ),
+            ConflictPolicy.exception,
+        )
+        job = Job(task_id="task", created_at=clock.now())
+        await store.add_jobs([job])
+        if operation == "extend_leases":
+            await store.acquire_jobs("worker", lease, 1)
+
+        # The store's own statements, traced in its worker thread: BEGIN IMMEDIATE starts
+        # (and waits for the lock) before the operation reads the clock
+        begun = threading.Event()
+        assert store._connection is not None
+        store._connection.set_trace_callback(
+            lambda statement: begun.set() if statement == "BEGIN IMMEDIATE" else None
+        )
+        locked = threading.Event()
+        release = threading.Event()
+
+        def hold_write_lock() -> None:
+            connection = sqlite3.connect(path, isolation_level=None)
+            connection.execute("BEGIN IMMEDIATE")
+            locked.set()
+            release.wait(10)
+            connection.execute("COMMIT")
+            connection.close()
+
+        holder = threading.Thread(target=hold_write_lock)
+        holder.start()
+        try:
+            assert await anyio.to_thread.run_sync(locked.wait, 10)
+            leases: list[datetime | None] = []
+            async with anyio.create_task_group() as task_group:
+
+                async def lease_while_locked() -> None:
+                    if operation == "acquire_schedules":
+                        [schedule] = await store.acquire_schedules("worker", lease, 10)
+                        leases.append(schedule.acquired_until)
+                    elif operation == "acquire_jobs":
+                        assert len(await store.acquire_jobs("worker", lease, 10)) == 1
+                    else:
+                        await store.extend_acquired_leases("worker", [job.id], lease)
+
+                with anyio.fail_after(10):
+                    task_group.start_soon(lease_while_locked)
+                    assert await anyio.to_thread.run_sync(begun.wait, 10)
+                    clock.advance(3)  # the lock is held for longer than the lease
+                    got_lock_at = clock.now()
+                    release.set()
+        finally:
+            release.set()
+            holder.join()
+            store._connection.set_trace_callback(None)
+
+        if operation != "acquire_schedules":
+            [leased] = await store.get_jobs()
+            leases.append(leased.acquired_until)
+        assert leases == [got_lock_at + lease]
+        # Within the lease, another process takes nothing back
+        clock.advance(1.5)
+        if operation == "acquire_schedules":
+            assert await other.acquire_schedules("other", lease, 10) == []
+        else:
+            await other.cleanup()
+            assert [leased.acquired_by for leased in await store.get_jobs()] == ["worker"]
+
+
 @pytest.mark.parametrize(
     ("url", "expected"),
     [
