@@ -60,6 +60,8 @@ from .base import (
 
 #: bumped whenever the tables change; a store refuses a file of another version
 SCHEMA_VERSION = 1
+#: the oldest SQLite library the store works with: UPDATE/DELETE ... RETURNING came in 3.35
+MINIMUM_SQLITE_VERSION = (3, 35, 0)
 
 _T = TypeVar("_T")
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -167,6 +169,31 @@ def _placeholders(count: int) -> str:
     return ", ".join("?" * count)
 
 
+def _check_sqlite_library() -> None:
+    """Refuse an SQLite library without the RETURNING clause or the JSON functions."""
+    found = tuple(sqlite3.sqlite_version_info)
+    if found < MINIMUM_SQLITE_VERSION:
+        required = ".".join(map(str, MINIMUM_SQLITE_VERSION))
+        raise RuntimeError(
+            f"SQLiteDataStore: needs SQLite {required} or newer (for RETURNING), but Python's "
+            f"sqlite3 module uses SQLite {'.'.join(map(str, found))}; use a Python built "
+            "with a newer SQLite"
+        )
+    # Built in from 3.38; before that a compile-time option (JSON1) that most builds enable.
+    # Asked of a private in-memory database: it is the library's feature, not the file's
+    connection = sqlite3.connect(":memory:")
+    try:
+        connection.execute("SELECT value FROM json_each('[]')")
+    except sqlite3.OperationalError as exc:
+        raise RuntimeError(
+            f"SQLiteDataStore: Python's SQLite {sqlite3.sqlite_version} was built without "
+            f"the JSON functions the store needs ({exc}); use a Python whose SQLite has "
+            "them (every SQLite 3.38 or newer does)"
+        ) from None
+    finally:
+        connection.close()
+
+
 class SQLiteDataStore(BaseExternalDataStore):
     """Keeps tasks, schedules, jobs and results in an SQLite file.
 
@@ -240,9 +267,11 @@ class SQLiteDataStore(BaseExternalDataStore):
     ) -> None:
         """Open the file and create the tables if needed; see :meth:`DataStore.start`.
 
-        :raises RuntimeError: if the file is not an SQLite database, or holds tables of
+        :raises RuntimeError: if Python's SQLite library is older than 3.35 or lacks the JSON
+            functions, if the file is not an SQLite database, or if it holds tables of
             another asched version
         """
+        _check_sqlite_library()
         self._event_broker = event_broker
         self._logger = logger
         self._clock = clock

@@ -245,6 +245,22 @@ async def test_a_lease_runs_from_when_the_write_lock_was_got_not_from_the_call(
             assert [leased.acquired_by for leased in await store.get_jobs()] == ["worker"]
 
 
+async def test_an_sqlite_library_older_than_3_35_is_a_clear_error(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the version number the check reads, not the database: RETURNING came in 3.35.0
+    monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 34, 1))
+    await start_raises(
+        tmp_path / "jobs.sqlite",
+        clock,
+        r"needs SQLite 3\.35\.0 or newer .* uses SQLite 3\.34\.1",
+    )
+    assert not (tmp_path / "jobs.sqlite").exists()  # refused before touching the file
+    monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 35, 0))
+    async with AsyncExitStack() as stack:
+        await started_store(stack, tmp_path / "jobs.sqlite", clock)
+
+
 @pytest.mark.parametrize(
     ("url", "expected"),
     [
