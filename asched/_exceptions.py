@@ -1,4 +1,7 @@
-"""The exception hierarchy: everything asched raises on purpose derives from ASchedError."""
+"""The exception hierarchy: everything asched raises on purpose derives from ASchedError.
+
+Also how errors of any origin are described in log lines.
+"""
 
 from __future__ import annotations
 
@@ -92,3 +95,14 @@ class DeserializationError(ASchedError):
 
 class SchedulerNotInitializedError(ASchedError, RuntimeError):
     """The scheduler must be entered (``async with`` / ``with``) before this operation."""
+
+
+def describe_error(exception: BaseException | None) -> str:
+    """Return ``"ErrorType: message"`` for a log line.
+
+    ``repr()`` is not enough: some libraries' errors (redis-py's) hide their message in it.
+    """
+    if exception is None:
+        return "no error"
+    text = str(exception)
+    return f"{type(exception).__name__}: {text}" if text else type(exception).__name__

@@ -33,7 +33,7 @@ from tenacity import (
 
 from .._clock import Clock
 from .._enums import ConflictPolicy, JobOutcome
-from .._exceptions import SerializationError
+from .._exceptions import SerializationError, describe_error
 from .._structures import Job, JobResult, Schedule, ScheduleUpdate, Task
 from ..eventbrokers.base import EventBroker
 from ..events import (
@@ -522,11 +522,11 @@ class BaseExternalDataStore(DataStore):
         outcome = retry_state.outcome
         exception = outcome.exception() if outcome is not None else None
         self._logger.warning(
-            "%s: transient error (attempt %d of %d), retrying: %r",
+            "%s: transient error (attempt %d of %d), retrying: %s",
             type(self).__name__,
             retry_state.attempt_number,
             self.retry_settings.attempts,
-            exception,
+            describe_error(exception),
         )
 
     def _retrying(self) -> AsyncRetrying:

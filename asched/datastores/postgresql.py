@@ -16,11 +16,12 @@ these statements rely on its re-reading of locked rows.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from logging import Logger
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -64,6 +65,8 @@ if TYPE_CHECKING:
 
 #: bumped whenever the tables change; a store migrates older schemas and refuses newer ones
 SCHEMA_VERSION = 2
+
+_MICROSECOND = timedelta(microseconds=1)
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
@@ -284,6 +287,17 @@ def _statements(schema: str) -> dict[str, str]:
             UPDATE {schema}.schedules s SET acquired_by = $1, acquired_until = $2
             WHERE s.id = ANY(ARRAY(SELECT id FROM chosen))
             RETURNING {_prefixed("s", _SCHEDULE_COLUMNS)}
+            """,
+        # $1 scheduler, $2 new lease end, $3 lease ends of attempts whose reply was lost
+        "reclaim_schedules": f"""
+            UPDATE {schema}.schedules s SET acquired_until = $2
+            WHERE s.acquired_by = $1 AND s.acquired_until = ANY($3::timestamptz[])
+            RETURNING {_prefixed("s", _SCHEDULE_COLUMNS)}
+            """,
+        "reclaim_jobs": f"""
+            UPDATE {schema}.jobs j SET acquired_until = $2
+            WHERE j.acquired_by = $1 AND j.acquired_until = ANY($3::timestamptz[])
+            RETURNING 'acquired' AS fate, {job_columns}
             """,
         "next_schedule_run_time": f"""
             SELECT least(
@@ -523,7 +537,13 @@ class PostgreSQLDataStore(BaseExternalDataStore):
     :param serializer: turns job arguments, return values and exceptions into bytes
     :param retry_settings: how to retry after transient connection errors
     :param pool_size: the most connections of a pool the store creates itself
-    :raises ValueError: on a schema name that is not a plain identifier
+    :param timeout: seconds one attempt of an operation may wait for a pooled connection,
+        and on a pool the store creates, for a statement's reply (the pool's
+        ``command_timeout``; an application's pool keeps its own); a slower attempt counts as
+        a transient error, so an exhausted pool or a connection that died silently is retried
+        and logged instead of waited on forever
+    :raises ValueError: on a schema name that is not a plain identifier, or a timeout that
+        is not positive
     """
 
     def __init__(
@@ -534,8 +554,12 @@ class PostgreSQLDataStore(BaseExternalDataStore):
         serializer: Serializer | None = None,
         retry_settings: RetrySettings | None = None,
         pool_size: int = 10,
+        timeout: float = 60.0,
     ) -> None:
         super().__init__(serializer=serializer, retry_settings=retry_settings)
+        if not timeout > 0:
+            raise ValueError(f"PostgreSQLDataStore: timeout must be positive, got {timeout!r}")
+        self.timeout = timeout
         self._pool: asyncpg.Pool | None = None
         self._dsn: str | None = None
         if isinstance(dsn_or_pool, str):
@@ -554,6 +578,7 @@ class PostgreSQLDataStore(BaseExternalDataStore):
         self._sql = _statements(self._schema)
         self._pool_size = pool_size
         self._clock = Clock()
+        self._last_lease_end = datetime.min.replace(tzinfo=timezone.utc)
         self._event_broker: EventBroker | None = None
         self._job_writer = WriteBatcher(self._write_jobs)
         # True when single statements may go in autocommit: the connections' default
@@ -586,6 +611,7 @@ class PostgreSQLDataStore(BaseExternalDataStore):
             (
                 OSError,
                 TimeoutError,
+                asyncio.TimeoutError,  # not TimeoutError before Python 3.11
                 asyncpg.PostgresConnectionError,
                 asyncpg.InterfaceError,
                 # a connection broken mid-operation can be left in an unusable state
@@ -621,6 +647,7 @@ class PostgreSQLDataStore(BaseExternalDataStore):
                         self._dsn,
                         min_size=1,
                         max_size=self._pool_size,
+                        command_timeout=self.timeout,
                         # pg_terminate_backend and restarts close connections: check them
                         max_inactive_connection_lifetime=60,
                         reset=_keep_session,
@@ -639,7 +666,7 @@ class PostgreSQLDataStore(BaseExternalDataStore):
         else:
             async for attempt in self._retrying():
                 with attempt:
-                    async with self._pool.acquire() as connection:
+                    async with self._pool.acquire(timeout=self.timeout) as connection:
                         isolation, plan_cache_mode, jit = await connection.fetchrow(
                             "SELECT current_setting('default_transaction_isolation'), "
                             "current_setting('plan_cache_mode'), current_setting('jit')"
@@ -724,7 +751,7 @@ class PostgreSQLDataStore(BaseExternalDataStore):
         """
         if self._pool is None:
             raise RuntimeError("PostgreSQLDataStore: the store has not been started")
-        async with self._pool.acquire() as connection:
+        async with self._pool.acquire(timeout=self.timeout) as connection:
             if self._autocommit:
                 yield connection
             else:
@@ -736,7 +763,7 @@ class PostgreSQLDataStore(BaseExternalDataStore):
         if self._pool is None:
             raise RuntimeError("PostgreSQLDataStore: the store has not been started")
         async with (
-            self._pool.acquire() as connection,
+            self._pool.acquire(timeout=self.timeout) as connection,
             connection.transaction(isolation="read_committed"),
         ):
             yield connection
@@ -748,6 +775,15 @@ class PostgreSQLDataStore(BaseExternalDataStore):
 
     def _now(self) -> datetime:
         return self._clock.now()
+
+    def _unique_lease_end(self, wanted: datetime) -> datetime:
+        """Return ``wanted``, or a microsecond after the last lease end handed out if later.
+
+        Lease ends tell one acquisition attempt's rows from another's (see _LeaseAttempts).
+        """
+        lease_end = max(wanted, self._last_lease_end + _MICROSECOND)
+        self._last_lease_end = lease_end
+        return lease_end
 
     #
     # Tasks
@@ -1024,18 +1060,29 @@ class PostgreSQLDataStore(BaseExternalDataStore):
         self, scheduler_id: str, lease_duration: timedelta, limit: int
     ) -> list[Schedule]:
         """Lease due schedules; see :meth:`DataStore.acquire_schedules`."""
-        async for attempt in self._retrying():
-            with attempt:
-                async with self._connection() as connection:
-                    now = self._now()  # each attempt's own: a retry must not shorten the lease
-                    rows = await connection.fetch(
-                        self._sql["acquire_schedules"],
-                        scheduler_id,
-                        now + lease_duration,
-                        now,
-                        limit,
+        attempts = _LeaseAttempts(self)
+
+        async def acquire() -> list[asyncpg.Record]:
+            async with self._connection() as connection:
+                now = self._now()  # each attempt's own: a retry must not shorten the lease
+                lease_end, lost = attempts.next_lease_end(now + lease_duration)
+                reclaimed: list[asyncpg.Record] = []
+                if lost:
+                    reclaimed = await connection.fetch(
+                        self._sql["reclaim_schedules"], scheduler_id, lease_end, lost
                     )
-        schedules = await self._schedules_from_rows(rows)
+                if len(reclaimed) >= limit:
+                    return reclaimed
+                rows: list[asyncpg.Record] = await connection.fetch(
+                    self._sql["acquire_schedules"],
+                    scheduler_id,
+                    lease_end,
+                    now,
+                    limit - len(reclaimed),
+                )
+                return reclaimed + rows
+
+        schedules = await self._schedules_from_rows(await self._with_retries(acquire))
         schedules.sort(key=lambda schedule: (schedule.next_run_time, schedule.id))
         return schedules
 
@@ -1165,14 +1212,27 @@ class PostgreSQLDataStore(BaseExternalDataStore):
         self, scheduler_id: str, lease_duration: timedelta, limit: int
     ) -> list[Job]:
         """Lease queued jobs, oldest first, in one statement; see the base class."""
+        attempts = _LeaseAttempts(self)
 
         async def acquire() -> tuple[datetime, list[asyncpg.Record]]:
             async with self._connection() as connection:
                 now = self._now()  # each attempt's own: a retry must not shorten the lease
-                rows = await connection.fetch(
-                    self._sql["acquire_jobs"], scheduler_id, now, now + lease_duration, limit
+                lease_end, lost = attempts.next_lease_end(now + lease_duration)
+                reclaimed: list[asyncpg.Record] = []
+                if lost:
+                    reclaimed = await connection.fetch(
+                        self._sql["reclaim_jobs"], scheduler_id, lease_end, lost
+                    )
+                if len(reclaimed) >= limit:
+                    return now, reclaimed
+                rows: list[asyncpg.Record] = await connection.fetch(
+                    self._sql["acquire_jobs"],
+                    scheduler_id,
+                    now,
+                    lease_end,
+                    limit - len(reclaimed),
                 )
-                return now, rows
+                return now, reclaimed + rows
 
         now, rows = await self._with_retries(acquire)
         acquired_rows = sorted(
@@ -1261,6 +1321,30 @@ class PostgreSQLDataStore(BaseExternalDataStore):
             self._logger,
         )
         await self._publish(events)
+
+
+class _LeaseAttempts:
+    """The lease ends of one acquisition's attempts: each attempt's token.
+
+    An attempt whose reply was lost (a connection dropped, a timeout) may have committed:
+    what it leased is held by this scheduler until that lease ends, and no one would run it.
+    Its lease end is unique to it (the store never hands out the same one twice), so the next
+    attempt takes back, under its own lease, everything leased with the earlier attempts'
+    ends before it acquires more.
+    """
+
+    __slots__ = ("_ends", "_store")
+
+    def __init__(self, store: PostgreSQLDataStore) -> None:
+        self._store = store
+        self._ends: list[datetime] = []
+
+    def next_lease_end(self, wanted: datetime) -> tuple[datetime, list[datetime]]:
+        """Return this attempt's lease end and those of the attempts before it."""
+        lease_end = self._store._unique_lease_end(wanted)
+        earlier = list(self._ends)
+        self._ends.append(lease_end)
+        return lease_end, earlier
 
 
 def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:

@@ -26,6 +26,7 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .._coroutines import is_coroutine_callable
+from .._exceptions import describe_error
 from ..events import Event, Subscription, event_from_dict
 
 _EventT = TypeVar("_EventT", bound=Event)
@@ -276,7 +277,9 @@ class BaseExternalEventBroker(BaseEventBroker):
                 except Exception as exc:  # any failure: the relay must not die
                     if delay is None:
                         self._logger.error(
-                            "Could not relay %d events to other processes: %r", len(batch), exc
+                            "Could not relay %d events to other processes: %s",
+                            len(batch),
+                            describe_error(exc),
                         )
                         break
                     await sleep(delay)

@@ -17,6 +17,7 @@ from uuid import uuid4
 import anyio
 import asyncpg
 
+from .._exceptions import describe_error
 from ..datastores.postgresql import split_dsn
 from .base import RECONNECT_DELAYS, BaseExternalEventBroker
 
@@ -135,7 +136,9 @@ class PostgreSQLEventBroker(BaseExternalEventBroker):
                 attempt = 0
                 self._logger.warning("Event broker lost its listening connection; reconnecting")
             except Exception as exc:  # any failure: this loop must not die
-                self._logger.warning("Event broker cannot listen (%r); retrying", exc)
+                self._logger.warning(
+                    "Event broker cannot listen (%s); retrying", describe_error(exc)
+                )
             await anyio.sleep(RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)])
             attempt += 1
 

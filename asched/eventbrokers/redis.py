@@ -11,6 +11,7 @@ import anyio
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 
+from .._exceptions import describe_error
 from ..datastores.redis import RedisClient, split_url
 from .base import RECONNECT_DELAYS, BaseExternalEventBroker
 
@@ -94,7 +95,9 @@ class RedisEventBroker(BaseExternalEventBroker):
                         self.deliver_remote(message["data"])
                 self._logger.warning("Event broker lost its subscription; reconnecting")
             except Exception as exc:  # any failure: this loop must not die
-                self._logger.warning("Event broker cannot listen (%r); reconnecting", exc)
+                self._logger.warning(
+                    "Event broker cannot listen (%s); reconnecting", describe_error(exc)
+                )
             finally:
                 with anyio.CancelScope(shield=True):
                     if pubsub is not None:

@@ -28,9 +28,12 @@ from tests.backends.postgresql import drop_schema, tagged_url, terminate_connect
 from tests.clock import FakeClock
 from tests.conftest import EventRecorder
 from tests.datastores import due_schedule
+from tests.lost_replies import reply_dropping_proxy
 from tests.services import POSTGRESQL_URL, require_postgresql
 
 pytestmark = pytest.mark.anyio
+
+LEASE = timedelta(minutes=1)
 
 
 @pytest.fixture
@@ -415,6 +418,119 @@ async def test_a_retried_operation_leases_from_its_own_attempt(
 
     retries = [record for record in caplog.records if "transient error" in record.getMessage()]
     assert len(retries) == 3
+
+
+@pytest.mark.parametrize("what", ["jobs", "schedules"])
+async def test_an_acquisition_whose_reply_was_lost_after_commit_is_taken_back_by_its_retry(
+    schema: str, clock: FakeClock, caplog: pytest.LogCaptureFixture, what: str
+) -> None:
+    """What a committed attempt leased is returned by the retry, not stranded in a lease."""
+    async with AsyncExitStack() as stack:
+        proxy, proxied_url = await stack.enter_async_context(
+            reply_dropping_proxy(tagged_url(schema))
+        )
+        store = await started_store(
+            stack, proxied_url, clock, retry_settings=RetrySettings(attempts=3, wait_min=0.01)
+        )
+        await store.add_task(Task(id="task", job_executor="async"))
+        await store.add_jobs([Job(task_id="task", created_at=clock.now()) for _ in range(3)])
+        for index in range(3):
+            await store.add_schedule(due_schedule(f"s{index}", clock), ConflictPolicy.exception)
+
+        table = f'"{schema}".{what}'
+        proxy.drop_reply_to(lambda text: "SKIP LOCKED" in text and f"UPDATE {table}" in text)
+        acquired: set[object]
+        stored: list[Job] | list[Schedule]
+        with caplog.at_level(logging.WARNING):
+            if what == "jobs":
+                acquired = {job.id for job in await store.acquire_jobs("me", LEASE, 10)}
+                stored = await store.get_jobs()
+            else:
+                acquired = {s.id for s in await store.acquire_schedules("me", LEASE, 10)}
+                stored = await store.get_schedules()
+
+    assert proxy.dropped == 1
+    assert any("transient error" in record.getMessage() for record in caplog.records)
+    # every row the lost attempt leased came back to the caller, under the retry's lease
+    assert acquired == {row.id for row in stored}
+    lease_ends = {row.acquired_until for row in stored}
+    assert len(lease_ends) == 1
+    assert all(row.acquired_by == "me" for row in stored)
+
+
+async def test_an_attempt_waiting_on_a_silent_connection_times_out_and_is_retried(
+    schema: str, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with AsyncExitStack() as stack:
+        proxy, proxied_url = await stack.enter_async_context(
+            reply_dropping_proxy(tagged_url(schema))
+        )
+        store = await started_store(
+            stack,
+            proxied_url,
+            clock,
+            timeout=0.5,
+            retry_settings=RetrySettings(attempts=3, wait_min=0.01),
+        )
+        await store.add_task(Task(id="task", job_executor="async"))
+        await store.add_jobs([Job(task_id="task", created_at=clock.now())])
+
+        proxy.drop_reply_to(lambda text: "SKIP LOCKED" in text, stall=True)
+        with caplog.at_level(logging.WARNING), anyio.fail_after(10):
+            acquired = await store.acquire_jobs("me", LEASE, 10)
+
+    assert len(acquired) == 1
+    assert proxy.dropped == 1
+    retries = [record for record in caplog.records if "transient error" in record.getMessage()]
+    assert len(retries) == 1
+    assert "TimeoutError" in retries[0].getMessage()
+
+
+async def test_an_exhausted_application_pool_is_waited_on_for_a_bounded_time_and_retried(
+    schema: str, clock: FakeClock
+) -> None:
+    pool = await asyncpg.create_pool(POSTGRESQL_URL, min_size=1, max_size=1)
+    try:
+        async with AsyncExitStack() as stack:
+            store = await started_store(
+                stack,
+                pool,
+                clock,
+                schema=schema,
+                timeout=0.2,
+                retry_settings=RetrySettings(attempts=50, wait_min=0.01, wait_max=0.01),
+            )
+            await store.add_task(Task(id="task", job_executor="async"))
+            held = await pool.acquire()  # the application holds the pool's only connection
+            tasks: list[Task] = []
+            timed_out = anyio.Event()
+
+            class TimeoutSeen(logging.Handler):
+                def emit(self, record: logging.LogRecord) -> None:
+                    if "TimeoutError" in record.getMessage():
+                        timed_out.set()
+
+            async def read_tasks() -> None:
+                tasks.extend(await store.get_tasks())
+
+            handler = TimeoutSeen()
+            logging.getLogger("test").addHandler(handler)
+            try:
+                with anyio.fail_after(10):
+                    async with anyio.create_task_group() as task_group:
+                        task_group.start_soon(read_tasks)
+                        await timed_out.wait()  # an attempt gave up waiting for a connection
+                        await pool.release(held)  # the next attempt gets it
+            finally:
+                logging.getLogger("test").removeHandler(handler)
+        assert [task.id for task in tasks] == ["task"]
+    finally:
+        await pool.close()
+
+
+def test_timeout_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="timeout must be positive, got 0"):
+        PostgreSQLDataStore(POSTGRESQL_URL, timeout=0)
 
 
 def plan_nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
