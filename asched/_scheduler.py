@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import sys
@@ -10,7 +11,7 @@ from contextlib import AsyncExitStack
 from datetime import datetime, timedelta, tzinfo
 from logging import Logger, getLogger
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 from uuid import UUID, uuid4
 
 import anyio
@@ -86,6 +87,129 @@ def _exception_text(exc: BaseException) -> str:
     return f"{exc_type.__module__}.{exc_type.__qualname__}"
 
 
+#
+# Checking the values given for jobs and schedules (no I/O: also used from other threads)
+#
+
+
+def _as_flag(value: object, field: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{field}: expected True or False, got {value!r}")
+    return value
+
+
+def _as_args(value: object) -> tuple[Any, ...]:
+    """Return positional arguments as a tuple: any iterable but a string, bytes or mapping.
+
+    Those three are refused because they are nearly always a mistake (one argument given
+    without brackets, or keyword arguments given as ``args``), which iterating would hide.
+    """
+    if type(value) is tuple:
+        return value
+    if type(value) is list:
+        return tuple(value)
+    expected = "args: expected a list or tuple of positional arguments"
+    if isinstance(value, (str, bytes, bytearray)):
+        raise TypeError(
+            f"{expected}, got the {type(value).__name__} {value!r} (for a single argument, "
+            f"write args=[{value!r}])"
+        )
+    if isinstance(value, Mapping):
+        raise TypeError(f"{expected}, got {value!r} (keyword arguments go in kwargs=)")
+    if not isinstance(value, Iterable):
+        raise TypeError(f"{expected}, got {value!r}")
+    return tuple(value)
+
+
+def _as_kwargs(value: object) -> dict[str, Any]:
+    """Return keyword arguments as a new dict: a mapping with str keys, or ``None``."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise TypeError(f"kwargs: expected a mapping of argument names to values, got {value!r}")
+    for name in value:
+        if not isinstance(name, str):
+            raise TypeError(f"kwargs: argument names must be strings, got {name!r}")
+    return dict(value)
+
+
+_JSON_VALUES = "None, a bool, an int, a float, a str, a list or a dict with str keys"
+
+
+def _as_metadata(value: object) -> dict[str, Any]:
+    """Return metadata as JSON would keep it (tuples become lists), or raise.
+
+    Every store then keeps and returns the same value: what the memory store would accept
+    as it is, a persistent store could not write.
+
+    :raises TypeError: naming the path of a value that is not JSON-compatible
+    :raises ValueError: for a float that JSON cannot hold (NaN, infinity) or a cycle
+    """
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise TypeError(
+            f"metadata: expected a dict with str keys and JSON-compatible values, got {value!r}"
+        )
+    metadata: dict[str, Any] = _json_compatible(value, "metadata", set())
+    return metadata
+
+
+def _json_compatible(value: object, path: str, enclosing: set[int]) -> Any:
+    if value is None or type(value) is str or type(value) is int or type(value) is bool:
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(
+                f"{path}: {value!r} is not JSON-compatible (JSON has no NaN or infinity)"
+            )
+        return float(value)
+    if isinstance(value, str):
+        return str.__str__(value)  # a str subclass (an enum): its text, as JSON keeps it
+    if isinstance(value, int):
+        return int.__int__(value)
+    if isinstance(value, (Mapping, list, tuple)):
+        if id(value) in enclosing:
+            raise ValueError(f"{path}: contains itself")
+        enclosing.add(id(value))
+        try:
+            if isinstance(value, Mapping):
+                result: dict[str, Any] = {}
+                for key, item in value.items():
+                    if not isinstance(key, str):
+                        raise TypeError(f"{path}: keys must be strings, got {key!r}")
+                    result[str.__str__(key)] = _json_compatible(
+                        item, f"{path}[{key!r}]", enclosing
+                    )
+                return result
+            return [
+                _json_compatible(item, f"{path}[{index}]", enclosing)
+                for index, item in enumerate(value)
+            ]
+        finally:
+            enclosing.discard(id(value))
+    raise TypeError(f"{path}: {value!r} is not JSON-compatible (expected {_JSON_VALUES})")
+
+
+#: the options of add_schedule that scheduled_job takes, besides the trigger and the id
+_SCHEDULE_OPTIONS = frozenset(
+    {
+        "args",
+        "kwargs",
+        "name",
+        "paused",
+        "coalesce",
+        "misfire_grace_time",
+        "max_jitter",
+        "max_running_jobs",
+        "job_executor",
+        "job_result_expiration_time",
+        "metadata",
+        "conflict_policy",
+    }
+)
+
+
 @attrs.define(kw_only=True)
 class _TaskDeclaration:
     """Options given with the ``@scheduler.task`` decorator.
@@ -99,6 +223,19 @@ class _TaskDeclaration:
     max_running_jobs: int | None = None
     misfire_grace_time: timedelta | None = None
     metadata: Mapping[str, Any] | None = None
+
+
+class _ResolvedTask(NamedTuple):
+    """The task a function or task id stands for, not yet registered in this scheduler.
+
+    Resolving reads the store only: a task is stored (``unstored``) and its function
+    remembered only once the schedule or job that uses it has been validated, so that a
+    refused call leaves nothing behind.
+    """
+
+    task: Task
+    function: Callable[..., Any] | None
+    unstored: bool
 
 
 @attrs.define(kw_only=True)
@@ -563,10 +700,11 @@ class AsyncScheduler:
                 f"(configured: {', '.join(sorted(self.job_executors))})"
             )
 
-    def _check_executor_override(self, task: Task, job_executor: str) -> None:
+    def _check_executor_override(
+        self, task: Task, function: Callable[..., Any] | None, job_executor: str
+    ) -> None:
         """Refuse an executor, named for one schedule or job, that cannot run its task."""
         self._check_executor_name(job_executor, "job_executor")
-        function = self._task_functions.get(task.id)
         if function is not None:
             self.job_executors[job_executor].check_function(function, task.func_ref)
 
@@ -593,9 +731,12 @@ class AsyncScheduler:
         :param job_executor: executor for its jobs (default: by function kind)
         :param max_running_jobs: how many of its jobs may run at once across all workers
         :param misfire_grace_time: default for its schedules: how late a job may start
-        :param metadata: JSON-compatible data for the application
+        :param metadata: JSON-compatible data for the application: a dict with str keys whose
+            values are ``None``, bools, ints, finite floats, strs, lists and such dicts
+            (tuples are kept as lists, as JSON would)
         :return: the stored task
-        :raises TypeError: if no function can be found for the task
+        :raises TypeError: if no function can be found for the task, or on a value of the
+            wrong type (metadata that is not JSON-compatible), naming it
         :raises ValueError: on an invalid option value
         """
         self._ensure_initialized()
@@ -640,7 +781,7 @@ class AsyncScheduler:
             job_executor=job_executor,
             max_running_jobs=positive_int_or_none(max_running_jobs, field="max_running_jobs"),
             misfire_grace_time=as_timedelta(misfire_grace_time, field="misfire_grace_time"),
-            metadata=dict(metadata or {}),
+            metadata=_as_metadata(metadata),
         )
 
     def _task_id_and_function(
@@ -664,15 +805,16 @@ class AsyncScheduler:
             )
         return func_or_task_id, func
 
-    async def _resolve_task(self, func_or_task_id: Callable[..., Any] | str) -> Task:
-        """Return the task for a function, reference or task id, registering it if needed.
+    async def _resolve_task(self, func_or_task_id: Callable[..., Any] | str) -> _ResolvedTask:
+        """Return the task for a function, reference or task id, without registering it.
 
-        A function seen for the first time is registered implicitly, without overwriting a
-        task of the same id that another process already configured.
+        A function seen for the first time gets a new task (``unstored``), unless another
+        process already configured a task of the same id: that one is kept. Call
+        :meth:`_register_task` once what uses the task has been validated.
         """
         task = self._known_task(func_or_task_id)
         if task is not None:
-            return task
+            return _ResolvedTask(task, self._task_functions.get(task.id), unstored=False)
 
         task_id, function = self._task_id_and_function(func_or_task_id, None)
         try:
@@ -693,11 +835,17 @@ class AsyncScheduler:
                 misfire_grace_time=declaration.misfire_grace_time,
                 metadata=declaration.metadata,
             )
-            await self.data_store.add_task(task)
+            return _ResolvedTask(task, function, unstored=True)
+        return _ResolvedTask(task, function, unstored=False)
 
-        self._tasks[task_id] = task
-        if function is not None:
-            self._task_functions[task_id] = function
+    async def _register_task(self, resolved: _ResolvedTask) -> Task:
+        """Store a resolved task if it is new, and remember it and its function."""
+        task = resolved.task
+        if resolved.unstored:
+            await self.data_store.add_task(task)
+        self._tasks[task.id] = task
+        if resolved.function is not None:
+            self._task_functions[task.id] = resolved.function
         return task
 
     def _known_task(self, func_or_task_id: Callable[..., Any] | str) -> Task | None:
@@ -753,7 +901,11 @@ class AsyncScheduler:
             @scheduler.task("reports", max_running_jobs=1)
             async def build_report() -> None: ...
 
+        Takes the options of :meth:`configure_task`.
+
         :raises ValueError: on an invalid option value
+        :raises TypeError: on a value of the wrong type (metadata that is not
+            JSON-compatible), naming it
         """
         if job_executor is not None:
             self._check_executor_name(job_executor, "job_executor")
@@ -762,7 +914,7 @@ class AsyncScheduler:
             job_executor=job_executor,
             max_running_jobs=positive_int_or_none(max_running_jobs, field="max_running_jobs"),
             misfire_grace_time=as_timedelta(misfire_grace_time, field="misfire_grace_time"),
-            metadata=metadata,
+            metadata=_as_metadata(metadata),
         )
 
         def decorator(func: _FuncT) -> _FuncT:
@@ -787,12 +939,30 @@ class AsyncScheduler:
             async def morning_report() -> None: ...
 
         :raises RuntimeError: if the scheduler is already initialized (use add_schedule)
+        :raises TypeError: on an unknown option, or a value of ``args``, ``kwargs``,
+            ``paused`` or ``metadata`` of the wrong type (the other options are checked when
+            the scheduler is initialized)
+        :raises ValueError: on metadata that JSON cannot hold
         """
         if self._exit_stack is not None:
             raise RuntimeError(
                 "scheduled_job declares schedules before the scheduler is initialized; "
                 "call add_schedule() on it instead"
             )
+        unknown = set(options) - _SCHEDULE_OPTIONS
+        if unknown:
+            raise TypeError(
+                f"scheduled_job: unknown option(s) {', '.join(sorted(unknown))} "
+                f"(allowed: id, {', '.join(sorted(_SCHEDULE_OPTIONS))})"
+            )
+        if "args" in options:
+            options["args"] = _as_args(options["args"])
+        if "kwargs" in options:
+            options["kwargs"] = _as_kwargs(options["kwargs"])
+        if "paused" in options:
+            _as_flag(options["paused"], "paused")
+        if "metadata" in options:
+            options["metadata"] = _as_metadata(options["metadata"])
 
         def decorator(func: _FuncT) -> _FuncT:
             self._schedule_declarations.append(
@@ -825,12 +995,13 @@ class AsyncScheduler:
     async def _add_declared_schedules(self) -> None:
         for declaration in self._schedule_declarations:
             options = dict(declaration.options)
-            task = await self._resolve_task(declaration.func)
-            schedule_id = options.pop("id") or task.id
+            resolved = await self._resolve_task(declaration.func)
+            schedule_id = options.pop("id") or resolved.task.id
             options.pop("conflict_policy", None)
-            schedule = await self._build_schedule(
-                task, declaration.trigger, id=schedule_id, **options
+            schedule = self._build_schedule(
+                resolved, declaration.trigger, id=schedule_id, **options
             )
+            await self._register_task(resolved)
             existing = await self.data_store.get_schedules([schedule_id])
             if existing and _same_definition(existing[0], schedule):
                 continue
@@ -849,9 +1020,9 @@ class AsyncScheduler:
             return CronTrigger.from_crontab(trigger, timezone=self.timezone)
         raise TypeError(f"trigger: expected a Trigger or a crontab string, got {trigger!r}")
 
-    async def _build_schedule(
+    def _build_schedule(
         self,
-        task: Task,
+        resolved: _ResolvedTask,
         trigger: Trigger | str,
         *,
         id: str | None = None,
@@ -867,13 +1038,15 @@ class AsyncScheduler:
         job_result_expiration_time: timedelta | float = 0,
         metadata: Mapping[str, Any] | None = None,
     ) -> Schedule:
+        """Validate a schedule's options and build it (no I/O, nothing registered)."""
+        task = resolved.task
         trigger = self._as_trigger(trigger)
         if id is not None and (not isinstance(id, str) or not id):
             raise ValueError(f"id: expected a non-empty string, got {id!r}")
         if not isinstance(coalesce, CoalescePolicy):
             raise TypeError(f"coalesce: expected a CoalescePolicy, got {coalesce!r}")
         if job_executor is not None:
-            self._check_executor_override(task, job_executor)
+            self._check_executor_override(task, resolved.function, job_executor)
         if misfire_grace_time is UNSET:
             grace = task.misfire_grace_time
         else:
@@ -888,17 +1061,17 @@ class AsyncScheduler:
             id=id or str(uuid4()),
             task_id=task.id,
             trigger=trigger,
-            args=tuple(args),
-            kwargs=dict(kwargs or {}),
+            args=_as_args(args),
+            kwargs=_as_kwargs(kwargs),
             name=name,
-            paused=bool(paused),
+            paused=_as_flag(paused, "paused"),
             coalesce=coalesce,
             misfire_grace_time=grace,
             max_jitter=jitter,
             max_running_jobs=positive_int_or_none(max_running_jobs, field="max_running_jobs"),
             job_executor=job_executor,
             job_result_expiration_time=expiration or _ZERO,
-            metadata=dict(metadata or {}),
+            metadata=_as_metadata(metadata),
             next_fire_time=next_fire_time,
             next_run_time=next_run_time,
         )
@@ -933,10 +1106,11 @@ class AsyncScheduler:
             time zone)
         :param id: the schedule id (default: a random UUID; give one to add the same schedule
             idempotently at every start-up)
-        :param args: positional arguments for the function
-        :param kwargs: keyword arguments for the function
+        :param args: positional arguments for the function: a list, tuple or other iterable,
+            but not a str, bytes or mapping (one argument is ``args=["text"]``)
+        :param kwargs: keyword arguments for the function: a mapping with str keys
         :param name: a human-readable name
-        :param paused: add it paused
+        :param paused: add it paused (``True`` or ``False``)
         :param coalesce: which of several due fire times run (latest, earliest, all)
         :param misfire_grace_time: how late after its fire time a job may still start
             (default: the task's; ``None``: no limit)
@@ -944,19 +1118,22 @@ class AsyncScheduler:
         :param max_running_jobs: how many of its jobs may run at once
         :param job_executor: executor for its jobs (default: the task's)
         :param job_result_expiration_time: how long to keep job results (default: not kept)
-        :param metadata: JSON-compatible data for the application
+        :param metadata: JSON-compatible data for the application (see
+            :meth:`configure_task`)
         :param conflict_policy: what to do if a schedule with this id exists
         :return: the schedule id
         :raises ConflictingIdError: with ``ConflictPolicy.exception`` if the id exists
         :raises ValueError: on an invalid option, or a trigger without fire times
-        :raises TypeError: on an argument of the wrong type
+        :raises TypeError: on an argument of the wrong type, naming it
+
+        Nothing is stored (not even the function's task) unless every argument is valid.
         """
         self._ensure_initialized()
         if not isinstance(conflict_policy, ConflictPolicy):
             raise TypeError(f"conflict_policy: expected a ConflictPolicy, got {conflict_policy!r}")
-        task = await self._resolve_task(func_or_task_id)
-        schedule = await self._build_schedule(
-            task,
+        resolved = await self._resolve_task(func_or_task_id)
+        schedule = self._build_schedule(
+            resolved,
             trigger,
             id=id,
             args=args,
@@ -971,6 +1148,7 @@ class AsyncScheduler:
             job_result_expiration_time=job_result_expiration_time,
             metadata=metadata,
         )
+        await self._register_task(resolved)
         await self.data_store.add_schedule(schedule, conflict_policy)
         self.logger.debug("Added schedule %r (trigger %s)", schedule.id, schedule.trigger)
         return schedule.id
@@ -1012,7 +1190,7 @@ class AsyncScheduler:
         :return: the updated schedule
         :raises ScheduleLookupError: if there is no such schedule
         :raises ValueError: on an invalid option, or a trigger without fire times
-        :raises TypeError: on an unknown option
+        :raises TypeError: on an unknown option, or a value of the wrong type
         """
         allowed = {
             "trigger",
@@ -1037,7 +1215,7 @@ class AsyncScheduler:
             )
 
         current = await self.get_schedule(id)
-        task = await self._resolve_task(changes.pop("task", current.task_id))
+        resolved = await self._resolve_task(changes.pop("task", current.task_id))
         options: dict[str, Any] = {
             "args": current.args,
             "kwargs": current.kwargs,
@@ -1053,13 +1231,12 @@ class AsyncScheduler:
         }
         new_trigger = changes.pop("trigger", None)
         options.update(changes)
-        updated = await self._build_schedule(
-            task, new_trigger or current.trigger, id=id, **options
-        )
+        updated = self._build_schedule(resolved, new_trigger or current.trigger, id=id, **options)
         unpausing = current.paused and not updated.paused
         if new_trigger is None and updated.max_jitter == current.max_jitter and not unpausing:
             # Same trigger: the store keeps its place in time as stored *now*; the fire times
             # read above may be stale already (a scheduler firing it meanwhile)
+            await self._register_task(resolved)
             stored = await self.data_store.update_schedule_definition(updated)
             if stored is None:
                 raise ScheduleLookupError(id)
@@ -1077,6 +1254,7 @@ class AsyncScheduler:
         # else: a new trigger whose fire times are all past keeps its first one, as in
         # add_schedule, and the misfire rules decide
         updated = attrs.evolve(updated, last_fire_time=current.last_fire_time)
+        await self._register_task(resolved)
         await self.data_store.add_schedule(updated, ConflictPolicy.replace)
         return updated
 
@@ -1149,23 +1327,30 @@ class AsyncScheduler:
 
         :param func_or_task_id: a function, a ``"package.module:function"`` reference or the
             id of a configured task
-        :param args: positional arguments for the function
-        :param kwargs: keyword arguments for the function
+        :param args: positional arguments for the function: a list, tuple or other iterable,
+            but not a str, bytes or mapping
+        :param kwargs: keyword arguments for the function: a mapping with str keys
         :param job_executor: executor for this job (default: the task's)
         :param result_expiration_time: how long to keep the result for
             :meth:`get_job_result` (default 15 minutes; 0: not kept)
         :return: the job id
         :raises ValueError: on an invalid option
+        :raises TypeError: on an argument of the wrong type, naming it (nothing is stored,
+            not even the function's task)
         """
         self._ensure_initialized()
-        task = await self._resolve_task(func_or_task_id)
-        job = self._build_job(task, args, kwargs, job_executor, result_expiration_time)
+        resolved = await self._resolve_task(func_or_task_id)
+        job = self._build_job(
+            resolved.task, resolved.function, args, kwargs, job_executor, result_expiration_time
+        )
+        await self._register_task(resolved)
         await self.data_store.add_jobs([job])
         return job.id
 
     def _build_job(
         self,
         task: Task,
+        function: Callable[..., Any] | None,
         args: Iterable[Any],
         kwargs: Mapping[str, Any] | None,
         job_executor: str | None,
@@ -1173,15 +1358,15 @@ class AsyncScheduler:
     ) -> Job:
         """Validate :meth:`add_job`'s options and build its job (no I/O, any thread)."""
         if job_executor is not None:
-            self._check_executor_override(task, job_executor)
+            self._check_executor_override(task, function, job_executor)
         if result_expiration_time is not DEFAULT_RESULT_EXPIRATION_TIME:
             result_expiration_time = (
                 as_timedelta(result_expiration_time, field="result_expiration_time") or _ZERO
             )
         return Job(
             task_id=task.id,
-            args=tuple(args),
-            kwargs=dict(kwargs) if kwargs else {},
+            args=_as_args(args),
+            kwargs=_as_kwargs(kwargs),
             job_executor=job_executor,
             result_expiration_time=result_expiration_time,
         )

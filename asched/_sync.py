@@ -496,7 +496,12 @@ class Scheduler:
             task = self.async_scheduler._known_task(func_or_task_id)
             if task is not None:
                 job = self.async_scheduler._build_job(
-                    task, args, kwargs, job_executor, result_expiration_time
+                    task,
+                    self.async_scheduler._task_functions.get(task.id),
+                    args,
+                    kwargs,
+                    job_executor,
+                    result_expiration_time,
                 )
                 handoff.put(job)
                 return job.id

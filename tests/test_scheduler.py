@@ -1354,6 +1354,29 @@ async def test_using_a_function_does_not_overwrite_its_configured_task(
 # Bad input
 #
 
+ARGUMENT_ERRORS = [
+    ({"args": 5}, TypeError, r"args: expected a list or tuple of positional arguments, got 5"),
+    ({"args": "ab"}, TypeError, r"args: expected a list .*got the str 'ab' \(for a single"),
+    ({"args": b"ab"}, TypeError, r"args: expected a list .*got the bytes b'ab'"),
+    ({"args": {"a": 1}}, TypeError, r"args: expected a list .*\(keyword arguments go in kwargs"),
+    ({"kwargs": [1]}, TypeError, r"kwargs: expected a mapping of argument names to values"),
+    ({"kwargs": "a=1"}, TypeError, r"kwargs: expected a mapping .*got 'a=1'"),
+    ({"kwargs": {1: 2}}, TypeError, r"kwargs: argument names must be strings, got 1"),
+]
+METADATA_ERRORS = [
+    ({"a": object()}, TypeError, r"metadata\['a'\]: <object object at .*> is not JSON-compat"),
+    ([1], TypeError, r"metadata: expected a dict with str keys"),
+    ({1: "x"}, TypeError, r"metadata: keys must be strings, got 1"),
+    ({"a": [1, {2}]}, TypeError, r"metadata\['a'\]\[1\]: \{2\} is not JSON-compatible"),
+    ({"a": [float("nan")]}, ValueError, r"metadata\['a'\]\[0\]: nan is not JSON-compatible"),
+]
+SCHEDULE_VALUE_ERRORS = [
+    *ARGUMENT_ERRORS,
+    ({"paused": "no"}, TypeError, r"paused: expected True or False, got 'no'"),
+    ({"paused": 1}, TypeError, r"paused: expected True or False, got 1"),
+    *[({"metadata": metadata}, error, match) for metadata, error, match in METADATA_ERRORS],
+]
+
 
 @pytest.mark.parametrize(
     ("options", "error", "match"),
@@ -1390,6 +1413,7 @@ def test_invalid_scheduler_options_are_refused(
         ({"id": ""}, ValueError, "id: expected a non-empty string"),
         ({"trigger": "not a trigger"}, ValueError, "crontab"),
         ({"trigger": 5}, TypeError, "trigger: expected a Trigger or a crontab string"),
+        *SCHEDULE_VALUE_ERRORS,
     ],
 )
 async def test_invalid_schedule_options_are_refused(
@@ -1399,10 +1423,97 @@ async def test_invalid_schedule_options_are_refused(
     error: type[Exception],
     match: str,
 ) -> None:
-    options.setdefault("trigger", every(clock, 10, first_in=10))
+    options = {"trigger": every(clock, 10, first_in=10), **options}
     with pytest.raises(error, match=match):
         await scheduler.add_schedule(jobs.add, **options)
     assert await scheduler.get_schedules() == []
+    assert await scheduler.get_tasks() == []  # nothing of a refused schedule is kept
+
+
+@pytest.mark.parametrize(("options", "error", "match"), ARGUMENT_ERRORS)
+async def test_invalid_job_arguments_are_refused(
+    scheduler: AsyncScheduler, options: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        await scheduler.add_job(jobs.add, **options)
+    with pytest.raises(error, match=match):
+        await scheduler.run_job(jobs.add, **options)
+    assert await scheduler.get_jobs() == []
+    assert await scheduler.get_tasks() == []
+
+
+@pytest.mark.parametrize(("options", "error", "match"), SCHEDULE_VALUE_ERRORS)
+async def test_invalid_schedule_changes_are_refused(
+    scheduler: AsyncScheduler,
+    clock: FakeClock,
+    options: dict[str, Any],
+    error: type[Exception],
+    match: str,
+) -> None:
+    schedule_id = await scheduler.add_schedule(jobs.add, every(clock, 10, first_in=10), args=[1])
+    before = await scheduler.get_schedule(schedule_id)
+
+    with pytest.raises(error, match=match):
+        await scheduler.update_schedule(schedule_id, **options)
+    with pytest.raises(error, match=match):
+        await scheduler.update_schedule(schedule_id, task=jobs.async_echo, **options)
+
+    assert await scheduler.get_schedules() == [before]
+    assert [task.id for task in await scheduler.get_tasks()] == ["tests.jobs:add"]
+
+
+@pytest.mark.parametrize(("metadata", "error", "match"), METADATA_ERRORS)
+async def test_task_metadata_must_be_json_compatible(
+    scheduler: AsyncScheduler, metadata: Any, error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        await scheduler.configure_task(jobs.add, metadata=metadata)
+    with pytest.raises(error, match=match):
+        scheduler.task("reports", metadata=metadata)
+    assert await scheduler.get_tasks() == []
+
+
+@pytest.mark.parametrize(("options", "error", "match"), SCHEDULE_VALUE_ERRORS)
+def test_scheduled_job_refuses_invalid_values_when_declared(
+    options: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        AsyncScheduler().scheduled_job("* * * * *", **options)
+
+
+def test_scheduled_job_refuses_unknown_options_when_declared() -> None:
+    with pytest.raises(TypeError, match=r"scheduled_job: unknown option\(s\) colour"):
+        AsyncScheduler().scheduled_job("* * * * *", colour="red")
+
+
+async def test_metadata_is_kept_as_json_would_keep_it(
+    scheduler: AsyncScheduler, clock: FakeClock
+) -> None:
+    metadata = {"tags": ("a", "b"), "nested": {"n": 1, "x": None, "ok": True, "f": 0.5}}
+
+    schedule_id = await scheduler.add_schedule(
+        jobs.add, every(clock, 10, first_in=10), args=[1], metadata=metadata
+    )
+    task = await scheduler.configure_task(jobs.async_echo, metadata=metadata)
+
+    expected = {"tags": ["a", "b"], "nested": {"n": 1, "x": None, "ok": True, "f": 0.5}}
+    assert (await scheduler.get_schedule(schedule_id)).metadata == expected
+    assert task.metadata == expected
+
+
+async def test_a_refused_schedule_or_job_registers_no_task(
+    scheduler: AsyncScheduler, clock: FakeClock
+) -> None:
+    with pytest.raises(TypeError, match="processpool executor cannot run"):
+        await scheduler.add_schedule(
+            lambda: 1, every(clock, 10, first_in=10), job_executor="processpool"
+        )
+    # the same default task id: not "another function is already registered"
+    with pytest.raises(TypeError, match="processpool executor cannot run"):
+        await scheduler.add_job(lambda: 2, job_executor="processpool")
+
+    assert await scheduler.get_tasks() == []
+    assert await scheduler.add_job(lambda: 3)  # the task id is still free
 
 
 async def test_logs_name_the_job_that_failed(

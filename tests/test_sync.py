@@ -91,6 +91,33 @@ def test_schedules_and_tasks_are_managed_through_the_blocking_twin() -> None:
         assert scheduler.state is RunState.stopped
 
 
+def test_the_blocking_twin_refuses_bad_arguments_at_the_call_and_keeps_nothing() -> None:
+    far = datetime.now(timezone.utc) + timedelta(days=1)
+    with Scheduler() as scheduler:
+        scheduler.configure_task(jobs.add)  # a known task: add_job checks in this thread
+        with pytest.raises(TypeError, match=r"args: expected a list or tuple .* got 5"):
+            scheduler.add_job(jobs.add, args=5)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match=r"kwargs: expected a mapping .* got \[1\]"):
+            scheduler.add_job(jobs.add, kwargs=[1])  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match=r"args: .*got the str 'ab'"):
+            scheduler.add_job(jobs.async_echo, args="ab")  # not known yet: on the loop
+        with pytest.raises(TypeError, match=r"paused: expected True or False, got 'no'"):
+            scheduler.add_schedule(
+                jobs.add,
+                DateTrigger(far),
+                args=[1],
+                paused="no",  # type: ignore[arg-type]
+            )
+        with pytest.raises(TypeError, match=r"metadata\['a'\]: .* is not JSON-compatible"):
+            scheduler.add_schedule(jobs.add, DateTrigger(far), args=[1], metadata={"a": {1}})
+        with pytest.raises(TypeError, match=r"metadata: expected a dict"):
+            scheduler.configure_task(jobs.async_echo, metadata=["ops"])  # type: ignore[arg-type]
+
+        assert scheduler.get_jobs() == []
+        assert scheduler.get_schedules() == []
+        assert [task.id for task in scheduler.get_tasks()] == ["tests.jobs:add"]
+
+
 def test_run_job_blocks_until_the_result_is_there() -> None:
     with Scheduler() as scheduler:
         scheduler.start_in_background()
