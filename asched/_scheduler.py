@@ -65,6 +65,7 @@ from .executors.base import JobExecutor
 from .executors.process import ProcessPoolJobExecutor
 from .executors.thread import ThreadPoolJobExecutor
 from .triggers.base import Trigger
+from .triggers.combining import AndTrigger, OrTrigger
 
 _FuncT = TypeVar("_FuncT", bound=Callable[..., Any])
 
@@ -933,7 +934,11 @@ class AsyncScheduler:
         Takes the same options as :meth:`add_schedule`. The schedule id defaults to the task
         id. When the store already has the schedule with the same definition it is kept as it
         is (so fire times missed while the application was down still count); when the
-        definition changed, it is replaced::
+        definition changed, it is replaced. A start time the trigger chose itself (an
+        ``IntervalTrigger``, ``CronTrigger`` or ``CalendarIntervalTrigger`` made without
+        ``start_time``/``start_date`` starts when it is made, so later at every start-up) is
+        not part of the definition; any other difference is, an explicit start time
+        included::
 
             @scheduler.scheduled_job(CronTrigger(hour=9, day_of_week="mon-fri"))
             async def morning_report() -> None: ...
@@ -1504,5 +1509,49 @@ def _same_definition(stored: Schedule, declared: Schedule) -> bool:
         "acquired_by",
         "acquired_until",
     }
-    fields = [field.name for field in attrs.fields(Schedule) if field.name not in progress]
-    return all(getattr(stored, name) == getattr(declared, name) for name in fields)
+    fields = [
+        field.name
+        for field in attrs.fields(Schedule)
+        if field.name not in progress and field.name != "trigger"
+    ]
+    return _same_trigger(stored.trigger, declared.trigger) and all(
+        getattr(stored, name) == getattr(declared, name) for name in fields
+    )
+
+
+#: the keys under which triggers describe their start (see _same_trigger)
+_START_KEYS = ("start_time", "start_date")
+
+
+def _same_trigger(stored: Trigger, declared: Trigger) -> bool:
+    """Whether a declared trigger is the stored one, to the code that declared it.
+
+    A trigger made without a start time (IntervalTrigger, CronTrigger,
+    CalendarIntervalTrigger) starts when it is made, so the same line of code gives a later
+    start at every start-up: such a start is not part of the definition. Any other difference
+    is, an explicit start time included.
+    """
+    if type(stored) is not type(declared):
+        return False
+    if isinstance(stored, (AndTrigger, OrTrigger)) and isinstance(
+        declared, (AndTrigger, OrTrigger)
+    ):
+        return (
+            len(stored.triggers) == len(declared.triggers)
+            and all(
+                _same_trigger(stored_child, declared_child)
+                for stored_child, declared_child in zip(
+                    stored.triggers, declared.triggers, strict=True
+                )
+            )
+            and _description(stored, "triggers") == _description(declared, "triggers")
+        )
+    # set by the triggers' constructors when they filled in the start themselves
+    if getattr(declared, "_start_defaulted", False):
+        return _description(stored, *_START_KEYS) == _description(declared, *_START_KEYS)
+    return stored == declared
+
+
+def _description(trigger: Trigger, *left_out: str) -> dict[str, Any]:
+    """Return ``trigger.to_dict()`` without the given keys."""
+    return {key: value for key, value in trigger.to_dict().items() if key not in left_out}

@@ -10,7 +10,7 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,14 @@ from asched.events import (
     SchedulerStarted,
     SchedulerStopped,
 )
-from asched.triggers import DateTrigger, IntervalTrigger, Trigger
+from asched.triggers import (
+    CalendarIntervalTrigger,
+    CronTrigger,
+    DateTrigger,
+    IntervalTrigger,
+    OrTrigger,
+    Trigger,
+)
 from tests import jobs, process_jobs
 from tests.clock import FakeClock
 from tests.conftest import EventRecorder
@@ -1327,6 +1334,110 @@ async def test_scheduled_job_decorator_adds_the_schedule_and_keeps_it_across_res
     async with AsyncScheduler(clock=clock) as running:
         with pytest.raises(RuntimeError, match="before the scheduler is initialized"):
             running.scheduled_job(trigger)
+
+
+@pytest.fixture
+def triggers_use_the_fake_clock(clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Triggers made without a start time start at the fake clock's now."""
+    for module in ("interval", "cron.trigger", "calendarinterval"):
+        monkeypatch.setattr(f"asched.triggers.{module}.utc_now", clock.now)
+
+
+TRIGGERS_WITHOUT_START = [
+    pytest.param(lambda: IntervalTrigger(minutes=1), id="interval"),
+    pytest.param(lambda: CronTrigger(minute="*/5", timezone="UTC"), id="cron"),
+    pytest.param(lambda: CalendarIntervalTrigger(days=1, hour=9, timezone="UTC"), id="calendar"),
+    pytest.param(
+        lambda: OrTrigger([IntervalTrigger(hours=1), CronTrigger(hour=9, timezone="UTC")]),
+        id="or",
+    ),
+]
+
+
+@pytest.mark.usefixtures("triggers_use_the_fake_clock")
+@pytest.mark.parametrize("make_trigger", TRIGGERS_WITHOUT_START)
+@pytest.mark.parametrize("store", ["memory", "sqlite"])
+async def test_scheduled_job_keeps_its_schedule_when_a_new_identical_trigger_starts_later(
+    clock: FakeClock, tmp_path: Path, store: str, make_trigger: Callable[[], Trigger]
+) -> None:
+    data_store: Any = MemoryDataStore() if store == "memory" else f"sqlite:///{tmp_path}/db"
+
+    async def start(trigger: Trigger) -> list[Schedule]:
+        scheduler = AsyncScheduler(data_store, clock=clock)
+
+        @scheduler.scheduled_job(trigger, id="report", args=[1])
+        def report(value: int) -> None: ...
+
+        async with scheduler:
+            return await scheduler.get_schedules()
+
+    [schedule] = await start(make_trigger())
+    clock.advance(3 * 86400)  # down for three days: a trigger made now starts later
+
+    second_trigger = make_trigger()
+    assert second_trigger.to_dict() != schedule.trigger.to_dict()
+    assert await start(second_trigger) == [schedule]  # its progress kept
+
+
+EARLY = datetime(2026, 6, 1, 12, tzinfo=timezone.utc)
+
+
+@pytest.mark.usefixtures("triggers_use_the_fake_clock")
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        pytest.param(
+            (lambda: IntervalTrigger(minutes=1), {}),
+            (lambda: IntervalTrigger(minutes=2), {}),
+            id="interval-length",
+        ),
+        pytest.param(
+            (lambda: CronTrigger(minute="*/5", timezone="UTC"), {}),
+            (lambda: CronTrigger(minute="*/10", timezone="UTC"), {}),
+            id="cron-fields",
+        ),
+        pytest.param(
+            (lambda: IntervalTrigger(minutes=1, start_time=EARLY), {}),
+            (lambda: IntervalTrigger(minutes=1, start_time=EARLY + timedelta(hours=1)), {}),
+            id="explicit-start-time",
+        ),
+        pytest.param(
+            (lambda: IntervalTrigger(minutes=1), {"args": [1]}),
+            (lambda: IntervalTrigger(minutes=1), {"args": [2]}),
+            id="args",
+        ),
+        pytest.param(
+            (lambda: IntervalTrigger(minutes=1), {}),
+            (lambda: IntervalTrigger(minutes=1), {"max_jitter": 5}),
+            id="options",
+        ),
+    ],
+)
+async def test_scheduled_job_replaces_its_schedule_when_its_definition_changed(
+    clock: FakeClock,
+    first: tuple[Callable[[], Trigger], dict[str, Any]],
+    second: tuple[Callable[[], Trigger], dict[str, Any]],
+) -> None:
+    store = MemoryDataStore()
+
+    async def start(trigger: Trigger, options: dict[str, Any]) -> Schedule:
+        scheduler = AsyncScheduler(store, clock=clock)
+
+        @scheduler.scheduled_job(trigger, id="report", **options)
+        def report(value: int = 0) -> None: ...
+
+        async with scheduler:
+            [schedule] = await scheduler.get_schedules()
+            return schedule
+
+    before = await start(first[0](), first[1])
+    clock.advance(3 * 86400)
+    new_trigger = second[0]()
+    after = await start(new_trigger, second[1])
+
+    assert after != before
+    assert after.trigger is new_trigger
+    assert after.next_fire_time == new_trigger.next_fire_time()
 
 
 async def test_two_functions_with_the_same_name_need_their_own_task_ids(

@@ -101,6 +101,11 @@ class CalendarIntervalTrigger(Trigger):
     _last_fire: tuple[datetime, int, bool] | None = attrs.field(
         eq=False, repr=False, alias="_last_fire", default=None
     )
+    # whether start_date was left out, so defaulted to the creation time: an identical
+    # trigger made later differs only in it (see AsyncScheduler.scheduled_job)
+    _start_defaulted: bool = attrs.field(
+        eq=False, repr=False, alias="_start_defaulted", default=False
+    )
 
     def __init__(
         self,
@@ -166,6 +171,7 @@ class CalendarIntervalTrigger(Trigger):
             time(hour, minute, second, fold=1),
             years * 12 + months,
             weeks * 7 + days,
+            _start_defaulted=start_date is None,
         )
 
     def _date_at(self, step: int) -> date | None:

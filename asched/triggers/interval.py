@@ -62,6 +62,11 @@ class IntervalTrigger(Trigger):
     _last_fire: tuple[datetime, datetime] | None = attrs.field(
         eq=False, repr=False, alias="_last_fire", default=None
     )
+    # whether start_time was left out, so defaulted to the creation time: an identical
+    # trigger made later differs only in it (see AsyncScheduler.scheduled_job)
+    _start_defaulted: bool = attrs.field(
+        eq=False, repr=False, alias="_start_defaulted", default=False
+    )
 
     def __init__(
         self,
@@ -140,6 +145,7 @@ class IntervalTrigger(Trigger):
             interval,
             start.astimezone(_UTC),
             end.astimezone(_UTC) if end is not None else None,
+            _start_defaulted=start_time is None,
         )
 
     def next_fire_time(self, after: datetime | None = None) -> datetime | None:

@@ -88,6 +88,11 @@ class CronTrigger(Trigger):
     _last_fire: _FireState | None = attrs.field(
         eq=False, repr=False, alias="_last_fire", default=None
     )
+    # whether start_time was left out, so defaulted to the creation time: an identical
+    # trigger made later differs only in it (see AsyncScheduler.scheduled_job)
+    _start_defaulted: bool = attrs.field(
+        eq=False, repr=False, alias="_start_defaulted", default=False
+    )
 
     def __init__(
         self,
@@ -140,6 +145,7 @@ class CronTrigger(Trigger):
             matcher,
             _naive_utc(start),
             _naive_utc(end) if end is not None else None,
+            _start_defaulted=start_time is None,
         )
 
     @classmethod
