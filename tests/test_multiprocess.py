@@ -79,10 +79,21 @@ async def test_killed_process_and_dropped_connections(
     assert result.missing <= result.abandoned_fires, (
         f"{len(result.missing - result.abandoned_fires)} fires neither ran nor were abandoned"
     )
-    # Jobs the killed process was running were released as abandoned. (A live process can
-    # lose a lease too while its connections are being killed: its job is then released as
+    # The killed process was running jobs (the harness kills it only while it is): each was
+    # released as abandoned, exactly once, and never run again. (A live process can lose a
+    # lease too while its connections are being killed: its job is then released as
     # abandoned and still never runs twice.)
-    if result.running_at_kill:
-        assert "node1" in result.abandoned_job_nodes, "the killed process's jobs were not released"
+    assert result.running_at_kill, "node1 was killed while running no job"
+    not_abandoned = {
+        job_id: result.outcomes.get(job_id)
+        for job_id in result.running_at_kill
+        if result.outcomes.get(job_id) != JobOutcome.abandoned.value
+    }
+    assert not not_abandoned, (
+        f"{len(not_abandoned)} of the {len(result.running_at_kill)} jobs running in the killed "
+        f"process were not released as abandoned: {sorted(not_abandoned.items())[:10]}"
+    )
+    assert {result.releases[job_id] for job_id in result.running_at_kill} == {1}
+    assert "node1" in result.abandoned_job_nodes, "the killed process's jobs were not released"
     survivors = {f"node{index}" for index in range(setup.nodes)} - {"node1"}
     assert survivors <= set(result.runs_by_node)

@@ -4,7 +4,8 @@ The accounting is exact: every schedule fires every second between ``first_fire`
 ``last_fire`` with ``CoalescePolicy.all`` and no misfire grace time, so each (schedule, fire
 time) must end up with exactly one run, whatever the faults. A job whose process was
 SIGKILLed while it ran shows up as a run *and* as an ``abandoned`` release; it must never be
-run a second time.
+run a second time. The victim is killed only while it is running jobs (frozen with SIGSTOP
+first, so that what its runs file shows is what it is doing), so that there always are some.
 """
 
 from __future__ import annotations
@@ -54,8 +55,8 @@ class ClusterResult:
     killed_node: str | None
     #: how many distinct releases (JobReleased events) each job had; 1 unless released twice
     releases: Counter[str] = field(default_factory=Counter)
-    #: how many jobs the killed node had started and not finished when it was killed
-    running_at_kill: int = 0
+    #: ids of the jobs the killed node had started and not finished when it was killed
+    running_at_kill: set[str] = field(default_factory=set)
     stderr: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -93,8 +94,9 @@ async def run_cluster(
 ) -> ClusterResult:
     """Add ``schedules`` schedules firing every second for ``seconds`` s; run ``nodes``
     scheduler processes until they are all done; optionally SIGKILL one of them
-    ``kill_node_after`` seconds into the firing and call ``fault()`` every
-    ``fault_interval`` seconds meanwhile."""
+    (``node1``) at the first moment from ``kill_node_after`` seconds into the firing at
+    which it is running a job, and call ``fault()`` every ``fault_interval`` seconds
+    meanwhile."""
     start = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=5)
     last_fire = start + timedelta(seconds=seconds - 1)
     async with AsyncScheduler(store_url, broker_url) as setup:
@@ -129,7 +131,7 @@ async def run_cluster(
             )
 
     killed: str | None = None
-    killed_at: datetime | None = None
+    running_at_kill: set[str] = set()
     try:
         async with anyio.create_task_group() as task_group:
             if fault is not None:
@@ -147,8 +149,17 @@ async def run_cluster(
                     (start - datetime.now(timezone.utc)).total_seconds() + kill_node_after
                 )
                 killed = "node1"
-                processes[killed].send_signal(signal.SIGKILL)
-                killed_at = datetime.now(timezone.utc)
+                runs = output / f"runs-{killed}.jsonl"
+                # bounded: the victim runs its share of every second's jobs until last_fire
+                wait = (last_fire - datetime.now(timezone.utc)).total_seconds()
+                try:
+                    with anyio.fail_after(max(wait, 1.0)):
+                        running_at_kill = await _kill_while_running(processes[killed], runs)
+                except TimeoutError:
+                    raise AssertionError(
+                        f"{killed} was running no job at any moment in the {wait:.1f} s "
+                        "before the last fire: nothing to kill it in the middle of"
+                    ) from None
 
             with anyio.fail_after(60 + seconds):
                 for process in processes.values():
@@ -166,27 +177,59 @@ async def run_cluster(
             raise AssertionError(f"{name} exited with {process.returncode}:\n{stderr[name]}")
 
     result = _collect(output, schedules, start, seconds, killed, stderr)
-    if killed is not None and killed_at is not None:
-        result.running_at_kill = _running_at(
-            output / f"runs-{killed}.jsonl", killed_at, hold_seconds
-        )
+    result.running_at_kill = running_at_kill
     return result
 
 
-def _running_at(runs: Path, instant: datetime, hold_seconds: float) -> int:
-    """Count the runs in ``runs`` that had started and not finished at ``instant``."""
-    count = 0
+def _running_jobs(runs: Path) -> set[str]:
+    """The jobs a runs file shows started and not finished."""
+    started: set[str] = set()
+    finished: set[str] = set()
     for line in runs.read_text().splitlines() if runs.exists() else []:
-        if line.endswith("}"):
-            started = datetime.fromisoformat(json.loads(line)["started"])
-            # a margin for the clock read around the kill
-            if (
-                instant - timedelta(seconds=hold_seconds) + timedelta(milliseconds=50)
-                < started
-                < instant - timedelta(milliseconds=50)
-            ):
-                count += 1
-    return count
+        if line.endswith("}"):  # a line being written may be cut short
+            run = json.loads(line)
+            (finished if "finished" in run else started).add(run["job_id"])
+    return started - finished
+
+
+def _is_stopped(pid: int) -> bool:
+    """Whether every thread of process ``pid`` has stopped (Linux: /proc/<pid>/task)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except FileNotFoundError:
+            continue  # a thread that has just exited
+        # the state follows the parenthesized thread name, which may hold spaces
+        if stat.rpartition(")")[2].split()[0] not in ("T", "t"):
+            return False
+    return True
+
+
+async def _wait_until_stopped(pid: int) -> None:
+    """Wait until SIGSTOP has taken effect on every thread of process ``pid``."""
+    while not _is_stopped(pid):  # noqa: ASYNC110
+        await anyio.sleep(0.001)  # another process's state: no event to wait on
+
+
+async def _kill_while_running(process: Process, runs: Path) -> set[str]:
+    """SIGKILL ``process`` at a moment it is running jobs; return those jobs' ids.
+
+    The process is frozen (SIGSTOP) before its runs file is read for the decision, so the
+    jobs it shows running are still running at the kill: none can finish in between.
+    """
+    while True:
+        if _running_jobs(runs):
+            process.send_signal(signal.SIGSTOP)
+            await _wait_until_stopped(process.pid)
+            running = _running_jobs(runs)
+            if running:
+                process.send_signal(signal.SIGKILL)
+                await process.wait()
+                # a stopped process writes nothing more: what it showed is what it was doing
+                assert _running_jobs(runs) == running
+                return running
+            process.send_signal(signal.SIGCONT)
+        await anyio.sleep(0.005)  # another process's file: no event crosses to this one
 
 
 def _collect(
@@ -210,6 +253,8 @@ def _collect(
             if not line.endswith("}"):
                 continue  # the last line of a killed process may be cut short
             run = json.loads(line)
+            if "finished" in run:
+                continue  # the end of a run counted at its start
             fire_time = datetime.fromisoformat(run["fire_time"]).astimezone(timezone.utc)
             runs[(run["schedule_id"], fire_time.isoformat())] += 1
             runs_by_node[run["node"]] += 1

@@ -2,8 +2,9 @@
 
 It runs an AsyncScheduler on the given store and broker until a deadline, and writes what it
 saw to two line-buffered files in ``--output`` (lines reach the kernel at once, so they
-survive a SIGKILL): ``runs-<identity>.jsonl`` gets a line for every job this process ran,
-``events-<identity>.jsonl`` every JobReleased event this process saw.
+survive a SIGKILL): ``runs-<identity>.jsonl`` gets a line for every job this process started
+and another (``{"job_id": ..., "finished": ...}``) when it finished, ``events-<identity>.jsonl``
+every JobReleased event this process saw.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ _identity = ""
 
 
 async def record_fire(hold_seconds: float) -> None:
-    """The job every schedule runs: note the fire time, then stay busy for a moment."""
+    """The job every schedule runs: note the fire time, stay busy for a moment, note the end."""
     job = current_job.get()
     assert job is not None
     assert _runs is not None
@@ -46,6 +47,8 @@ async def record_fire(hold_seconds: float) -> None:
         + "\n"
     )
     await anyio.sleep(hold_seconds)
+    finished = datetime.now(timezone.utc).isoformat()
+    _runs.write(json.dumps({"job_id": str(job.id), "finished": finished}) + "\n")
 
 
 async def run(args: argparse.Namespace, events: IO[str]) -> None:
