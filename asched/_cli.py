@@ -153,11 +153,18 @@ async def _read_store(url: str, store: DataStore) -> tuple[list[Schedule], list[
         return await scheduler.get_schedules(), await scheduler.get_jobs()
 
 
-async def _demo(seconds: float) -> None:
+async def _demo(seconds: float, runs: int | None = None) -> None:
+    """Run a cron, an interval and a one-off job on the memory store for ``seconds``.
+
+    With ``runs``, stop as soon as the cron and the interval job have each run that many
+    times (``seconds`` is then the most it may take).
+    """
     from . import AsyncScheduler
     from .events import JobReleased
 
     started = datetime.now().astimezone()
+    counts = {"cron */2 s": 0, "interval 3 s": 0}
+    enough = anyio.Event()
 
     def report(name: str) -> str:
         elapsed = (datetime.now().astimezone() - started).total_seconds()
@@ -165,13 +172,23 @@ async def _demo(seconds: float) -> None:
         print(line, flush=True)
         return line
 
-    async with AsyncScheduler() as scheduler:
-        scheduler.subscribe(
-            lambda event: print(f"         job released: {event.outcome.value}", flush=True),
-            JobReleased,
+    def count(event: JobReleased) -> None:
+        print(f"         job released: {event.outcome.value}", flush=True)
+        name = {"every-2s-cron": "cron */2 s", "every-3s-interval": "interval 3 s"}.get(
+            event.schedule_id or ""
         )
+        if name is not None:
+            counts[name] += 1
+            if runs is not None and min(counts.values()) >= runs:
+                enough.set()
+
+    async with AsyncScheduler() as scheduler:
+        scheduler.subscribe(count, JobReleased)
         await scheduler.add_schedule(
-            report, CronTrigger(second="*/2"), id="every-2s-cron", args=["cron */2 s"]
+            report,
+            CronTrigger(second="*/2", start_time=started),
+            id="every-2s-cron",
+            args=["cron */2 s"],
         )
         await scheduler.add_schedule(
             report,
@@ -183,9 +200,14 @@ async def _demo(seconds: float) -> None:
         await scheduler.start_in_background()
         result = await scheduler.get_job_result(job_id)
         print(f"         one-off job returned {result.return_value!r}", flush=True)
-        await anyio.sleep(seconds)
+        with anyio.move_on_after(seconds) as timer:
+            await (enough.wait() if runs is not None else anyio.sleep_forever())
         await scheduler.stop()
-    print(f"demo finished after {seconds:g} s")
+    elapsed = (datetime.now().astimezone() - started).total_seconds()
+    if timer.cancelled_caught:
+        print(f"demo finished after {seconds:g} s")
+    else:
+        print(f"demo finished after {elapsed:.1f} s: each schedule ran {runs} time(s)")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -221,6 +243,12 @@ def _build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="run a short demo on the memory store")
     demo.add_argument("--seconds", type=float, default=7, help="how long to run (default 7)")
+    demo.add_argument(
+        "--runs",
+        type=int,
+        help="stop once the cron and the interval job ran this many times each (--seconds "
+        "is then the most it may take)",
+    )
     return parser
 
 
@@ -231,5 +259,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _preview(args)
     if args.command == "list":
         return _list(args)
-    anyio.run(_demo, args.seconds)
+    if args.runs is not None and args.runs < 1:
+        print(f"error: --runs must be 1 or more, got {args.runs}", file=sys.stderr)
+        return 2
+    anyio.run(_demo, args.seconds, args.runs)
     return 0

@@ -1501,13 +1501,18 @@ def _resumed_fire_and_run_times(
 
 
 def _same_definition(stored: Schedule, declared: Schedule) -> bool:
-    """Whether a declared schedule matches the stored one, apart from its progress."""
+    """Whether a declared schedule matches the stored one, apart from its state.
+
+    Its state is its progress and whether it is paused: ``paused=`` in a declaration is how
+    the schedule starts out, and pausing or unpausing it at run time outlasts a restart.
+    """
     progress = {
         "next_fire_time",
         "next_run_time",
         "last_fire_time",
         "acquired_by",
         "acquired_until",
+        "paused",
     }
     fields = [
         field.name

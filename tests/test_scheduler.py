@@ -1440,6 +1440,33 @@ async def test_scheduled_job_replaces_its_schedule_when_its_definition_changed(
     assert after.next_fire_time == new_trigger.next_fire_time()
 
 
+@pytest.mark.parametrize("declared_paused", [False, True])
+async def test_scheduled_job_keeps_a_pause_or_unpause_made_at_run_time_across_restarts(
+    clock: FakeClock, declared_paused: bool
+) -> None:
+    store = MemoryDataStore()
+    trigger = every(clock, 60, first_in=60)
+
+    async def start() -> AsyncScheduler:
+        scheduler = AsyncScheduler(store, clock=clock)
+
+        @scheduler.scheduled_job(trigger, id="report", paused=declared_paused)
+        def report() -> None: ...
+
+        return scheduler
+
+    async with await start() as first:
+        if declared_paused:
+            await first.unpause_schedule("report")
+        else:
+            await first.pause_schedule("report")
+        [toggled] = await first.get_schedules()
+        assert toggled.paused is not declared_paused
+
+    async with await start() as second:
+        assert await second.get_schedules() == [toggled]
+
+
 async def test_two_functions_with_the_same_name_need_their_own_task_ids(
     scheduler: AsyncScheduler,
 ) -> None:
