@@ -579,6 +579,8 @@ class PostgreSQLDataStore(BaseExternalDataStore):
         self._pool_size = pool_size
         self._clock = Clock()
         self._last_lease_end = datetime.min.replace(tzinfo=timezone.utc)
+        # lease ends of failed acquisitions, by (kind, scheduler): see _LeaseAttempts
+        self._unanswered: dict[tuple[str, str], list[datetime]] = {}
         self._event_broker: EventBroker | None = None
         self._job_writer = WriteBatcher(self._write_jobs)
         # True when single statements may go in autocommit: the connections' default
@@ -1060,7 +1062,7 @@ class PostgreSQLDataStore(BaseExternalDataStore):
         self, scheduler_id: str, lease_duration: timedelta, limit: int
     ) -> list[Schedule]:
         """Lease due schedules; see :meth:`DataStore.acquire_schedules`."""
-        attempts = _LeaseAttempts(self)
+        attempts = _LeaseAttempts(self, "schedules", scheduler_id)
 
         async def acquire() -> list[asyncpg.Record]:
             async with self._connection() as connection:
@@ -1082,7 +1084,12 @@ class PostgreSQLDataStore(BaseExternalDataStore):
                 )
                 return reclaimed + rows
 
-        schedules = await self._schedules_from_rows(await self._with_retries(acquire))
+        try:
+            rows = await self._with_retries(acquire)
+        except BaseException:
+            attempts.not_answered()
+            raise
+        schedules = await self._schedules_from_rows(rows)
         schedules.sort(key=lambda schedule: (schedule.next_run_time, schedule.id))
         return schedules
 
@@ -1212,7 +1219,7 @@ class PostgreSQLDataStore(BaseExternalDataStore):
         self, scheduler_id: str, lease_duration: timedelta, limit: int
     ) -> list[Job]:
         """Lease queued jobs, oldest first, in one statement; see the base class."""
-        attempts = _LeaseAttempts(self)
+        attempts = _LeaseAttempts(self, "jobs", scheduler_id)
 
         async def acquire() -> tuple[datetime, list[asyncpg.Record]]:
             async with self._connection() as connection:
@@ -1234,7 +1241,11 @@ class PostgreSQLDataStore(BaseExternalDataStore):
                 )
                 return now, reclaimed + rows
 
-        now, rows = await self._with_retries(acquire)
+        try:
+            now, rows = await self._with_retries(acquire)
+        except BaseException:
+            attempts.not_answered()
+            raise
         acquired_rows = sorted(
             (row for row in rows if row["fate"] == "acquired"),
             key=lambda row: (row["created_at"], row["id"]),
@@ -1330,14 +1341,17 @@ class _LeaseAttempts:
     what it leased is held by this scheduler until that lease ends, and no one would run it.
     Its lease end is unique to it (the store never hands out the same one twice), so the next
     attempt takes back, under its own lease, everything leased with the earlier attempts'
-    ends before it acquires more.
+    ends before it acquires more. An acquisition that fails altogether (its retries run out,
+    or it is cancelled) leaves its ends to the same scheduler's next acquisition of the kind.
     """
 
-    __slots__ = ("_ends", "_store")
+    __slots__ = ("_ends", "_key", "_store")
 
-    def __init__(self, store: PostgreSQLDataStore) -> None:
+    def __init__(self, store: PostgreSQLDataStore, kind: str, scheduler_id: str) -> None:
         self._store = store
-        self._ends: list[datetime] = []
+        self._key = (kind, scheduler_id)
+        now = store._now()
+        self._ends = [end for end in store._unanswered.pop(self._key, ()) if end > now]
 
     def next_lease_end(self, wanted: datetime) -> tuple[datetime, list[datetime]]:
         """Return this attempt's lease end and those of the attempts before it."""
@@ -1345,6 +1359,10 @@ class _LeaseAttempts:
         earlier = list(self._ends)
         self._ends.append(lease_end)
         return lease_end, earlier
+
+    def not_answered(self) -> None:
+        """Leave this acquisition's lease ends to the next one (it failed)."""
+        self._store._unanswered.setdefault(self._key, []).extend(self._ends)
 
 
 def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:

@@ -458,6 +458,35 @@ async def test_an_acquisition_whose_reply_was_lost_after_commit_is_taken_back_by
     assert all(row.acquired_by == "me" for row in stored)
 
 
+@pytest.mark.parametrize("what", ["jobs", "schedules"])
+async def test_what_a_failed_acquisition_leased_goes_to_the_schedulers_next_one(
+    schema: str, clock: FakeClock, what: str
+) -> None:
+    async with AsyncExitStack() as stack:
+        proxy, proxied_url = await stack.enter_async_context(
+            reply_dropping_proxy(tagged_url(schema))
+        )
+        store = await started_store(
+            stack, proxied_url, clock, retry_settings=RetrySettings(attempts=1)
+        )
+        await store.add_task(Task(id="task", job_executor="async"))
+        await store.add_jobs([Job(task_id="task", created_at=clock.now()) for _ in range(3)])
+        for index in range(3):
+            await store.add_schedule(due_schedule(f"s{index}", clock), ConflictPolicy.exception)
+
+        table = f'"{schema}".{what}'
+        proxy.drop_reply_to(lambda text: "SKIP LOCKED" in text and f"UPDATE {table}" in text)
+        acquire = store.acquire_jobs if what == "jobs" else store.acquire_schedules
+        with pytest.raises(asyncpg.ConnectionDoesNotExistError):
+            await acquire("me", LEASE, 10)  # committed, but no attempt is left to retry
+        assert await acquire("other", LEASE, 10) == []  # leased to "me" meanwhile
+
+        again = await acquire("me", LEASE, 10)
+
+    assert proxy.dropped == 1
+    assert len(again) == 3
+
+
 async def test_an_attempt_waiting_on_a_silent_connection_times_out_and_is_retried(
     schema: str, clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
