@@ -1344,11 +1344,27 @@ class AsyncScheduler:
             not even the function's task)
         """
         self._ensure_initialized()
-        resolved = await self._resolve_task(func_or_task_id)
-        job = self._build_job(
-            resolved.task, resolved.function, args, kwargs, job_executor, result_expiration_time
-        )
-        await self._register_task(resolved)
+        task = self._known_task(func_or_task_id)
+        if task is not None:  # the per-job path: nothing to resolve or register
+            job = self._build_job(
+                task,
+                self._task_functions.get(task.id),
+                args,
+                kwargs,
+                job_executor,
+                result_expiration_time,
+            )
+        else:
+            resolved = await self._resolve_task(func_or_task_id)
+            job = self._build_job(
+                resolved.task,
+                resolved.function,
+                args,
+                kwargs,
+                job_executor,
+                result_expiration_time,
+            )
+            await self._register_task(resolved)
         await self.data_store.add_jobs([job])
         return job.id
 
