@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from uuid import UUID
 
+import anyio
 import asyncpg
 import attrs
 
@@ -668,7 +669,7 @@ class PostgreSQLDataStore(BaseExternalDataStore):
         else:
             async for attempt in self._retrying():
                 with attempt:
-                    async with self._pool.acquire(timeout=self.timeout) as connection:
+                    async with self._connection() as connection:
                         isolation, plan_cache_mode, jit = await connection.fetchrow(
                             "SELECT current_setting('default_transaction_isolation'), "
                             "current_setting('plan_cache_mode'), current_setting('jit')"
@@ -751,24 +752,43 @@ class PostgreSQLDataStore(BaseExternalDataStore):
         On an application's pool that defaults to another isolation level the statement runs
         in a READ COMMITTED transaction instead.
         """
-        if self._pool is None:
-            raise RuntimeError("PostgreSQLDataStore: the store has not been started")
-        async with self._pool.acquire(timeout=self.timeout) as connection:
+        connection = await self._acquire_connection()
+        try:
             if self._autocommit:
                 yield connection
             else:
                 async with connection.transaction(isolation="read_committed"):
                     yield connection
+        finally:
+            await self._pool_or_fail().release(connection)
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        connection = await self._acquire_connection()
+        try:
+            async with connection.transaction(isolation="read_committed"):
+                yield connection
+        finally:
+            await self._pool_or_fail().release(connection)
+
+    def _pool_or_fail(self) -> asyncpg.Pool:
         if self._pool is None:
             raise RuntimeError("PostgreSQLDataStore: the store has not been started")
-        async with (
-            self._pool.acquire(timeout=self.timeout) as connection,
-            connection.transaction(isolation="read_committed"),
-        ):
-            yield connection
+        return self._pool
+
+    async def _acquire_connection(self) -> asyncpg.Connection:
+        """Take a pooled connection, waiting at most ``timeout`` seconds for one.
+
+        asyncpg's own acquire timeout runs the acquisition in a task of its own
+        (``asyncio.wait_for``), and its release then does the same: a few event loop turns
+        per operation. An idle connection is taken at once, so only a wait is bounded, and
+        with a cancel scope.
+        """
+        pool = self._pool_or_fail()
+        if pool.get_idle_size():
+            return await pool.acquire()
+        with anyio.fail_after(self.timeout):
+            return await pool.acquire()
 
     async def _publish(self, events: Iterable[Event]) -> None:
         if self._event_broker is not None:
@@ -948,10 +968,12 @@ class PostgreSQLDataStore(BaseExternalDataStore):
                 SELECT inserted FROM written
                 """
 
-        async for attempt in self._retrying():
-            with attempt:
-                async with self._connection() as connection:
-                    inserted = await connection.fetchval(statement, *values)
+        async def write() -> bool | None:
+            async with self._connection() as connection:
+                written: bool | None = await connection.fetchval(statement, *values)
+                return written
+
+        inserted = await self._with_retries(write)
 
         event: Event
         if inserted is None:  # the id exists and was kept
@@ -1149,13 +1171,15 @@ class PostgreSQLDataStore(BaseExternalDataStore):
 
     async def get_next_schedule_run_time(self) -> datetime | None:
         """Return the earliest time a schedule may be acquired; see the base class."""
-        async for attempt in self._retrying():
-            with attempt:
-                async with self._connection() as connection:
-                    value: datetime | None = await connection.fetchval(
-                        self._sql["next_schedule_run_time"]
-                    )
-        return value
+
+        async def read() -> datetime | None:
+            async with self._connection() as connection:
+                value: datetime | None = await connection.fetchval(
+                    self._sql["next_schedule_run_time"]
+                )
+                return value
+
+        return await self._with_retries(read)
 
     #
     # Jobs
@@ -1287,15 +1311,17 @@ class PostgreSQLDataStore(BaseExternalDataStore):
 
     async def get_job_result(self, job_id: UUID) -> JobResult | None:
         """Return a kept, unexpired result; see :meth:`DataStore.get_job_result`."""
-        async for attempt in self._retrying():
-            with attempt:
-                async with self._connection() as connection:
-                    row = await connection.fetchrow(
-                        f"SELECT {_RESULT_COLUMNS} FROM {self._schema}.job_results "
-                        "WHERE job_id = $1 AND expires_at > $2",
-                        job_id,
-                        self._now(),
-                    )
+
+        async def read() -> asyncpg.Record | None:
+            async with self._connection() as connection:
+                return await connection.fetchrow(
+                    f"SELECT {_RESULT_COLUMNS} FROM {self._schema}.job_results "
+                    "WHERE job_id = $1 AND expires_at > $2",
+                    job_id,
+                    self._now(),
+                )
+
+        row = await self._with_retries(read)
         return None if row is None else JobResult.unmarshal(self.serializer, dict(row))
 
     async def extend_acquired_leases(
