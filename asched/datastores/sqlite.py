@@ -336,12 +336,11 @@ class SQLiteDataStore(BaseExternalDataStore):
 
     async def _run(self, operation: Callable[..., _T], *args: Any) -> _T:
         """Run ``operation(connection, *args)`` in the store's thread as one transaction."""
-        async for attempt in self._retrying():
-            with attempt:
-                return await anyio.to_thread.run_sync(
-                    self._in_transaction, operation, args, limiter=self._limiter
-                )
-        raise AssertionError("unreachable")  # pragma: no cover
+        return await self._with_retries(
+            lambda: anyio.to_thread.run_sync(
+                self._in_transaction, operation, args, limiter=self._limiter
+            )
+        )
 
     def _in_transaction(self, operation: Callable[..., _T], args: tuple[Any, ...]) -> _T:
         # BEGIN IMMEDIATE may wait up to busy_timeout for another process's write lock, and
