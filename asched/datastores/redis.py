@@ -1412,12 +1412,15 @@ class RedisDataStore(BaseExternalDataStore):
 
     async def get_next_schedule_run_time(self) -> datetime | None:
         """Return the earliest time a schedule may be acquired; see the base class."""
-        async for attempt in self._retrying():
-            with attempt:
-                async with self._redis.pipeline(transaction=False) as pipeline:
-                    pipeline.zrange(self._key("due"), 0, 0, withscores=True)
-                    pipeline.zrange(self._key("leased"), 0, 0, withscores=True)
-                    due, leased = await pipeline.execute()
+
+        async def read() -> list[Any]:
+            async with self._redis.pipeline(transaction=False) as pipeline:
+                pipeline.zrange(self._key("due"), 0, 0, withscores=True)
+                pipeline.zrange(self._key("leased"), 0, 0, withscores=True)
+                replies: list[Any] = await pipeline.execute()
+                return replies
+
+        due, leased = await self._with_retries(read)
         scores = [int(entries[0][1]) for entries in (due, leased) if entries]
         return _from_db(min(scores)) if scores else None
 
@@ -1559,9 +1562,8 @@ class RedisDataStore(BaseExternalDataStore):
 
     async def get_job_result(self, job_id: UUID) -> JobResult | None:
         """Return a kept, unexpired result; see :meth:`DataStore.get_job_result`."""
-        async for attempt in self._retrying():
-            with attempt:
-                data = await self._redis.get(self._key("result", str(job_id)))
+        key = self._key("result", str(job_id))
+        data = await self._with_retries(lambda: self._redis.get(key))
         if data is None:
             return None
         record = decode_record(data)
