@@ -1197,21 +1197,7 @@ class AsyncScheduler:
         :raises ValueError: on an invalid option, or a trigger without fire times
         :raises TypeError: on an unknown option, or a value of the wrong type
         """
-        allowed = {
-            "trigger",
-            "args",
-            "kwargs",
-            "name",
-            "paused",
-            "coalesce",
-            "misfire_grace_time",
-            "max_jitter",
-            "max_running_jobs",
-            "job_executor",
-            "job_result_expiration_time",
-            "metadata",
-            "task",
-        }
+        allowed = (_SCHEDULE_OPTIONS - {"conflict_policy"}) | {"trigger", "task"}
         unknown = set(changes) - allowed
         if unknown:
             raise TypeError(

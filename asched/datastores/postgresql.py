@@ -265,18 +265,18 @@ def _statements(schema: str) -> dict[str, str]:
     """Build the store's hot statements, once per store (``schema`` is a quoted identifier)."""
     job_columns = _prefixed("j", _JOB_COLUMNS)
     return {
-        # $1 scheduler, $2 lease end, $3 now, $4 limit
+        # $1 scheduler, $2 now, $3 lease end, $4 limit (as acquire_jobs)
         "acquire_schedules": f"""
             WITH unleased AS (
                 SELECT id, next_run_time FROM {schema}.schedules
-                WHERE NOT paused AND acquired_by IS NULL AND next_run_time <= $3
+                WHERE NOT paused AND acquired_by IS NULL AND next_run_time <= $2
                 ORDER BY next_run_time, id
                 LIMIT $4
                 FOR UPDATE SKIP LOCKED
             ), expired AS (
                 SELECT id, next_run_time FROM {schema}.schedules
-                WHERE NOT paused AND acquired_by IS NOT NULL AND acquired_until <= $3
-                  AND next_run_time <= $3
+                WHERE NOT paused AND acquired_by IS NOT NULL AND acquired_until <= $2
+                  AND next_run_time <= $2
                 ORDER BY acquired_until
                 LIMIT $4
                 FOR UPDATE SKIP LOCKED
@@ -285,7 +285,7 @@ def _statements(schema: str) -> dict[str, str]:
                 ORDER BY next_run_time, id
                 LIMIT $4
             )
-            UPDATE {schema}.schedules s SET acquired_by = $1, acquired_until = $2
+            UPDATE {schema}.schedules s SET acquired_by = $1, acquired_until = $3
             WHERE s.id = ANY(ARRAY(SELECT id FROM chosen))
             RETURNING {_prefixed("s", _SCHEDULE_COLUMNS)}
             """,
@@ -1080,37 +1080,46 @@ class PostgreSQLDataStore(BaseExternalDataStore):
                         )
         return await self._schedules_from_rows(rows)
 
-    async def acquire_schedules(
-        self, scheduler_id: str, lease_duration: timedelta, limit: int
-    ) -> list[Schedule]:
-        """Lease due schedules; see :meth:`DataStore.acquire_schedules`."""
-        attempts = _LeaseAttempts(self, "schedules", scheduler_id)
+    async def _acquire_rows(
+        self, kind: str, scheduler_id: str, lease_duration: timedelta, limit: int
+    ) -> tuple[datetime, list[asyncpg.Record]]:
+        """Run ``acquire_{kind}`` (after ``reclaim_{kind}`` when needed: see _LeaseAttempts).
 
-        async def acquire() -> list[asyncpg.Record]:
+        :return: the successful attempt's "now", and the rows it returned
+        """
+        attempts = _LeaseAttempts(self, kind, scheduler_id)
+
+        async def acquire() -> tuple[datetime, list[asyncpg.Record]]:
             async with self._connection() as connection:
                 now = self._now()  # each attempt's own: a retry must not shorten the lease
                 lease_end, lost = attempts.next_lease_end(now + lease_duration)
                 reclaimed: list[asyncpg.Record] = []
                 if lost:
                     reclaimed = await connection.fetch(
-                        self._sql["reclaim_schedules"], scheduler_id, lease_end, lost
+                        self._sql[f"reclaim_{kind}"], scheduler_id, lease_end, lost
                     )
                 if len(reclaimed) >= limit:
-                    return reclaimed
+                    return now, reclaimed
                 rows: list[asyncpg.Record] = await connection.fetch(
-                    self._sql["acquire_schedules"],
+                    self._sql[f"acquire_{kind}"],
                     scheduler_id,
-                    lease_end,
                     now,
+                    lease_end,
                     limit - len(reclaimed),
                 )
-                return reclaimed + rows
+                return now, reclaimed + rows
 
         try:
-            rows = await self._with_retries(acquire)
+            return await self._with_retries(acquire)
         except BaseException:
             attempts.not_answered()
             raise
+
+    async def acquire_schedules(
+        self, scheduler_id: str, lease_duration: timedelta, limit: int
+    ) -> list[Schedule]:
+        """Lease due schedules; see :meth:`DataStore.acquire_schedules`."""
+        _, rows = await self._acquire_rows("schedules", scheduler_id, lease_duration, limit)
         schedules = await self._schedules_from_rows(rows)
         schedules.sort(key=lambda schedule: (schedule.next_run_time, schedule.id))
         return schedules
@@ -1243,33 +1252,7 @@ class PostgreSQLDataStore(BaseExternalDataStore):
         self, scheduler_id: str, lease_duration: timedelta, limit: int
     ) -> list[Job]:
         """Lease queued jobs, oldest first, in one statement; see the base class."""
-        attempts = _LeaseAttempts(self, "jobs", scheduler_id)
-
-        async def acquire() -> tuple[datetime, list[asyncpg.Record]]:
-            async with self._connection() as connection:
-                now = self._now()  # each attempt's own: a retry must not shorten the lease
-                lease_end, lost = attempts.next_lease_end(now + lease_duration)
-                reclaimed: list[asyncpg.Record] = []
-                if lost:
-                    reclaimed = await connection.fetch(
-                        self._sql["reclaim_jobs"], scheduler_id, lease_end, lost
-                    )
-                if len(reclaimed) >= limit:
-                    return now, reclaimed
-                rows: list[asyncpg.Record] = await connection.fetch(
-                    self._sql["acquire_jobs"],
-                    scheduler_id,
-                    now,
-                    lease_end,
-                    limit - len(reclaimed),
-                )
-                return now, reclaimed + rows
-
-        try:
-            now, rows = await self._with_retries(acquire)
-        except BaseException:
-            attempts.not_answered()
-            raise
+        now, rows = await self._acquire_rows("jobs", scheduler_id, lease_duration, limit)
         acquired_rows = sorted(
             (row for row in rows if row["fate"] == "acquired"),
             key=lambda row: (row["created_at"], row["id"]),
