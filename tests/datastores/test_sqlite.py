@@ -37,6 +37,16 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:  # not the contract su
 REPOSITORY = Path(__file__).resolve().parents[2]
 
 
+def hold_write_lock(path: Path, locked: threading.Event, release: threading.Event) -> None:
+    """Hold the file's write lock, as another process would, from ``locked`` to ``release``."""
+    connection = sqlite3.connect(path, isolation_level=None)
+    connection.execute("BEGIN IMMEDIATE")
+    locked.set()
+    release.wait(10)
+    connection.execute("COMMIT")
+    connection.close()
+
+
 async def started_store(
     stack: AsyncExitStack, path: Path | str, clock: FakeClock
 ) -> SQLiteDataStore:
@@ -123,14 +133,6 @@ async def test_a_write_lock_held_by_another_process_is_waited_out(
         locked = threading.Event()
         release = threading.Event()
 
-        def hold_write_lock() -> None:
-            connection = sqlite3.connect(path, isolation_level=None)
-            connection.execute("BEGIN IMMEDIATE")
-            locked.set()
-            release.wait(10)
-            connection.execute("COMMIT")
-            connection.close()
-
         retried = threading.Event()
 
         class RetryWatcher(logging.Handler):
@@ -140,7 +142,7 @@ async def test_a_write_lock_held_by_another_process_is_waited_out(
 
         watcher = RetryWatcher()
         logging.getLogger("test").addHandler(watcher)
-        holder = threading.Thread(target=hold_write_lock)
+        holder = threading.Thread(target=hold_write_lock, args=(path, locked, release))
         holder.start()
         assert locked.wait(10)
         try:
@@ -197,15 +199,7 @@ async def test_a_lease_runs_from_when_the_write_lock_was_got_not_from_the_call(
         locked = threading.Event()
         release = threading.Event()
 
-        def hold_write_lock() -> None:
-            connection = sqlite3.connect(path, isolation_level=None)
-            connection.execute("BEGIN IMMEDIATE")
-            locked.set()
-            release.wait(10)
-            connection.execute("COMMIT")
-            connection.close()
-
-        holder = threading.Thread(target=hold_write_lock)
+        holder = threading.Thread(target=hold_write_lock, args=(path, locked, release))
         holder.start()
         try:
             assert await anyio.to_thread.run_sync(locked.wait, 10)
