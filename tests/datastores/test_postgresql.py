@@ -28,7 +28,7 @@ from tests.backends.postgresql import drop_schema, tagged_url, terminate_connect
 from tests.clock import FakeClock
 from tests.conftest import EventRecorder
 from tests.datastores import due_schedule
-from tests.lost_replies import reply_dropping_proxy
+from tests.lost_replies import ReplyDroppingProxy, reply_dropping_proxy
 from tests.services import POSTGRESQL_URL, require_postgresql
 
 pytestmark = pytest.mark.anyio
@@ -420,23 +420,28 @@ async def test_a_retried_operation_leases_from_its_own_attempt(
     assert len(retries) == 3
 
 
+async def three_due_behind_a_proxy(
+    stack: AsyncExitStack, schema: str, clock: FakeClock, retry_settings: RetrySettings
+) -> tuple[ReplyDroppingProxy, PostgreSQLDataStore]:
+    """A store connected through a reply-dropping proxy, with three due jobs and schedules."""
+    proxy, proxied_url = await stack.enter_async_context(reply_dropping_proxy(tagged_url(schema)))
+    store = await started_store(stack, proxied_url, clock, retry_settings=retry_settings)
+    await store.add_task(Task(id="task", job_executor="async"))
+    await store.add_jobs([Job(task_id="task", created_at=clock.now()) for _ in range(3)])
+    for index in range(3):
+        await store.add_schedule(due_schedule(f"s{index}", clock), ConflictPolicy.exception)
+    return proxy, store
+
+
 @pytest.mark.parametrize("what", ["jobs", "schedules"])
 async def test_an_acquisition_whose_reply_was_lost_after_commit_is_taken_back_by_its_retry(
     schema: str, clock: FakeClock, caplog: pytest.LogCaptureFixture, what: str
 ) -> None:
     """What a committed attempt leased is returned by the retry, not stranded in a lease."""
     async with AsyncExitStack() as stack:
-        proxy, proxied_url = await stack.enter_async_context(
-            reply_dropping_proxy(tagged_url(schema))
+        proxy, store = await three_due_behind_a_proxy(
+            stack, schema, clock, RetrySettings(attempts=3, wait_min=0.01)
         )
-        store = await started_store(
-            stack, proxied_url, clock, retry_settings=RetrySettings(attempts=3, wait_min=0.01)
-        )
-        await store.add_task(Task(id="task", job_executor="async"))
-        await store.add_jobs([Job(task_id="task", created_at=clock.now()) for _ in range(3)])
-        for index in range(3):
-            await store.add_schedule(due_schedule(f"s{index}", clock), ConflictPolicy.exception)
-
         table = f'"{schema}".{what}'
         proxy.drop_reply_to(lambda text: "SKIP LOCKED" in text and f"UPDATE {table}" in text)
         acquired: set[object]
@@ -463,17 +468,9 @@ async def test_what_a_failed_acquisition_leased_goes_to_the_schedulers_next_one(
     schema: str, clock: FakeClock, what: str
 ) -> None:
     async with AsyncExitStack() as stack:
-        proxy, proxied_url = await stack.enter_async_context(
-            reply_dropping_proxy(tagged_url(schema))
+        proxy, store = await three_due_behind_a_proxy(
+            stack, schema, clock, RetrySettings(attempts=1)
         )
-        store = await started_store(
-            stack, proxied_url, clock, retry_settings=RetrySettings(attempts=1)
-        )
-        await store.add_task(Task(id="task", job_executor="async"))
-        await store.add_jobs([Job(task_id="task", created_at=clock.now()) for _ in range(3)])
-        for index in range(3):
-            await store.add_schedule(due_schedule(f"s{index}", clock), ConflictPolicy.exception)
-
         table = f'"{schema}".{what}'
         proxy.drop_reply_to(lambda text: "SKIP LOCKED" in text and f"UPDATE {table}" in text)
         acquire = store.acquire_jobs if what == "jobs" else store.acquire_schedules
