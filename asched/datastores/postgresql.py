@@ -80,6 +80,19 @@ _SCHEDULE_COLUMNS = (
 _SCHEDULE_PROGRESS = frozenset(
     {"next_fire_time", "next_run_time", "last_fire_time", "acquired_by", "acquired_until"}
 )
+#: a schedule's columns apart from its progress, and their places in _SCHEDULE_COLUMNS
+_DEFINITION_COLUMNS = [
+    column for column in _SCHEDULE_COLUMNS.split(", ") if column not in _SCHEDULE_PROGRESS
+]
+_DEFINITION = [_SCHEDULE_COLUMNS.split(", ").index(column) for column in _DEFINITION_COLUMNS]
+#: the stored schedule has the definition $1.. (the id by its index, the rest null-safe)
+_SAME_DEFINITION = " AND ".join(
+    f"{column} = $1"
+    if column == "id"
+    else f"{column} IS NOT DISTINCT FROM ${number}"
+    + ("::jsonb" if column in ("trigger", "metadata") else "")
+    for number, column in enumerate(_DEFINITION_COLUMNS, start=1)
+)
 _JOB_COLUMNS = (
     "id, task_id, args, kwargs, schedule_id, scheduled_fire_time, jitter, start_deadline, "
     "job_executor, result_expiration_time, created_at, acquired_by, acquired_until"
@@ -288,6 +301,10 @@ def _statements(schema: str) -> dict[str, str]:
             UPDATE {schema}.schedules s SET acquired_by = $1, acquired_until = $3
             WHERE s.id = ANY(ARRAY(SELECT id FROM chosen))
             RETURNING {_prefixed("s", _SCHEDULE_COLUMNS)}
+            """,
+        # the definition columns in _DEFINITION order: whether the stored schedule is that
+        "same_schedule": f"""
+            SELECT true FROM {schema}.schedules WHERE {_SAME_DEFINITION}
             """,
         # $1 scheduler, $2 new lease end, $3 lease ends of attempts whose reply was lost
         "reclaim_schedules": f"""
@@ -968,9 +985,18 @@ class PostgreSQLDataStore(BaseExternalDataStore):
                 SELECT inserted FROM written
                 """
 
+        sent = False  # whether an attempt went out (and may have committed, its reply lost)
+
         async def write() -> bool | None:
+            nonlocal sent
             async with self._connection() as connection:
+                retrying, sent = sent, True
                 written: bool | None = await connection.fetchval(statement, *values)
+                if written is None and retrying:
+                    # the row an earlier attempt wrote is ours: no conflict
+                    written = await connection.fetchval(
+                        self._sql["same_schedule"], *(values[index] for index in _DEFINITION)
+                    )
                 return written
 
         inserted = await self._with_retries(write)
@@ -998,9 +1024,7 @@ class PostgreSQLDataStore(BaseExternalDataStore):
         """Replace a schedule, keeping its progress, in one statement; see the base class."""
         # the id first (as in add_schedule: _slot_counting's $1 is the schedule's id), then
         # every column but those of its progress and lease
-        columns = [
-            column for column in _SCHEDULE_COLUMNS.split(", ") if column not in _SCHEDULE_PROGRESS
-        ]
+        columns = _DEFINITION_COLUMNS
         values = dict(
             zip(_SCHEDULE_COLUMNS.split(", "), self._schedule_values(schedule), strict=True)
         )

@@ -14,9 +14,10 @@ from typing import Any
 
 import anyio
 import asyncpg
+import attrs
 import pytest
 
-from asched import AsyncScheduler, Clock, JobOutcome, JobResult, Schedule
+from asched import AsyncScheduler, Clock, ConflictingIdError, JobOutcome, JobResult, Schedule
 from asched._enums import ConflictPolicy
 from asched._structures import Job, ScheduleUpdate, Task
 from asched.datastores.base import RetrySettings
@@ -461,6 +462,34 @@ async def test_an_acquisition_whose_reply_was_lost_after_commit_is_taken_back_by
     lease_ends = {row.acquired_until for row in stored}
     assert len(lease_ends) == 1
     assert all(row.acquired_by == "me" for row in stored)
+
+
+@pytest.mark.parametrize("max_running_jobs", [None, 2])
+async def test_an_addition_whose_reply_was_lost_after_commit_is_not_a_conflict_on_retry(
+    schema: str, clock: FakeClock, max_running_jobs: int | None
+) -> None:
+    recorder = EventRecorder()
+    async with AsyncExitStack() as stack:
+        proxy, proxied_url = await stack.enter_async_context(
+            reply_dropping_proxy(tagged_url(schema))
+        )
+        store = await started_store(
+            stack, proxied_url, clock, retry_settings=RetrySettings(attempts=3, wait_min=0.01)
+        )
+        assert store._event_broker is not None
+        store._event_broker.subscribe(recorder)
+        await store.add_task(Task(id="task", job_executor="async"))
+        schedule = attrs.evolve(due_schedule("s1", clock), max_running_jobs=max_running_jobs)
+
+        proxy.drop_reply_to(lambda text: f'INSERT INTO "{schema}".schedules' in text)
+        await store.add_schedule(schedule, ConflictPolicy.exception)
+
+        assert proxy.dropped == 1
+        assert await store.get_schedules() == [schedule]
+        assert [event.schedule_id for event in recorder.of_type(ScheduleAdded)] == ["s1"]
+        # another schedule of that id is still a conflict
+        with pytest.raises(ConflictingIdError):
+            await store.add_schedule(attrs.evolve(schedule, args=(1,)), ConflictPolicy.exception)
 
 
 @pytest.mark.parametrize("what", ["jobs", "schedules"])
