@@ -1330,27 +1330,11 @@ class AsyncScheduler:
             not even the function's task)
         """
         self._ensure_initialized()
-        task = self._known_task(func_or_task_id)
-        if task is not None:  # the per-job path: nothing to resolve or register
-            job = self._build_job(
-                task,
-                self._task_functions.get(task.id),
-                args,
-                kwargs,
-                job_executor,
-                result_expiration_time,
-            )
-        else:
-            resolved = await self._resolve_task(func_or_task_id)
-            job = self._build_job(
-                resolved.task,
-                resolved.function,
-                args,
-                kwargs,
-                job_executor,
-                result_expiration_time,
-            )
-            await self._register_task(resolved)
+        resolved = await self._resolve_task(func_or_task_id)
+        job = self._build_job(
+            resolved.task, resolved.function, args, kwargs, job_executor, result_expiration_time
+        )
+        await self._register_task(resolved)
         await self.data_store.add_jobs([job])
         return job.id
 
@@ -1508,7 +1492,7 @@ def _same_definition(stored: Schedule, declared: Schedule) -> bool:
     Its state is its progress and whether it is paused: ``paused=`` in a declaration is how
     the schedule starts out, and pausing or unpausing it at run time outlasts a restart.
     """
-    progress = {
+    state = {
         "next_fire_time",
         "next_run_time",
         "last_fire_time",
@@ -1519,7 +1503,7 @@ def _same_definition(stored: Schedule, declared: Schedule) -> bool:
     fields = [
         field.name
         for field in attrs.fields(Schedule)
-        if field.name not in progress and field.name != "trigger"
+        if field.name not in state and field.name != "trigger"
     ]
     return _same_trigger(stored.trigger, declared.trigger) and all(
         getattr(stored, name) == getattr(declared, name) for name in fields

@@ -10,7 +10,7 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from asched import (
     SchedulerRole,
     current_job,
 )
+from asched._structures import ScheduleUpdate
 from asched.datastores import MemoryDataStore
 from asched.eventbrokers import LocalEventBroker
 from asched.events import (
@@ -671,6 +672,48 @@ async def test_unpausing_from_before_the_last_fire_time_yields_no_fire_time_twic
         start + timedelta(seconds=20),
     ]
     assert {event.outcome for event in released} == {JobOutcome.success}
+
+
+class FiringWhileRead(MemoryDataStore):
+    """A memory store that, once armed, lets another scheduler fire a schedule right after
+    a read: the interleaving that a read-modify-write of the schedule would lose."""
+
+    fire: Callable[[], Awaitable[None]] | None = None
+
+    async def get_schedules(self, ids: Iterable[str] | None = None) -> list[Schedule]:
+        schedules = await super().get_schedules(ids)
+        if self.fire is not None:
+            fire, self.fire = self.fire, None
+            await fire()
+        return schedules
+
+
+async def test_pausing_keeps_the_progress_a_scheduler_made_meanwhile(clock: FakeClock) -> None:
+    store = FiringWhileRead()
+    async with AsyncScheduler(store, clock=clock) as scheduler:
+        schedule_id = await scheduler.add_schedule(
+            jobs.add, every(clock, 10, first_in=-5), args=[1]
+        )
+        [acquired] = await store.acquire_schedules("other", timedelta(minutes=1), 10)
+        assert acquired.next_fire_time is not None
+        moved_on = acquired.next_fire_time + timedelta(seconds=10)
+
+        async def fire() -> None:
+            update = ScheduleUpdate(
+                schedule_id=schedule_id,
+                next_fire_time=moved_on,
+                next_run_time=moved_on,
+                last_fire_time=acquired.next_fire_time,
+            )
+            await store.release_schedules("other", [update])
+
+        store.fire = fire
+        await scheduler.pause_schedule(schedule_id)
+        stored = await scheduler.get_schedule(schedule_id)
+
+    assert stored.paused
+    # the fire time the other scheduler processed is not put back to fire again
+    assert (stored.next_fire_time, stored.last_fire_time) == (moved_on, acquired.next_fire_time)
 
 
 async def test_unpausing_a_schedule_that_is_not_paused_changes_nothing(

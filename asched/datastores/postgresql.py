@@ -769,43 +769,42 @@ class PostgreSQLDataStore(BaseExternalDataStore):
         On an application's pool that defaults to another isolation level the statement runs
         in a READ COMMITTED transaction instead.
         """
-        connection = await self._acquire_connection()
-        try:
+        async with self._pooled() as connection:
             if self._autocommit:
                 yield connection
             else:
                 async with connection.transaction(isolation="read_committed"):
                     yield connection
-        finally:
-            await self._pool_or_fail().release(connection)
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[asyncpg.Connection]:
-        connection = await self._acquire_connection()
-        try:
-            async with connection.transaction(isolation="read_committed"):
-                yield connection
-        finally:
-            await self._pool_or_fail().release(connection)
+        async with (
+            self._pooled() as connection,
+            connection.transaction(isolation="read_committed"),
+        ):
+            yield connection
 
-    def _pool_or_fail(self) -> asyncpg.Pool:
-        if self._pool is None:
-            raise RuntimeError("PostgreSQLDataStore: the store has not been started")
-        return self._pool
-
-    async def _acquire_connection(self) -> asyncpg.Connection:
-        """Take a pooled connection, waiting at most ``timeout`` seconds for one.
+    @asynccontextmanager
+    async def _pooled(self) -> AsyncIterator[asyncpg.Connection]:
+        """Lend a pooled connection, waiting at most ``timeout`` seconds for one.
 
         asyncpg's own acquire timeout runs the acquisition in a task of its own
         (``asyncio.wait_for``), and its release then does the same: a few event loop turns
         per operation. An idle connection is taken at once, so only a wait is bounded, and
         with a cancel scope.
         """
-        pool = self._pool_or_fail()
+        pool = self._pool
+        if pool is None:
+            raise RuntimeError("PostgreSQLDataStore: the store has not been started")
         if pool.get_idle_size():
-            return await pool.acquire()
-        with anyio.fail_after(self.timeout):
-            return await pool.acquire()
+            connection = await pool.acquire()
+        else:
+            with anyio.fail_after(self.timeout):
+                connection = await pool.acquire()
+        try:
+            yield connection
+        finally:
+            await pool.release(connection)
 
     async def _publish(self, events: Iterable[Event]) -> None:
         if self._event_broker is not None:

@@ -9,6 +9,7 @@ from typing import Any
 import attrs
 
 from .._converters import (
+    as_aware_datetime,
     as_timezone,
     localize,
     timezone_key,
@@ -34,26 +35,8 @@ def _as_date(value: date | str | None, field: str, tz: tzinfo) -> date | None:
     """
     if value is None:
         return None
-    if isinstance(value, str):
-        try:
-            return date.fromisoformat(value.strip())
-        except ValueError:
-            try:
-                value = datetime.fromisoformat(value.strip())
-            except ValueError:
-                raise ValueError(
-                    f"CalendarIntervalTrigger: {field}: {value!r} is not an ISO 8601 date "
-                    "(expected e.g. '2026-04-30')"
-                ) from None
-    if isinstance(value, datetime):
-        if value.tzinfo is not None:
-            return value.astimezone(tz).date()
-        return value.date()
-    if isinstance(value, date):
-        return value
-    raise TypeError(
-        f"CalendarIntervalTrigger: {field}: expected a date or a string, got {value!r}"
-    )
+    instant = as_aware_datetime(value, tz, field=f"CalendarIntervalTrigger: {field}")
+    return instant.astimezone(tz).date()
 
 
 @attrs.define(frozen=True, init=False)

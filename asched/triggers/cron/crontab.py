@@ -7,7 +7,13 @@ resulting trigger reads the same whatever numbering the user had in mind.
 
 from __future__ import annotations
 
-from .fields import WEEKDAY_NAMES, CronFieldError, normalize_expression, range_values
+from .fields import (
+    WEEKDAY_NAMES,
+    CronFieldError,
+    ReversedRangeError,
+    normalize_expression,
+    range_values,
+)
 
 SHORTCUTS = {
     "@yearly": "0 0 1 1 *",
@@ -36,7 +42,7 @@ def _crontab_weekdays(expression: str) -> str:
         try:
             values = range_values("day_of_week", expression, text, (0, 7))
         except CronFieldError as exc:
-            if "ends before it starts" in exc.reason:
+            if isinstance(exc, ReversedRangeError):
                 reason = (
                     f"the range {part!r} ends before it starts; as in cron a range cannot "
                     "wrap past the end of the week: Monday to Sunday is '1-7' or "

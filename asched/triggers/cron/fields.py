@@ -67,6 +67,10 @@ class CronFieldError(ValueError):
         self.reason = reason
 
 
+class ReversedRangeError(CronFieldError):
+    """A range ``a-b`` whose end comes before its start."""
+
+
 def normalize_expression(field: str, value: object) -> str:
     """Return a field value given by the user (an int or a string) as expression text.
 
@@ -122,7 +126,7 @@ def range_values(
             # "5/15" means from 5 to the end in steps of 15; a plain "5" is just 5
             last = high if step_text is not None else first
         if last < first:
-            raise CronFieldError(
+            raise ReversedRangeError(
                 field, expression, f"the range {part!r} ends before it starts ({last} < {first})"
             )
 
