@@ -76,11 +76,15 @@ class TestExpressions:
         hours = [value.hour for value in islice(trigger, 7)]
         assert hours == [1, 3, 4, 20, 22, 1, 3]
 
-    @pytest.mark.parametrize("month", ["jun-aug", "JUN-Aug", "6-8", "jun,jul,aug"])
+    @pytest.mark.parametrize(
+        "month", ["jun-aug", "JUN-Aug", "6-8", "jun,jul,aug", "June-August", "june,jul,AUGUST"]
+    )
     def test_month_names_in_any_case(self, month: str) -> None:
         assert [value.month for value in islice(utc_cron(month=month), 4)] == [6, 7, 8, 6]
 
-    @pytest.mark.parametrize("day_of_week", ["mon-fri", "MON-FRI", "0-4", "mon,tue,wed-fri"])
+    @pytest.mark.parametrize(
+        "day_of_week", ["mon-fri", "MON-FRI", "0-4", "mon,tue,wed-fri", "Monday-Friday"]
+    )
     def test_weekday_names_and_numbers_from_monday(self, day_of_week: str) -> None:
         trigger = utc_cron(day_of_week=day_of_week, hour=9)
         weekdays = [value.weekday() for value in islice(trigger, 7)]
@@ -92,6 +96,10 @@ class TestExpressions:
             "2026-02-20T00:00:00+00:00",
             "2026-03-20T00:00:00+00:00",
         ]
+
+    @pytest.mark.parametrize("day", ["3rd Friday", "3RD FRI"])
+    def test_nth_weekday_takes_full_names_in_any_case(self, day: str) -> None:
+        assert fire_times(utc_cron(day=day), 1) == ["2026-01-16T00:00:00+00:00"]
 
     def test_fifth_weekday_skips_months_without_one(self) -> None:
         assert [value.date().isoformat() for value in islice(utc_cron(day="5th mon"), 3)] == [
@@ -280,6 +288,7 @@ class TestCrontab:
         assert weekdays("0-2") == "mon-tue,sun"
         assert weekdays("*/2") == "tue,thu,sat-sun"
         assert weekdays("0-7") == "mon-sun"
+        assert weekdays("Monday-Friday") == "mon-fri"
 
     def test_either_day_matches_when_both_are_restricted(self) -> None:
         # standard cron: the 13th of each month, and every Friday

@@ -7,8 +7,11 @@ resulting trigger reads the same whatever numbering the user had in mind.
 
 from __future__ import annotations
 
+import re
+
 from .fields import (
     WEEKDAY_NAMES,
+    WEEKDAYS_BY_NAME,
     CronFieldError,
     ReversedRangeError,
     normalize_expression,
@@ -36,9 +39,15 @@ def _crontab_weekdays(expression: str) -> str:
     weekdays: set[int] = set()
     for part in expression.split(","):
         # Evaluate in crontab numbering (0-7), with names mapped to crontab numbers
-        text = part
-        for index, name in enumerate(WEEKDAY_NAMES):
-            text = text.replace(name, str((index + 1) % 7))
+        text = re.sub(
+            r"[a-z]+",
+            lambda name: (
+                str((WEEKDAYS_BY_NAME[name[0]] + 1) % 7)
+                if name[0] in WEEKDAYS_BY_NAME
+                else name[0]
+            ),
+            part,
+        )
         try:
             values = range_values("day_of_week", expression, text, (0, 7))
         except CronFieldError as exc:

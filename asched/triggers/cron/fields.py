@@ -44,11 +44,36 @@ FIELD_MINIMUMS: dict[str, str] = {
 WEEKDAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 MONTH_NAMES = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
 
+# Full English names, also accepted (fixed here: the calendar module's follow the locale)
+_WEEKDAY_FULL_NAMES = (
+    "monday",
+    "tuesday",
+    "wednesday",
+    "thursday",
+    "friday",
+    "saturday",
+    "sunday",
+)
+_MONTH_FULL_NAMES = (
+    "january", "february", "march", "april", "may", "june", "july", "august", "september",
+    "october", "november", "december",
+)  # fmt: skip
+
 # Names allowed in place of numbers, per field (lower case)
 _NAMES: dict[str, dict[str, int]] = {
-    "day_of_week": {name: index for index, name in enumerate(WEEKDAY_NAMES)},
-    "month": {name: index for index, name in enumerate(MONTH_NAMES, start=1)},
+    "day_of_week": {
+        name: index
+        for names in (WEEKDAY_NAMES, _WEEKDAY_FULL_NAMES)
+        for index, name in enumerate(names)
+    },
+    "month": {
+        name: index
+        for names in (MONTH_NAMES, _MONTH_FULL_NAMES)
+        for index, name in enumerate(names, start=1)
+    },
 }
+#: weekday names (short and full, lower case) to numbers, 0 = Monday
+WEEKDAYS_BY_NAME = _NAMES["day_of_week"]
 
 _RANGE = re.compile(r"^(?P<first>\*|\w+)(?:-(?P<last>\w+))?(?:/(?P<step>\w+))?$")
 _ORDINAL_WEEKDAY = re.compile(r"^(?P<ordinal>1st|2nd|3rd|4th|5th|last)\s+(?P<weekday>\w+)$")
@@ -184,11 +209,8 @@ class DaySpec:
             match = _ORDINAL_WEEKDAY.match(part)
             if match is not None:
                 weekday_text = match.group("weekday")
-                weekday = _NAMES["day_of_week"].get(weekday_text[:3])
-                if weekday is None or weekday_text not in (
-                    WEEKDAY_NAMES[weekday],
-                    calendar.day_name[weekday].lower(),
-                ):
+                weekday = _NAMES["day_of_week"].get(weekday_text)
+                if weekday is None:
                     raise CronFieldError(
                         "day", expression, f"{weekday_text!r} is not a weekday name (mon-sun)"
                     )
