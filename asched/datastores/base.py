@@ -41,6 +41,7 @@ from ..events import (
     JobAcquired,
     JobAdded,
     JobReleased,
+    ScheduleAdded,
     ScheduleRemoved,
     ScheduleUpdated,
 )
@@ -359,6 +360,16 @@ def job_released_event(
         exception_traceback="".join(
             traceback.format_exception(exc_type, exception, exception.__traceback__)
         ),
+    )
+
+
+def schedule_written_event(
+    schedule: Schedule, *, added: bool = False
+) -> ScheduleAdded | ScheduleUpdated:
+    """Return the event of storing ``schedule``: new (``added``) or replacing one."""
+    event_class = ScheduleAdded if added else ScheduleUpdated
+    return event_class(
+        schedule_id=schedule.id, task_id=schedule.task_id, next_fire_time=schedule.next_fire_time
     )
 
 

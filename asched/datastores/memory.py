@@ -22,14 +22,12 @@ from ..events import (
     Event,
     JobAcquired,
     JobAdded,
-    ScheduleAdded,
     ScheduleRemoved,
-    ScheduleUpdated,
     TaskAdded,
     TaskRemoved,
     TaskUpdated,
 )
-from .base import DataStore, job_released_event
+from .base import DataStore, job_released_event, schedule_written_event
 
 # Queued jobs wait in lanes, one per (task id, schedule id), because max_running_jobs limits
 # apply per task and per schedule: a lane whose limit is reached is set aside as a whole
@@ -166,23 +164,12 @@ class MemoryDataStore(DataStore):
 
     async def add_schedule(self, schedule: Schedule, conflict_policy: ConflictPolicy) -> None:
         """Add a schedule; see :meth:`DataStore.add_schedule`."""
-        event: Event
         if schedule.id in self._schedules:
             if conflict_policy is ConflictPolicy.do_nothing:
                 return
             if conflict_policy is ConflictPolicy.exception:
                 raise ConflictingIdError(schedule.id)
-            event = ScheduleUpdated(
-                schedule_id=schedule.id,
-                task_id=schedule.task_id,
-                next_fire_time=schedule.next_fire_time,
-            )
-        else:
-            event = ScheduleAdded(
-                schedule_id=schedule.id,
-                task_id=schedule.task_id,
-                next_fire_time=schedule.next_fire_time,
-            )
+        event = schedule_written_event(schedule, added=schedule.id not in self._schedules)
 
         if schedule.acquired_by is not None:
             schedule = attrs.evolve(schedule, acquired_by=None, acquired_until=None)
@@ -210,15 +197,7 @@ class MemoryDataStore(DataStore):
             acquired_until=None,
         )
         self._store_schedule(updated)
-        await self._publish(
-            [
-                ScheduleUpdated(
-                    schedule_id=updated.id,
-                    task_id=updated.task_id,
-                    next_fire_time=updated.next_fire_time,
-                )
-            ]
-        )
+        await self._publish([schedule_written_event(updated)])
         return updated
 
     async def remove_schedules(self, ids: Iterable[str], *, finished: bool = False) -> None:
@@ -324,13 +303,7 @@ class MemoryDataStore(DataStore):
                 )
                 self._schedules[schedule.id] = schedule
                 self._enqueue_schedule(schedule)
-                events.append(
-                    ScheduleUpdated(
-                        schedule_id=schedule.id,
-                        task_id=schedule.task_id,
-                        next_fire_time=schedule.next_fire_time,
-                    )
-                )
+                events.append(schedule_written_event(schedule))
 
         await self._publish(events)
 

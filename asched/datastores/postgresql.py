@@ -40,10 +40,8 @@ from ..events import (
     Event,
     JobAdded,
     JobDeserializationFailed,
-    ScheduleAdded,
     ScheduleDeserializationFailed,
     ScheduleRemoved,
-    ScheduleUpdated,
     TaskAdded,
     TaskRemoved,
     TaskUpdated,
@@ -59,6 +57,7 @@ from .base import (
     job_released_event,
     marshal_job_result,
     schedule_release_events,
+    schedule_written_event,
 )
 
 if TYPE_CHECKING:
@@ -1000,24 +999,11 @@ class PostgreSQLDataStore(BaseExternalDataStore):
 
         inserted = await self._with_retries(write)
 
-        event: Event
         if inserted is None:  # the id exists and was kept
             if conflict_policy is ConflictPolicy.exception:
                 raise ConflictingIdError(schedule.id)
             return
-        if inserted:
-            event = ScheduleAdded(
-                schedule_id=schedule.id,
-                task_id=schedule.task_id,
-                next_fire_time=schedule.next_fire_time,
-            )
-        else:
-            event = ScheduleUpdated(
-                schedule_id=schedule.id,
-                task_id=schedule.task_id,
-                next_fire_time=schedule.next_fire_time,
-            )
-        await self._publish([event])
+        await self._publish([schedule_written_event(schedule, added=inserted)])
 
     async def update_schedule_definition(self, schedule: Schedule) -> Schedule | None:
         """Replace a schedule, keeping its progress, in one statement; see the base class."""
@@ -1050,15 +1036,7 @@ class PostgreSQLDataStore(BaseExternalDataStore):
         if not rows:
             return None
         [updated] = await self._schedules_from_rows(rows)
-        await self._publish(
-            [
-                ScheduleUpdated(
-                    schedule_id=updated.id,
-                    task_id=updated.task_id,
-                    next_fire_time=updated.next_fire_time,
-                )
-            ]
-        )
+        await self._publish([schedule_written_event(updated)])
         return updated
 
     async def remove_schedules(self, ids: Iterable[str], *, finished: bool = False) -> None:

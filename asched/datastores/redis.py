@@ -62,10 +62,8 @@ from ..events import (
     Event,
     JobAdded,
     JobDeserializationFailed,
-    ScheduleAdded,
     ScheduleDeserializationFailed,
     ScheduleRemoved,
-    ScheduleUpdated,
     TaskAdded,
     TaskRemoved,
     TaskUpdated,
@@ -80,6 +78,7 @@ from .base import (
     job_released_event,
     marshal_job_result,
     schedule_release_events,
+    schedule_written_event,
 )
 
 #: what the store accepts as a client (a Redis Cluster works: all of a store's keys share a slot)
@@ -1256,16 +1255,7 @@ class RedisDataStore(BaseExternalDataStore):
             if conflict_policy is ConflictPolicy.exception:
                 raise ConflictingIdError(schedule.id)
             return
-        event_class = ScheduleAdded if outcome == 1 else ScheduleUpdated
-        await self._publish(
-            [
-                event_class(
-                    schedule_id=schedule.id,
-                    task_id=schedule.task_id,
-                    next_fire_time=schedule.next_fire_time,
-                )
-            ]
-        )
+        await self._publish([schedule_written_event(schedule, added=outcome == 1)])
 
     async def update_schedule_definition(self, schedule: Schedule) -> Schedule | None:
         """Replace a schedule, keeping its progress, in one script call; see the base class."""
@@ -1281,14 +1271,9 @@ class RedisDataStore(BaseExternalDataStore):
         if not fields:
             return None
         restored = await self._schedules_from_replies([(record, fields)])
+        next_fire_time = _from_db(_hash_dict(fields).get("next_fire_time"))
         await self._publish(
-            [
-                ScheduleUpdated(
-                    schedule_id=schedule.id,
-                    task_id=schedule.task_id,
-                    next_fire_time=_from_db(_hash_dict(fields).get("next_fire_time")),
-                )
-            ]
+            [schedule_written_event(attrs.evolve(schedule, next_fire_time=next_fire_time))]
         )
         return restored[0] if restored else None
 

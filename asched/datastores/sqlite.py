@@ -37,10 +37,8 @@ from ..events import (
     Event,
     JobAdded,
     JobDeserializationFailed,
-    ScheduleAdded,
     ScheduleDeserializationFailed,
     ScheduleRemoved,
-    ScheduleUpdated,
     TaskAdded,
     TaskRemoved,
     TaskUpdated,
@@ -56,6 +54,7 @@ from .base import (
     job_released_event,
     marshal_job_result,
     schedule_release_events,
+    schedule_written_event,
 )
 
 #: bumped whenever the tables change; a store refuses a file of another version
@@ -532,16 +531,7 @@ class SQLiteDataStore(BaseExternalDataStore):
             if conflict_policy is ConflictPolicy.exception:
                 raise ConflictingIdError(schedule.id)
             return
-        event_class = ScheduleAdded if inserted else ScheduleUpdated
-        await self._publish(
-            [
-                event_class(
-                    schedule_id=schedule.id,
-                    task_id=schedule.task_id,
-                    next_fire_time=schedule.next_fire_time,
-                )
-            ]
-        )
+        await self._publish([schedule_written_event(schedule, added=inserted)])
 
     async def update_schedule_definition(self, schedule: Schedule) -> Schedule | None:
         """Replace a schedule, keeping its progress; see the base class."""
@@ -559,15 +549,7 @@ class SQLiteDataStore(BaseExternalDataStore):
         rows = await self._run(operation)
         [updated] = await self._schedules_from_rows(rows) if rows else [None]
         if updated is not None:
-            await self._publish(
-                [
-                    ScheduleUpdated(
-                        schedule_id=updated.id,
-                        task_id=updated.task_id,
-                        next_fire_time=updated.next_fire_time,
-                    )
-                ]
-            )
+            await self._publish([schedule_written_event(updated)])
         return updated
 
     async def remove_schedules(self, ids: Iterable[str], *, finished: bool = False) -> None:
