@@ -17,7 +17,6 @@ from anyio import (
     WouldBlock,
     create_memory_object_stream,
     create_task_group,
-    fail_after,
     move_on_after,
     sleep,
 )
@@ -182,6 +181,8 @@ class BaseEventBroker(EventBroker):
 
 
 _RELAY_QUEUE_SIZE = 100_000
+#: how long start() waits for the listener to listen, retrying connection errors
+_START_TIMEOUT_SECONDS = 30.0
 _RELAY_BATCH_SIZE = 500
 #: how long the relay gathers events after the first one of a batch
 _RELAY_GATHER_SECONDS = 0.002
@@ -208,10 +209,19 @@ class BaseExternalEventBroker(BaseEventBroker):
         self._own_prefix = f'{{"origin":"{self._origin}"'
         self._own_prefix_bytes = self._own_prefix.encode()
         self._relay: MemoryObjectSendStream[Event] | None = None
-        self._listening = Event_()
+        self._listening = False
+        # set once the listener listens, or failed in a way no retry can mend
+        self._start_settled = Event_()
+        self._permanent_failure: BaseException | None = None
+        self._last_listen_error: BaseException | None = None
 
     async def start(self, exit_stack: AsyncExitStack, logger: Logger) -> None:
         """Start the sender and the listener; see :meth:`EventBroker.start`.
+
+        Errors that retrying cannot mend (a database that does not exist, a wrong password,
+        an unknown option) are raised at once; connection errors are retried for up to
+        30 s (a server still starting up, say), then raised as a ``TimeoutError`` naming
+        the last one.
 
         :raises TimeoutError: if the listener cannot start listening within 30 s
         """
@@ -234,8 +244,33 @@ class BaseExternalEventBroker(BaseEventBroker):
         exit_stack.push_async_callback(stop)
         task_group.start_soon(self._listen_forever)
         task_group.start_soon(self._relay_forever, receive, relay_finished)
-        with fail_after(30):
-            await self._listening.wait()
+        with move_on_after(_START_TIMEOUT_SECONDS):
+            await self._start_settled.wait()
+        if self._permanent_failure is not None:
+            raise self._permanent_failure
+        if not self._listening:
+            last = self._last_listen_error
+            reason = "no error" if last is None else describe_error(last)
+            raise TimeoutError(
+                f"{type(self).__name__} could not start listening within "
+                f"{_START_TIMEOUT_SECONDS:.0f} s (last error: {reason})"
+            ) from last
+
+    def _now_listening(self) -> None:
+        """Tell :meth:`start` (and later reconnections) that the listener listens."""
+        self._listening = True
+        self._start_settled.set()
+
+    def _listen_failed(self, exc: Exception) -> None:
+        """Record a failure of the listener; one no retry can mend ends a pending start."""
+        self._last_listen_error = exc
+        if not self._listening and not self._is_transient(exc):
+            self._permanent_failure = exc
+            self._start_settled.set()
+
+    def _is_transient(self, exc: Exception) -> bool:
+        """Whether a listener error may go away by itself (a connection error, by default)."""
+        return isinstance(exc, (OSError, TimeoutError))
 
     async def publish(self, event: Event) -> None:
         """Deliver locally, then queue the event for other processes; never raises."""
@@ -298,8 +333,8 @@ class BaseExternalEventBroker(BaseEventBroker):
     async def _listen_forever(self) -> None:
         """Receive other processes' events, reconnecting after drops, until cancelled.
 
-        Sets ``self._listening`` once it listens, and hands each payload to
-        :meth:`deliver_remote`.
+        Calls :meth:`_now_listening` once it listens and :meth:`_listen_failed` with each
+        error, and hands each payload to :meth:`deliver_remote`.
         """
 
     def deliver_remote(self, payload: str | bytes) -> None:

@@ -9,6 +9,7 @@ reassembled by the listeners.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 from typing import Any
@@ -27,6 +28,10 @@ _CHUNK_SIZE = 7_000
 _CHUNK_PREFIX = "#chunk "
 # a message of more chunks than this is not one of ours (and must not allocate a huge list)
 _MAX_CHUNKS = 10_000
+
+
+#: errors of a server starting up or shutting down, and of too many connections
+_TRANSIENT_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300", "53400"})
 
 
 class PostgreSQLEventBroker(BaseExternalEventBroker):
@@ -128,6 +133,18 @@ class PostgreSQLEventBroker(BaseExternalEventBroker):
         del self._chunks[message_id]
         return "".join(piece or "" for piece in parts)
 
+    def _is_transient(self, exc: Exception) -> bool:
+        if isinstance(exc, asyncpg.PostgresError):
+            # connection exceptions (class 08), a server starting up or shutting down, too
+            # many connections; not a missing database, a wrong password or an unknown option
+            sqlstate = exc.sqlstate or ""
+            return sqlstate.startswith("08") or sqlstate in _TRANSIENT_SQLSTATES
+        if isinstance(exc, asyncpg.ClientConfigurationError):  # a bad DSN option
+            return False
+        return isinstance(
+            exc, (OSError, TimeoutError, asyncio.TimeoutError, asyncpg.InterfaceError)
+        )
+
     async def _listen_forever(self) -> None:
         attempt = 0
         while True:
@@ -136,6 +153,7 @@ class PostgreSQLEventBroker(BaseExternalEventBroker):
                 attempt = 0
                 self._logger.warning("Event broker lost its listening connection; reconnecting")
             except Exception as exc:  # any failure: this loop must not die
+                self._listen_failed(exc)
                 self._logger.warning(
                     "Event broker cannot listen (%s); retrying", describe_error(exc)
                 )
@@ -150,7 +168,7 @@ class PostgreSQLEventBroker(BaseExternalEventBroker):
             await connection.add_listener(self.channel, self._on_notification)
             if reconnected:
                 self._logger.info("Event broker reconnected to channel %r", self.channel)
-            self._listening.set()
+            self._now_listening()
             await closed.wait()
         finally:
             if not connection.is_closed():

@@ -10,6 +10,15 @@ from __future__ import annotations
 import anyio
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
+from redis.exceptions import (
+    AuthenticationError,
+    AuthenticationWrongNumberOfArgsError,
+    BusyLoadingError,
+    ClusterDownError,
+    TryAgainError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._exceptions import describe_error
 from ..datastores.redis import RedisClient, split_url
@@ -73,6 +82,23 @@ class RedisEventBroker(BaseExternalEventBroker):
                 pipeline.publish(self.channel, message)
             await pipeline.execute()
 
+    def _is_transient(self, exc: Exception) -> bool:
+        # redis-py makes a wrong password a ConnectionError, but no retry mends one
+        if isinstance(exc, (AuthenticationError, AuthenticationWrongNumberOfArgsError)):
+            return False
+        return isinstance(
+            exc,
+            (
+                RedisConnectionError,
+                RedisTimeoutError,
+                BusyLoadingError,
+                ClusterDownError,
+                TryAgainError,
+                OSError,
+                TimeoutError,
+            ),
+        )
+
     async def _listen_forever(self) -> None:
         attempt = 0
         while True:
@@ -89,12 +115,13 @@ class RedisEventBroker(BaseExternalEventBroker):
                 if attempt:
                     self._logger.info("Event broker resubscribed to channel %r", self.channel)
                 attempt = 0
-                self._listening.set()
+                self._now_listening()
                 async for message in pubsub.listen():
                     if message.get("type") == "message":
                         self.deliver_remote(message["data"])
                 self._logger.warning("Event broker lost its subscription; reconnecting")
             except Exception as exc:  # any failure: this loop must not die
+                self._listen_failed(exc)
                 self._logger.warning(
                     "Event broker cannot listen (%s); reconnecting", describe_error(exc)
                 )

@@ -6,9 +6,11 @@ import logging
 from contextlib import AsyncExitStack
 from uuid import uuid4
 
+import anyio
 import asyncpg
 import pytest
 
+from asched import AsyncScheduler
 from asched.eventbrokers.postgresql import PostgreSQLEventBroker
 from asched.events import JobAdded
 from tests.conftest import EventRecorder
@@ -71,3 +73,21 @@ async def test_malformed_notifications_are_logged_and_skipped(
         record for record in caplog.records if "malformed event chunk" in record.getMessage()
     ]
     assert len(chunk_warnings) == 2 * 6  # both brokers listen; six of the payloads are chunks
+
+
+async def test_a_missing_database_fails_the_start_at_once_and_plainly(
+    logger: logging.Logger,
+) -> None:
+    # no retry brings a database into being: the error comes at once, as it is
+    dsn = POSTGRESQL_URL.rsplit("/", 1)[0] + f"/asched_missing_{uuid4().hex[:8]}"
+    with anyio.fail_after(10):
+        async with AsyncExitStack() as stack:
+            with pytest.raises(asyncpg.InvalidCatalogNameError, match="does not exist"):
+                await PostgreSQLEventBroker(dsn).start(stack, logger)
+
+
+async def test_a_scheduler_on_a_missing_database_raises_its_error_unwrapped() -> None:
+    url = POSTGRESQL_URL.rsplit("/", 1)[0] + f"/asched_missing_{uuid4().hex[:8]}"
+    with anyio.fail_after(10), pytest.raises(asyncpg.InvalidCatalogNameError):
+        async with AsyncScheduler(url):
+            pass
