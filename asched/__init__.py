@@ -23,6 +23,7 @@ from ._exceptions import (
     ScheduleLookupError,
     SchedulerNotInitializedError,
     SerializationError,
+    StaleScheduleError,
     TaskLookupError,
 )
 from ._scheduler import AsyncScheduler
@@ -56,6 +57,7 @@ __all__ = [
     "SchedulerNotInitializedError",
     "SchedulerRole",
     "SerializationError",
+    "StaleScheduleError",
     "Task",
     "TaskLookupError",
     "current_job",

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import re
 from datetime import date, datetime, time, timedelta, timezone, tzinfo
+from enum import Enum
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from tzlocal import get_localzone
@@ -236,3 +237,25 @@ def positive_int_or_none(value: Any, *, field: str) -> int | None:
     if value < 1:
         raise ValueError(f"{field}: must be at least 1, got {value!r}")
     return value
+
+
+_EnumT = TypeVar("_EnumT", bound=Enum)
+
+
+def as_enum(enum_class: type[_EnumT], value: Any, *, field: str) -> _EnumT:
+    """Return ``value`` as a member of ``enum_class``; its value or name (any case) will do.
+
+    :raises TypeError: if it is neither a member nor a string
+    :raises ValueError: if it is a string naming no member, listing the members
+    """
+    if isinstance(value, enum_class):
+        return value
+    choices = ", ".join(repr(member.value) for member in enum_class)
+    if not isinstance(value, str):
+        raise TypeError(
+            f"{field}: expected a {enum_class.__name__} or one of {choices}, got {value!r}"
+        )
+    for member in enum_class:
+        if value.lower() in (member.value, member.name):
+            return member
+    raise ValueError(f"{field}: expected one of {choices}, got {value!r}")

@@ -81,6 +81,18 @@ class ConflictingIdError(ASchedError, KeyError):
         return str(self.args[0])
 
 
+class StaleScheduleError(ASchedError):
+    """A schedule changed in the data store since it was read (another update came first).
+
+    Raised by :meth:`DataStore.update_schedule_definition`, which then wrote nothing; the
+    scheduler reads the schedule again and reapplies its change.
+    """
+
+    def __init__(self, schedule_id: str):
+        super().__init__(f"schedule {schedule_id!r} changed in the data store since it was read")
+        self.schedule_id = schedule_id
+
+
 class CallableLookupError(ASchedError, LookupError):
     """A textual reference (``"package.module:attr"``) does not resolve to a callable."""
 

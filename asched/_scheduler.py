@@ -5,8 +5,7 @@ from __future__ import annotations
 import math
 import os
 import platform
-import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
 from datetime import datetime, timedelta, tzinfo
 from logging import Logger, getLogger
@@ -25,7 +24,13 @@ from anyio import (
 from anyio.abc import TaskGroup, TaskStatus
 
 from ._clock import Clock
-from ._converters import as_aware_datetime, as_timedelta, as_timezone, positive_int_or_none
+from ._converters import (
+    as_aware_datetime,
+    as_enum,
+    as_timedelta,
+    as_timezone,
+    positive_int_or_none,
+)
 from ._coroutines import is_coroutine_callable
 from ._enums import CoalescePolicy, ConflictPolicy, JobOutcome, RunState, SchedulerRole
 from ._exceptions import (
@@ -37,10 +42,12 @@ from ._exceptions import (
     JobResultNotReady,
     ScheduleLookupError,
     SchedulerNotInitializedError,
+    StaleScheduleError,
     TaskLookupError,
 )
 from ._firing import first_fire_and_run_times, plan_firing
 from ._marshalling import callable_from_reference, callable_name, importable_reference
+from ._signatures import check_arguments
 from ._structures import Job, JobResult, Schedule, Task
 from ._urls import data_store_from_url, event_broker_from_url
 from ._wakeup import Wakeup
@@ -81,6 +88,16 @@ _ZERO = timedelta(0)
 #: how long add_job keeps results by default, so that get_job_result() finds them
 DEFAULT_RESULT_EXPIRATION_TIME = timedelta(minutes=15)
 _SCHEDULE_BATCH_SIZE = 100
+#: how many times an update reads a schedule again after finding it changed meanwhile
+_MAX_REVISION_ATTEMPTS = 50
+
+
+class _Revision(NamedTuple):
+    """A change to write back to a schedule (see :meth:`AsyncScheduler._revise_schedule`)."""
+
+    schedule: Schedule
+    #: the schedule as read, if the change moves its fire times (see update_schedule_definition)
+    rescheduled_from: Schedule | None = None
 
 
 def _exception_text(exc: BaseException) -> str:
@@ -293,7 +310,7 @@ class AsyncScheduler:
         event_broker: EventBroker | str | None = None,
         *,
         identity: str | None = None,
-        role: SchedulerRole = SchedulerRole.both,
+        role: SchedulerRole | str = SchedulerRole.both,
         job_executors: Mapping[str, JobExecutor] | None = None,
         default_job_executor: str | None = None,
         max_concurrent_jobs: int = 100,
@@ -304,7 +321,7 @@ class AsyncScheduler:
         clock: Clock | None = None,
     ):
         if data_store is None or isinstance(data_store, str):
-            store_url = data_store or "memory://"
+            store_url = "memory://" if data_store is None else data_store
             self.data_store: DataStore = data_store_from_url(store_url)
             if event_broker is None:
                 event_broker = store_url
@@ -327,9 +344,7 @@ class AsyncScheduler:
                 f"event_broker: expected an EventBroker or a URL, got {event_broker!r}"
             )
 
-        if not isinstance(role, SchedulerRole):
-            raise TypeError(f"role: expected a SchedulerRole, got {role!r}")
-        self.role = role
+        self.role = as_enum(SchedulerRole, role, field="role")
         self._identity_given = identity is not None
         self.identity = identity or self._make_identity()
         self.job_executors: dict[str, JobExecutor] = {
@@ -414,7 +429,9 @@ class AsyncScheduler:
         except BaseException:
             self._exit_stack = None
             self._services_task_group = None
-            await exit_stack.__aexit__(*sys.exc_info())
+            # as in __aexit__: the services need not see the exception, and would only wrap
+            # it in exception groups (a broker that cannot connect should say so plainly)
+            await exit_stack.__aexit__(None, None, None)
             raise
 
         return self
@@ -1035,7 +1052,7 @@ class AsyncScheduler:
         kwargs: Mapping[str, Any] | None = None,
         name: str | None = None,
         paused: bool = False,
-        coalesce: CoalescePolicy = CoalescePolicy.latest,
+        coalesce: CoalescePolicy | str = CoalescePolicy.latest,
         misfire_grace_time: timedelta | float | None = UNSET,
         max_jitter: timedelta | float | None = None,
         max_running_jobs: int | None = None,
@@ -1048,8 +1065,7 @@ class AsyncScheduler:
         trigger = self._as_trigger(trigger)
         if id is not None and (not isinstance(id, str) or not id):
             raise ValueError(f"id: expected a non-empty string, got {id!r}")
-        if not isinstance(coalesce, CoalescePolicy):
-            raise TypeError(f"coalesce: expected a CoalescePolicy, got {coalesce!r}")
+        coalesce = as_enum(CoalescePolicy, coalesce, field="coalesce")
         if job_executor is not None:
             self._check_executor_override(task, resolved.function, job_executor)
         if misfire_grace_time is UNSET:
@@ -1062,7 +1078,7 @@ class AsyncScheduler:
         if next_fire_time is None:
             raise ValueError(f"trigger: {trigger} has no fire times (it is already exhausted)")
 
-        return Schedule(
+        schedule = Schedule(
             id=id or str(uuid4()),
             task_id=task.id,
             trigger=trigger,
@@ -1080,6 +1096,10 @@ class AsyncScheduler:
             next_fire_time=next_fire_time,
             next_run_time=next_run_time,
         )
+        # last: the options' own errors come first
+        if resolved.function is not None:
+            check_arguments(resolved.function, schedule.args, schedule.kwargs)
+        return schedule
 
     async def add_schedule(
         self,
@@ -1091,14 +1111,14 @@ class AsyncScheduler:
         kwargs: Mapping[str, Any] | None = None,
         name: str | None = None,
         paused: bool = False,
-        coalesce: CoalescePolicy = CoalescePolicy.latest,
+        coalesce: CoalescePolicy | str = CoalescePolicy.latest,
         misfire_grace_time: timedelta | float | None = UNSET,
         max_jitter: timedelta | float | None = None,
         max_running_jobs: int | None = None,
         job_executor: str | None = None,
         job_result_expiration_time: timedelta | float = 0,
         metadata: Mapping[str, Any] | None = None,
-        conflict_policy: ConflictPolicy = ConflictPolicy.do_nothing,
+        conflict_policy: ConflictPolicy | str = ConflictPolicy.do_nothing,
     ) -> str:
         """Schedule a function to run at the fire times of a trigger.
 
@@ -1134,8 +1154,7 @@ class AsyncScheduler:
         Nothing is stored (not even the function's task) unless every argument is valid.
         """
         self._ensure_initialized()
-        if not isinstance(conflict_policy, ConflictPolicy):
-            raise TypeError(f"conflict_policy: expected a ConflictPolicy, got {conflict_policy!r}")
+        conflict_policy = as_enum(ConflictPolicy, conflict_policy, field="conflict_policy")
         resolved = await self._resolve_task(func_or_task_id)
         schedule = self._build_schedule(
             resolved,
@@ -1205,49 +1224,85 @@ class AsyncScheduler:
                 f"(allowed: {', '.join(sorted(allowed))})"
             )
 
-        current = await self.get_schedule(id)
-        resolved = await self._resolve_task(changes.pop("task", current.task_id))
-        options: dict[str, Any] = {
-            "args": current.args,
-            "kwargs": current.kwargs,
-            "name": current.name,
-            "paused": current.paused,
-            "coalesce": current.coalesce,
-            "misfire_grace_time": current.misfire_grace_time,
-            "max_jitter": current.max_jitter,
-            "max_running_jobs": current.max_running_jobs,
-            "job_executor": current.job_executor,
-            "job_result_expiration_time": current.job_result_expiration_time,
-            "metadata": current.metadata,
-        }
+        task_change = changes.pop("task", None)
         new_trigger = changes.pop("trigger", None)
-        options.update(changes)
-        updated = self._build_schedule(resolved, new_trigger or current.trigger, id=id, **options)
-        unpausing = current.paused and not updated.paused
-        if new_trigger is None and updated.max_jitter == current.max_jitter and not unpausing:
-            # Same trigger: the store keeps its place in time as stored *now*; the fire times
-            # read above may be stale already (a scheduler firing it meanwhile)
+
+        async def revise(current: Schedule) -> _Revision:
+            resolved = await self._resolve_task(task_change or current.task_id)
+            options: dict[str, Any] = {
+                "args": current.args,
+                "kwargs": current.kwargs,
+                "name": current.name,
+                "paused": current.paused,
+                "coalesce": current.coalesce,
+                "misfire_grace_time": current.misfire_grace_time,
+                "max_jitter": current.max_jitter,
+                "max_running_jobs": current.max_running_jobs,
+                "job_executor": current.job_executor,
+                "job_result_expiration_time": current.job_result_expiration_time,
+                "metadata": current.metadata,
+                **changes,
+            }
+            updated = self._build_schedule(
+                resolved, new_trigger or current.trigger, id=id, **options
+            )
+            updated = attrs.evolve(updated, revision=current.revision)
             await self._register_task(resolved)
-            stored = await self.data_store.update_schedule_definition(updated)
+            unpausing = current.paused and not updated.paused
+            if new_trigger is None and updated.max_jitter == current.max_jitter and not unpausing:
+                # Same fire times: the store keeps the schedule's place in time as stored
+                # *now* (a scheduler may be firing it meanwhile)
+                return _Revision(updated)
+
+            next_fire_time, next_run_time = _resumed_fire_and_run_times(
+                current, updated.trigger, updated.max_jitter, self.clock.now()
+            )
+            if next_fire_time is None and new_trigger is None:
+                raise ValueError(f"trigger: {updated.trigger} has no fire times from now on")
+            if next_fire_time is not None:
+                updated = attrs.evolve(
+                    updated, next_fire_time=next_fire_time, next_run_time=next_run_time
+                )
+            # else: a new trigger whose fire times are all past keeps its first one, as in
+            # add_schedule, and the misfire rules decide
+            updated = attrs.evolve(updated, last_fire_time=current.last_fire_time)
+            # written only if nobody fired it since it was read (the new fire times were
+            # worked out from what was read)
+            return _Revision(updated, rescheduled_from=current)
+
+        return await self._revise_schedule(id, revise)
+
+    async def _revise_schedule(
+        self, id: str, revise: Callable[[Schedule], Awaitable[_Revision | None]]
+    ) -> Schedule:
+        """Read a schedule, change it with ``revise`` and write it back, atomically.
+
+        The write goes through only if nobody changed the schedule since it was read
+        (another update, a replacement, or, when ``revise`` reschedules, a scheduler firing
+        it): otherwise the schedule is read again and ``revise`` applied again, so that
+        concurrent updates from any number of processes all take effect.
+
+        :return: the schedule as stored afterwards
+        :raises ScheduleLookupError: if there is no such schedule (or it was removed meanwhile)
+        """
+        for attempt in range(1, _MAX_REVISION_ATTEMPTS + 1):
+            current = await self.get_schedule(id)
+            revision = await revise(current)
+            if revision is None:
+                return current
+            try:
+                stored = await self.data_store.update_schedule_definition(
+                    revision.schedule, rescheduled_from=revision.rescheduled_from
+                )
+            except StaleScheduleError:
+                if attempt == _MAX_REVISION_ATTEMPTS:
+                    raise
+                self.logger.debug("Schedule %r changed meanwhile; updating it again", id)
+                continue
             if stored is None:
                 raise ScheduleLookupError(id)
             return stored
-
-        next_fire_time, next_run_time = _resumed_fire_and_run_times(
-            current, updated.trigger, updated.max_jitter, self.clock.now()
-        )
-        if next_fire_time is None and new_trigger is None:
-            raise ValueError(f"trigger: {updated.trigger} has no fire times from now on")
-        if next_fire_time is not None:
-            updated = attrs.evolve(
-                updated, next_fire_time=next_fire_time, next_run_time=next_run_time
-            )
-        # else: a new trigger whose fire times are all past keeps its first one, as in
-        # add_schedule, and the misfire rules decide
-        updated = attrs.evolve(updated, last_fire_time=current.last_fire_time)
-        await self._register_task(resolved)
-        await self.data_store.add_schedule(updated, ConflictPolicy.replace)
-        return updated
+        raise AssertionError("unreachable")  # the last attempt returned or raised
 
     async def pause_schedule(self, id: str) -> None:
         """Pause a schedule: it is kept but creates no jobs until unpaused.
@@ -1257,13 +1312,11 @@ class AsyncScheduler:
 
         :raises ScheduleLookupError: if there is no such schedule
         """
-        schedule = await self.get_schedule(id)
-        if not schedule.paused:
-            stored = await self.data_store.update_schedule_definition(
-                attrs.evolve(schedule, paused=True)
-            )
-            if stored is None:
-                raise ScheduleLookupError(id)
+
+        async def revise(current: Schedule) -> _Revision | None:
+            return None if current.paused else _Revision(attrs.evolve(current, paused=True))
+
+        await self._revise_schedule(id, revise)
 
     async def unpause_schedule(
         self, id: str, *, resume_from: datetime | str | None = None
@@ -1282,24 +1335,27 @@ class AsyncScheduler:
         :raises ScheduleLookupError: if there is no such schedule
         :raises ValueError: if the trigger has no fire times left
         """
-        schedule = await self.get_schedule(id)
-        if resume_from is None:
-            start = self.clock.now()
-        else:
-            start = as_aware_datetime(resume_from, self.timezone, field="resume_from")
-        if not schedule.paused:
-            return
-        next_fire_time, next_run_time = _resumed_fire_and_run_times(
-            schedule, schedule.trigger, schedule.max_jitter, start
+        fixed_start = (
+            None
+            if resume_from is None
+            else as_aware_datetime(resume_from, self.timezone, field="resume_from")
         )
-        if next_fire_time is None:
-            raise ValueError(f"schedule {id!r}: its trigger has no fire times after {start}")
-        await self.data_store.add_schedule(
-            attrs.evolve(
-                schedule, paused=False, next_fire_time=next_fire_time, next_run_time=next_run_time
-            ),
-            ConflictPolicy.replace,
-        )
+
+        async def revise(current: Schedule) -> _Revision | None:
+            if not current.paused:
+                return None
+            start = self.clock.now() if fixed_start is None else fixed_start
+            next_fire_time, next_run_time = _resumed_fire_and_run_times(
+                current, current.trigger, current.max_jitter, start
+            )
+            if next_fire_time is None:
+                raise ValueError(f"schedule {id!r}: its trigger has no fire times after {start}")
+            resumed = attrs.evolve(
+                current, paused=False, next_fire_time=next_fire_time, next_run_time=next_run_time
+            )
+            return _Revision(resumed, rescheduled_from=current)
+
+        await self._revise_schedule(id, revise)
 
     #
     # Jobs
@@ -1354,10 +1410,13 @@ class AsyncScheduler:
             result_expiration_time = (
                 as_timedelta(result_expiration_time, field="result_expiration_time") or _ZERO
             )
+        job_args, job_kwargs = _as_args(args), _as_kwargs(kwargs)
+        if function is not None:
+            check_arguments(function, job_args, job_kwargs)
         return Job(
             task_id=task.id,
-            args=_as_args(args),
-            kwargs=_as_kwargs(kwargs),
+            args=job_args,
+            kwargs=job_kwargs,
             job_executor=job_executor,
             result_expiration_time=result_expiration_time,
         )
@@ -1389,9 +1448,12 @@ class AsyncScheduler:
         if not wait:
             raise JobResultNotReady(job_id)
         if not jobs[0].result_expiration_time:
-            raise JobLookupError(
-                job_id, "its result is not kept (it was added with result_expiration_time=0)"
+            option = (
+                "its schedule's job_result_expiration_time"
+                if jobs[0].schedule_id is not None
+                else "add_job's result_expiration_time"
             )
+            raise JobLookupError(job_id, f"its result is not kept ({option} is 0)")
 
         released = anyio.Event()
 
@@ -1499,6 +1561,7 @@ def _same_definition(stored: Schedule, declared: Schedule) -> bool:
         "acquired_by",
         "acquired_until",
         "paused",
+        "revision",
     }
     fields = [
         field.name

@@ -111,6 +111,9 @@ class Schedule:
     :ivar last_fire_time: the latest fire time that was processed (run, missed or coalesced)
     :ivar acquired_by: id of the scheduler processing the schedule right now, if any
     :ivar acquired_until: when that scheduler's lease on it expires
+    :ivar revision: how many times its definition was rewritten, kept by the data store (an
+        update writes only if the schedule is still at the revision it read; see
+        :meth:`~asched.datastores.DataStore.update_schedule_definition`)
     """
 
     id: str
@@ -132,6 +135,8 @@ class Schedule:
     last_fire_time: datetime | None = None
     acquired_by: str | None = None
     acquired_until: datetime | None = None
+    # not part of what the schedule is: two schedules alike but for it are equal
+    revision: int = attrs.field(default=0, eq=False)
 
     def marshal(self, serializer: Serializer) -> dict[str, Any]:
         """Return a record of this schedule.
@@ -162,6 +167,7 @@ class Schedule:
             "last_fire_time": self.last_fire_time,
             "acquired_by": self.acquired_by,
             "acquired_until": self.acquired_until,
+            "revision": self.revision,
         }
 
     @classmethod
@@ -199,6 +205,7 @@ class Schedule:
             last_fire_time=data["last_fire_time"],
             acquired_by=data["acquired_by"],
             acquired_until=data["acquired_until"],
+            revision=data.get("revision", 0),
         )
 
 
@@ -337,7 +344,10 @@ class JobResult:
         if self.exception is not None:
             try:
                 exception = serializer.serialize(self.exception)
-            except SerializationError:
+                # some pickle but do not unpickle (an __init__ taking other arguments than
+                # the exception's args): better a RemoteJobError than an unreadable result
+                serializer.deserialize(exception)
+            except (SerializationError, DeserializationError):
                 exception = serializer.serialize(RemoteJobError.from_exception(self.exception))
 
         return {
@@ -356,15 +366,23 @@ class JobResult:
     def unmarshal(cls, serializer: Serializer, data: Mapping[str, Any]) -> JobResult:
         """Rebuild a result from :meth:`marshal` output.
 
-        :raises DeserializationError: if the return value or exception cannot be restored
+        An exception that cannot be restored (its class gone or changed since, say) comes
+        back as a :class:`RemoteJobError` saying so, so the outcome can still be read.
+
+        :raises DeserializationError: if the return value cannot be restored
         """
         return_value = data["return_value"]
         exception = data["exception"]
+        if exception is not None:
+            try:
+                exception = serializer.deserialize(exception)
+            except DeserializationError as exc:
+                exception = RemoteJobError("unknown", f"cannot restore the exception: {exc}", "")
         return cls(
             job_id=data["job_id"],
             outcome=JobOutcome(data["outcome"]),
             return_value=None if return_value is None else serializer.deserialize(return_value),
-            exception=None if exception is None else serializer.deserialize(exception),
+            exception=exception,
             started_at=data["started_at"],
             finished_at=data["finished_at"],
             expires_at=data["expires_at"],

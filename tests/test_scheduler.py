@@ -401,7 +401,10 @@ async def test_conflicting_schedule_ids_follow_the_conflict_policy(
 ) -> None:
     await scheduler.add_schedule(jobs.add, every(clock, 10, first_in=1), id="s", args=[1])
 
-    assert await scheduler.add_schedule(jobs.add, every(clock, 5, first_in=1), id="s") == "s"
+    assert (
+        await scheduler.add_schedule(jobs.add, every(clock, 5, first_in=1), id="s", args=[3])
+        == "s"
+    )
     assert (await scheduler.get_schedule("s")).args == (1,)
 
     await scheduler.add_schedule(
@@ -415,7 +418,11 @@ async def test_conflicting_schedule_ids_follow_the_conflict_policy(
 
     with pytest.raises(ConflictingIdError, match="'s'"):
         await scheduler.add_schedule(
-            jobs.add, every(clock, 5, first_in=1), id="s", conflict_policy=ConflictPolicy.exception
+            jobs.add,
+            every(clock, 5, first_in=1),
+            id="s",
+            args=[3],
+            conflict_policy=ConflictPolicy.exception,
         )
 
 
@@ -954,7 +961,7 @@ async def test_results_expire(scheduler: AsyncScheduler, clock: FakeClock) -> No
 async def test_job_without_kept_result_cannot_be_waited_for(scheduler: AsyncScheduler) -> None:
     job_id = await scheduler.add_job(jobs.async_echo, args=[1], result_expiration_time=0)
 
-    with pytest.raises(JobLookupError, match="result_expiration_time=0"):
+    with pytest.raises(JobLookupError, match="add_job's result_expiration_time is 0"):
         await scheduler.get_job_result(job_id)
 
 
@@ -1571,7 +1578,8 @@ SCHEDULE_VALUE_ERRORS = [
         ({"data_store": "jobs.sqlite"}, ValueError, "not a URL"),
         ({"data_store": 42}, TypeError, "data_store: expected a DataStore or a URL"),
         ({"event_broker": 42}, TypeError, "event_broker: expected an EventBroker or a URL"),
-        ({"role": "worker"}, TypeError, "role: expected a SchedulerRole"),
+        ({"role": "wizard"}, ValueError, "role: expected one of 'scheduler', 'worker', 'both'"),
+        ({"role": 1}, TypeError, "role: expected a SchedulerRole or one of"),
         ({"timezone": "Mars/Olympus"}, ValueError, "unknown time zone 'Mars/Olympus'"),
     ],
 )
@@ -1589,8 +1597,11 @@ def test_invalid_scheduler_options_are_refused(
         ({"misfire_grace_time": -1}, ValueError, "misfire_grace_time: must not be negative"),
         ({"max_jitter": "1s"}, TypeError, "max_jitter: expected a timedelta"),
         ({"job_executor": "gpu"}, ValueError, "job_executor: unknown job executor 'gpu'"),
-        ({"coalesce": "latest"}, TypeError, "coalesce: expected a CoalescePolicy"),
-        ({"conflict_policy": "replace"}, TypeError, "conflict_policy: expected a ConflictPolicy"),
+        ({"coalesce": "newest"}, ValueError, "coalesce: expected one of 'earliest', 'latest'"),
+        ({"coalesce": True}, TypeError, "coalesce: expected a CoalescePolicy or one of"),
+        ({"conflict_policy": "overwrite"}, ValueError, "conflict_policy: expected one of"),
+        ({"args": [1, 2, 3]}, TypeError, r"args/kwargs do not fit tests.jobs:add\(a: 'int'"),
+        ({"kwargs": {"c": 1}}, TypeError, "got an unexpected keyword argument 'c'"),
         ({"id": ""}, ValueError, "id: expected a non-empty string"),
         ({"trigger": "not a trigger"}, ValueError, "crontab"),
         ({"trigger": 5}, TypeError, "trigger: expected a Trigger or a crontab string"),
@@ -1604,11 +1615,40 @@ async def test_invalid_schedule_options_are_refused(
     error: type[Exception],
     match: str,
 ) -> None:
-    options = {"trigger": every(clock, 10, first_in=10), **options}
+    options = {"trigger": every(clock, 10, first_in=10), "args": [1], **options}
     with pytest.raises(error, match=match):
         await scheduler.add_schedule(jobs.add, **options)
     assert await scheduler.get_schedules() == []
     assert await scheduler.get_tasks() == []  # nothing of a refused schedule is kept
+
+
+async def test_enum_options_take_their_values_as_text(
+    scheduler: AsyncScheduler, clock: FakeClock
+) -> None:
+    await scheduler.add_schedule(
+        jobs.add, every(clock, 10, first_in=10), id="s", args=[1], coalesce="All"
+    )
+    assert (await scheduler.get_schedule("s")).coalesce is CoalescePolicy.all
+    await scheduler.add_schedule(
+        jobs.add, every(clock, 10, first_in=10), id="s", args=[2], conflict_policy="replace"
+    )
+    schedule = await scheduler.get_schedule("s")
+    assert (schedule.args, schedule.coalesce) == ((2,), CoalescePolicy.latest)
+    assert AsyncScheduler(role="worker").role is SchedulerRole.worker
+
+
+async def test_arguments_that_do_not_fit_the_function_are_refused_when_added(
+    scheduler: AsyncScheduler,
+) -> None:
+    # as APScheduler checks them: not first when the job runs, hours later
+    with pytest.raises(TypeError, match="too many positional arguments"):
+        await scheduler.add_job(jobs.add, args=[1, 2, 3])
+    with pytest.raises(TypeError, match="missing a required argument: 'a'"):
+        await scheduler.add_job(jobs.add)
+    assert await scheduler.get_jobs() == []
+    # what fits goes through, keyword arguments included
+    await scheduler.add_job(jobs.add, args=[1], kwargs={"b": 2})
+    assert len(await scheduler.get_jobs()) == 1
 
 
 @pytest.mark.parametrize(("options", "error", "match"), ARGUMENT_ERRORS)

@@ -33,7 +33,7 @@ from tenacity import (
 
 from .._clock import Clock
 from .._enums import ConflictPolicy, JobOutcome
-from .._exceptions import SerializationError, describe_error
+from .._exceptions import DeserializationError, SerializationError, describe_error
 from .._structures import Job, JobResult, Schedule, ScheduleUpdate, Task
 from ..eventbrokers.base import EventBroker
 from ..events import (
@@ -148,25 +148,43 @@ class DataStore(ABC):
 
         ``do_nothing`` keeps the stored schedule; ``replace`` overwrites it entirely, lease
         included (a scheduler processing the old one then loses its lease, and its update is
-        dropped); ``exception`` raises. Publishes ``ScheduleAdded`` for a new schedule and
-        ``ScheduleUpdated`` for a replaced one.
+        dropped), at the stored revision plus one; ``exception`` raises. A new schedule
+        starts at revision 0 (whatever ``schedule.revision`` says). Publishes
+        ``ScheduleAdded`` for a new schedule and ``ScheduleUpdated`` for a replaced one.
 
         :raises ~asched.ConflictingIdError: with ``ConflictPolicy.exception`` if the id exists
         :raises ~asched.SerializationError: if a persistent store cannot serialize the args
         """
 
     @abstractmethod
-    async def update_schedule_definition(self, schedule: Schedule) -> Schedule | None:
-        """Replace what a stored schedule is, keeping where it is in time, atomically.
+    async def update_schedule_definition(
+        self, schedule: Schedule, *, rescheduled_from: Schedule | None = None
+    ) -> Schedule | None:
+        """Rewrite a stored schedule if nobody changed it since it was read, atomically.
 
-        Everything of ``schedule`` is stored except its progress: ``next_fire_time``,
-        ``next_run_time`` and ``last_fire_time`` stay as stored, so an update racing a
-        scheduler that fires the schedule can neither fire a fire time twice nor skip one.
-        The lease is cleared, as by ``add_schedule`` with ``ConflictPolicy.replace`` (a
-        scheduler processing the schedule loses its update, and the stored fire time fires
-        once, later). Publishes ``ScheduleUpdated``.
+        ``schedule.revision`` is the revision the caller read. If the stored schedule is at
+        another revision (an update or a replacing ``add_schedule`` came in between), nothing
+        is written and :exc:`~asched.StaleScheduleError` is raised: the caller reads the
+        schedule again and reapplies its change, so no acknowledged change is lost. Never
+        creates a schedule: one removed in the meantime stays removed (``None``).
+
+        Without ``rescheduled_from``, everything of ``schedule`` is written except its
+        progress: ``next_fire_time``, ``next_run_time`` and ``last_fire_time`` stay as stored,
+        so an update racing a scheduler that fires the schedule can neither fire a fire time
+        twice nor skip one.
+
+        With ``rescheduled_from`` (the schedule as read, whose fire times ``schedule``'s were
+        worked out from), the progress of ``schedule`` is written too, and only if the stored
+        ``next_fire_time`` and ``last_fire_time`` are still those of ``rescheduled_from``;
+        otherwise (a scheduler fired it meanwhile) :exc:`~asched.StaleScheduleError`.
+
+        Either way the stored revision goes up by one and the lease is cleared, as by
+        ``add_schedule`` with ``ConflictPolicy.replace`` (a scheduler processing the schedule
+        loses its update, and the stored fire time fires once, later). Publishes
+        ``ScheduleUpdated``.
 
         :return: the schedule as stored now, or ``None`` if there is no schedule of its id
+        :raises ~asched.StaleScheduleError: if the schedule changed since it was read
         :raises ~asched.SerializationError: if a persistent store cannot serialize the args
         """
 
@@ -451,6 +469,33 @@ def cleanup_events(
         result = JobResult.for_job(job, JobOutcome.missed_start_deadline, finished_at=now)
         events.append(job_released_event("cleanup", job, result))
     return events
+
+
+class UnreadableJob(NamedTuple):
+    """A job acquired whose record could not be restored (see :func:`unreadable_job_results`)."""
+
+    job_id: UUID
+    result_expiration_time: timedelta
+    error: DeserializationError
+
+
+def unreadable_job_results(now: datetime, jobs: Iterable[UnreadableJob]) -> list[JobResult]:
+    """Return ``error`` results for acquired jobs that cannot be restored, to release them.
+
+    Such a job cannot run here; leased and never released, it would wait for its lease to
+    run out and come back as ``abandoned`` (or be acquired, and fail, again): released as an
+    error, its outcome and the reason are known at once.
+    """
+    return [
+        JobResult(
+            job_id=job.job_id,
+            outcome=JobOutcome.error,
+            exception=job.error,
+            finished_at=now,
+            expires_at=now + job.result_expiration_time,
+        )
+        for job in jobs
+    ]
 
 
 def marshal_job_result(

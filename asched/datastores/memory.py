@@ -15,7 +15,7 @@ import attrs
 
 from .._clock import Clock
 from .._enums import ConflictPolicy, JobOutcome
-from .._exceptions import ConflictingIdError, TaskLookupError
+from .._exceptions import ConflictingIdError, StaleScheduleError, TaskLookupError
 from .._structures import Job, JobResult, Schedule, ScheduleUpdate, Task
 from ..eventbrokers.base import EventBroker
 from ..events import (
@@ -164,17 +164,19 @@ class MemoryDataStore(DataStore):
 
     async def add_schedule(self, schedule: Schedule, conflict_policy: ConflictPolicy) -> None:
         """Add a schedule; see :meth:`DataStore.add_schedule`."""
-        if schedule.id in self._schedules:
+        stored = self._schedules.get(schedule.id)
+        if stored is not None:
             if conflict_policy is ConflictPolicy.do_nothing:
                 return
             if conflict_policy is ConflictPolicy.exception:
                 raise ConflictingIdError(schedule.id)
-        event = schedule_written_event(schedule, added=schedule.id not in self._schedules)
-
-        if schedule.acquired_by is not None:
-            schedule = attrs.evolve(schedule, acquired_by=None, acquired_until=None)
+        revision = 0 if stored is None else stored.revision + 1
+        if schedule.acquired_by is not None or schedule.revision != revision:
+            schedule = attrs.evolve(
+                schedule, acquired_by=None, acquired_until=None, revision=revision
+            )
         self._store_schedule(schedule)
-        await self._publish([event])
+        await self._publish([schedule_written_event(schedule, added=stored is None)])
 
     def _store_schedule(self, schedule: Schedule) -> None:
         self._schedules[schedule.id] = schedule
@@ -183,18 +185,29 @@ class MemoryDataStore(DataStore):
         # A changed limit may free slots for waiting jobs
         self._unblock_lanes(self._lanes_blocked_by_schedule.pop(schedule.id, ()))
 
-    async def update_schedule_definition(self, schedule: Schedule) -> Schedule | None:
-        """Replace a schedule, keeping its progress; see the base class."""
+    async def update_schedule_definition(
+        self, schedule: Schedule, *, rescheduled_from: Schedule | None = None
+    ) -> Schedule | None:
+        """Rewrite a schedule unless it changed since it was read; see the base class."""
         stored = self._schedules.get(schedule.id)
         if stored is None:
             return None
+        if stored.revision != schedule.revision or (
+            rescheduled_from is not None
+            and (stored.next_fire_time, stored.last_fire_time)
+            != (rescheduled_from.next_fire_time, rescheduled_from.last_fire_time)
+        ):
+            raise StaleScheduleError(schedule.id)
+
+        progress = schedule if rescheduled_from is not None else stored
         updated = attrs.evolve(
             schedule,
-            next_fire_time=stored.next_fire_time,
-            next_run_time=stored.next_run_time,
-            last_fire_time=stored.last_fire_time,
+            next_fire_time=progress.next_fire_time,
+            next_run_time=progress.next_run_time,
+            last_fire_time=progress.last_fire_time,
             acquired_by=None,
             acquired_until=None,
+            revision=stored.revision + 1,
         )
         self._store_schedule(updated)
         await self._publish([schedule_written_event(updated)])

@@ -12,6 +12,10 @@ it granted, all in the same statement; each job records which counters it holds
 (``task_slot``, ``schedule_slot``) and the statement that deletes it (release, cleanup)
 gives them back. Every transaction runs at READ COMMITTED, whatever the server's default:
 these statements rely on its re-reading of locked rows.
+
+Each schedule row has a ``revision``: ``update_schedule_definition`` is one conditional
+``UPDATE`` on the revision its caller read (re-checked on the locked row, so of two
+concurrent updates from one read only the first writes), and moves it on by one.
 """
 
 from __future__ import annotations
@@ -33,7 +37,12 @@ import attrs
 
 from .._clock import Clock
 from .._enums import ConflictPolicy, JobOutcome
-from .._exceptions import ConflictingIdError, DeserializationError, TaskLookupError
+from .._exceptions import (
+    ConflictingIdError,
+    DeserializationError,
+    StaleScheduleError,
+    TaskLookupError,
+)
 from .._structures import Job, JobResult, Schedule, ScheduleUpdate, Task
 from ..eventbrokers.base import EventBroker
 from ..events import (
@@ -52,19 +61,21 @@ from .base import (
     BaseExternalDataStore,
     ReleasedJob,
     RetrySettings,
+    UnreadableJob,
     cleanup_events,
     job_acquisition_events,
     job_released_event,
     marshal_job_result,
     schedule_release_events,
     schedule_written_event,
+    unreadable_job_results,
 )
 
 if TYPE_CHECKING:
     from ..eventbrokers.postgresql import PostgreSQLEventBroker
 
 #: bumped whenever the tables change; a store migrates older schemas and refuses newer ones
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _MICROSECOND = timedelta(microseconds=1)
 
@@ -73,15 +84,18 @@ _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _SCHEDULE_COLUMNS = (
     "id, task_id, trigger, args, kwargs, name, paused, coalesce, misfire_grace_time, "
     "max_jitter, max_running_jobs, job_executor, job_result_expiration_time, metadata, "
-    "next_fire_time, next_run_time, last_fire_time, acquired_by, acquired_until"
+    "next_fire_time, next_run_time, last_fire_time, acquired_by, acquired_until, revision"
 )
 #: where a schedule is in time and its lease: what update_schedule_definition keeps
 _SCHEDULE_PROGRESS = frozenset(
     {"next_fire_time", "next_run_time", "last_fire_time", "acquired_by", "acquired_until"}
 )
-#: a schedule's columns apart from its progress, and their places in _SCHEDULE_COLUMNS
+#: a schedule's columns apart from its progress and revision (the store's own), and their
+#: places in _SCHEDULE_COLUMNS
 _DEFINITION_COLUMNS = [
-    column for column in _SCHEDULE_COLUMNS.split(", ") if column not in _SCHEDULE_PROGRESS
+    column
+    for column in _SCHEDULE_COLUMNS.split(", ")
+    if column not in _SCHEDULE_PROGRESS and column != "revision"
 ]
 _DEFINITION = [_SCHEDULE_COLUMNS.split(", ").index(column) for column in _DEFINITION_COLUMNS]
 #: the stored schedule has the definition $1.. (the id by its index, the rest null-safe)
@@ -171,7 +185,8 @@ CREATE TABLE {schema}.schedules (
     next_run_time timestamptz,
     last_fire_time timestamptz,
     acquired_by text,
-    acquired_until timestamptz
+    acquired_until timestamptz,
+    revision bigint NOT NULL DEFAULT 0
 );
 CREATE TABLE {schema}.jobs (
     id uuid PRIMARY KEY,
@@ -241,6 +256,13 @@ ALTER TABLE {schema}.jobs DROP COLUMN sequence;
 UPDATE {schema}.metadata SET value = '2' WHERE key = 'schema_version';
 """
 )
+
+# Version 2 -> 3: schedule revisions, for update_schedule_definition's optimistic concurrency
+# (a column with a constant default is added without rewriting the table)
+_MIGRATE_FROM_2 = """
+ALTER TABLE {schema}.schedules ADD COLUMN revision bigint NOT NULL DEFAULT 0;
+UPDATE {schema}.metadata SET value = '3' WHERE key = 'schema_version';
+"""
 
 #: the tables of a store, to tell an asched schema from someone else's
 _TABLES = ("metadata", "tasks", "schedules", "jobs", "job_results", "job_slots")
@@ -742,18 +764,22 @@ class PostgreSQLDataStore(BaseExternalDataStore):
             version = await connection.fetchval(
                 f"SELECT value FROM {self._schema}.metadata WHERE key = 'schema_version'"
             )
-            if version == "1":
+            migrations = {"1": _MIGRATE_FROM_1, "2": _MIGRATE_FROM_2}
+            if version in migrations:
                 self._logger.info(
-                    "PostgreSQLDataStore: migrating schema %r from version 1 to %d",
+                    "PostgreSQLDataStore: migrating schema %r from version %s to %d",
                     self.schema,
+                    version,
                     SCHEMA_VERSION,
                 )
-                await connection.execute(_MIGRATE_FROM_1.format(schema=self._schema))
+                # each step leaves the next version: 1 goes through 2, all in this transaction
+                for step in range(int(version), SCHEMA_VERSION):
+                    await connection.execute(migrations[str(step)].format(schema=self._schema))
             elif version != str(SCHEMA_VERSION):
                 raise RuntimeError(
                     f"PostgreSQLDataStore: schema {self.schema!r} has version {version}, this "
-                    f"asched uses version {SCHEMA_VERSION} (and migrates version 1); use the "
-                    "asched that wrote it, or another schema"
+                    f"asched uses version {SCHEMA_VERSION} (and migrates versions 1 and 2); use "
+                    "the asched that wrote it, or another schema"
                 )
 
     async def _close_pool(self) -> None:
@@ -961,8 +987,9 @@ class PostgreSQLDataStore(BaseExternalDataStore):
 
     async def add_schedule(self, schedule: Schedule, conflict_policy: ConflictPolicy) -> None:
         """Add a schedule; see :meth:`DataStore.add_schedule`."""
+        # a new schedule starts at revision 0; a replaced one moves on from the stored one
         values = self._schedule_values(
-            attrs.evolve(schedule, acquired_by=None, acquired_until=None)
+            attrs.evolve(schedule, acquired_by=None, acquired_until=None, revision=0)
         )
         placeholders = ", ".join(f"${index}" for index in range(1, len(values) + 1))
         insert = (
@@ -970,7 +997,10 @@ class PostgreSQLDataStore(BaseExternalDataStore):
         )
         if conflict_policy is ConflictPolicy.replace:
             updates = ", ".join(
-                f"{column} = excluded.{column}" for column in _SCHEDULE_COLUMNS.split(", ")[1:]
+                "revision = schedules.revision + 1"
+                if column == "revision"
+                else f"{column} = excluded.{column}"
+                for column in _SCHEDULE_COLUMNS.split(", ")[1:]
             )
             statement = f"{insert} ON CONFLICT (id) DO UPDATE SET {updates} RETURNING xmax = 0"
         else:
@@ -1005,37 +1035,73 @@ class PostgreSQLDataStore(BaseExternalDataStore):
             return
         await self._publish([schedule_written_event(schedule, added=inserted)])
 
-    async def update_schedule_definition(self, schedule: Schedule) -> Schedule | None:
-        """Replace a schedule, keeping its progress, in one statement; see the base class."""
+    async def update_schedule_definition(
+        self, schedule: Schedule, *, rescheduled_from: Schedule | None = None
+    ) -> Schedule | None:
+        """Rewrite a schedule read at ``schedule.revision``, in one statement; see the base."""
         # the id first (as in add_schedule: _slot_counting's $1 is the schedule's id), then
-        # every column but those of its progress and lease
-        columns = _DEFINITION_COLUMNS
-        values = dict(
+        # every column but those of its progress, lease and revision: $1.. as _SAME_DEFINITION
+        # numbers them; then the revision read, then (rescheduling) the stored fire times
+        # required and the progress to write
+        record = dict(
             zip(_SCHEDULE_COLUMNS.split(", "), self._schedule_values(schedule), strict=True)
         )
-        assignments = ", ".join(
-            f"{column} = ${index}" for index, column in enumerate(columns, start=1) if index > 1
-        )
-        limit = f"${columns.index('max_running_jobs') + 1}"
+        values = [record[column] for column in _DEFINITION_COLUMNS]
+        assignments = [
+            f"{column} = ${index}"
+            for index, column in enumerate(_DEFINITION_COLUMNS, start=1)
+            if index > 1
+        ]
+        revision = f"${len(values) + 1}"
+        values.append(schedule.revision)
+        conditions = [f"id = $1 AND revision = {revision}"]
+        if rescheduled_from is not None:
+            first = len(values) + 1
+            conditions += [
+                f"next_fire_time IS NOT DISTINCT FROM ${first}::timestamptz",
+                f"last_fire_time IS NOT DISTINCT FROM ${first + 1}::timestamptz",
+            ]
+            values += [rescheduled_from.next_fire_time, rescheduled_from.last_fire_time]
+            for column in ("next_fire_time", "next_run_time", "last_fire_time"):
+                values.append(record[column])
+                assignments.append(f"{column} = ${len(values)}")
+        limit = f"${_DEFINITION_COLUMNS.index('max_running_jobs') + 1}"
+        # Nothing written: 'stale' if the id exists (in the statement's snapshot), no row if
+        # not. 'ours' is a stored row at the revision this update makes, with its definition:
+        # what an earlier attempt whose reply was lost wrote (progress and lease may have
+        # moved on since, by a scheduler firing it: they are not compared).
         statement = f"""
             WITH written AS (
                 UPDATE {self._schema}.schedules
-                SET {assignments}, acquired_by = NULL, acquired_until = NULL
-                WHERE id = $1
+                SET {", ".join(assignments)}, revision = revision + 1,
+                    acquired_by = NULL, acquired_until = NULL
+                WHERE {" AND ".join(conditions)}
                 RETURNING {_SCHEDULE_COLUMNS}
             ), {self._slot_counting("schedule", "schedule_id", limit)}
-            SELECT {_SCHEDULE_COLUMNS} FROM written
+            SELECT 'written' AS fate, {_SCHEDULE_COLUMNS} FROM written
+            UNION ALL
+            SELECT CASE WHEN revision = {revision} + 1 AND {_SAME_DEFINITION}
+                        THEN 'ours' ELSE 'stale' END,
+                   {_SCHEDULE_COLUMNS}
+            FROM {self._schema}.schedules
+            WHERE id = $1 AND NOT EXISTS (SELECT FROM written)
             """
-        async for attempt in self._retrying():
-            with attempt:
-                async with self._connection() as connection:
-                    rows = await connection.fetch(
-                        statement, *(values[column] for column in columns)
-                    )
 
-        if not rows:
+        sent = False  # whether an attempt went out (and may have committed, its reply lost)
+
+        async def write() -> tuple[asyncpg.Record | None, bool]:
+            nonlocal sent
+            async with self._connection() as connection:
+                retrying, sent = sent, True
+                return await connection.fetchrow(statement, *values), retrying
+
+        row, retried = await self._with_retries(write)
+        if row is None:
             return None
-        [updated] = await self._schedules_from_rows(rows)
+        # 'ours' on a first attempt: another update of the same read made the same change
+        if row["fate"] == "stale" or (row["fate"] == "ours" and not retried):
+            raise StaleScheduleError(schedule.id)
+        [updated] = await self._schedules_from_rows([row])
         await self._publish([schedule_written_event(updated)])
         return updated
 
@@ -1219,7 +1285,10 @@ class PostgreSQLDataStore(BaseExternalDataStore):
 
         await self._with_retries(insert)
 
-    async def _jobs_from_rows(self, rows: Iterable[asyncpg.Record]) -> list[Job]:
+    async def _jobs_from_rows(
+        self, rows: Iterable[asyncpg.Record], unreadable: list[UnreadableJob] | None = None
+    ) -> list[Job]:
+        """Restore jobs; those that cannot be are left out (and added to ``unreadable``)."""
         jobs: list[Job] = []
         events: list[Event] = []
         for row in rows:
@@ -1228,6 +1297,9 @@ class PostgreSQLDataStore(BaseExternalDataStore):
             except DeserializationError as exc:
                 self._logger.error("Cannot restore job %s: %s", row["id"], exc)
                 events.append(JobDeserializationFailed(job_id=row["id"], error=str(exc)))
+                if unreadable is not None:
+                    expiration = timedelta(seconds=row["result_expiration_time"] or 0)
+                    unreadable.append(UnreadableJob(row["id"], expiration, exc))
         await self._publish(events)
         return jobs
 
@@ -1259,9 +1331,11 @@ class PostgreSQLDataStore(BaseExternalDataStore):
             key=lambda row: (row["created_at"], row["id"]),
         )
         self._jobs_held_back = any(row["fate"] == "held_back" for row in rows)
-        jobs = await self._jobs_from_rows(acquired_rows)
+        unreadable: list[UnreadableJob] = []
+        jobs = await self._jobs_from_rows(acquired_rows, unreadable)
         missed = await self._jobs_from_rows(row for row in rows if row["fate"] == "missed")
         await self._publish(job_acquisition_events(scheduler_id, now, jobs, missed))
+        await self.release_jobs(scheduler_id, unreadable_job_results(now, unreadable))
         return [attrs.evolve(job, acquired_by=None, acquired_until=None) for job in jobs]
 
     async def release_jobs(self, scheduler_id: str, results: Sequence[JobResult]) -> None:

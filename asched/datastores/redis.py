@@ -7,9 +7,10 @@ jobs. A script that a repeat would make act twice takes a token, random per oper
 same for all its attempts, and keeps what a repeat needs: a retry after a lost reply gets that
 instead of acting again. Keys live under a prefix:
 
-- ``{prefix}:schedule:{id}`` hash (times, lease and the fields the scripts look at) and
-  ``{prefix}:schedule_record:{id}`` string (the record): apart, the hash stays small enough
-  for Redis's compact listpack encoding; ``{prefix}:schedules`` set of ids, ``{prefix}:due``
+- ``{prefix}:schedule:{id}`` hash (times, lease, ``revision`` and the fields the scripts
+  look at) and ``{prefix}:schedule_record:{id}`` string (the record): apart, the hash stays
+  small enough for Redis's compact listpack encoding; a hash without ``revision`` (stored by
+  an earlier version) is at revision 0; ``{prefix}:schedules`` set of ids, ``{prefix}:due``
   sorted set (unleased, unpaused schedules by next run time), ``{prefix}:leased`` sorted
   set (leased ones by lease expiry);
 - ``{prefix}:job:{id}`` hash, ``{prefix}:sequence`` (numbers jobs as they come),
@@ -54,7 +55,12 @@ from tenacity import AsyncRetrying, stop_after_attempt, stop_before_delay
 
 from .._clock import Clock
 from .._enums import ConflictPolicy, JobOutcome
-from .._exceptions import ConflictingIdError, DeserializationError, TaskLookupError
+from .._exceptions import (
+    ConflictingIdError,
+    DeserializationError,
+    StaleScheduleError,
+    TaskLookupError,
+)
 from .._ids import random_uuid
 from .._structures import Job, JobResult, Schedule, ScheduleUpdate, Task
 from ..eventbrokers.base import EventBroker
@@ -74,11 +80,13 @@ from .base import (
     BaseExternalDataStore,
     ReleasedJob,
     RetrySettings,
+    UnreadableJob,
     job_acquisition_events,
     job_released_event,
     marshal_job_result,
     schedule_release_events,
     schedule_written_event,
+    unreadable_job_results,
 )
 
 #: what the store accepts as a client (a Redis Cluster works: all of a store's keys share a slot)
@@ -92,6 +100,12 @@ _SCHEDULE_TIMES = ("next_fire_time", "next_run_time", "last_fire_time")
 
 def _to_db(value: datetime | None) -> int | None:
     return None if value is None else (value - _EPOCH) // _MICROSECOND
+
+
+def _to_arg(value: datetime | None) -> int | str:
+    """Return a time as the scripts take it ('' for none)."""
+    microseconds = _to_db(value)
+    return "" if microseconds is None else microseconds
 
 
 def _from_db(value: bytes | str | int | None) -> datetime | None:
@@ -271,6 +285,12 @@ local function recount_task(task_id)
   end
 end
 """,
+    "stored_revision": """
+-- The revision of a stored schedule; schedules stored by earlier versions have none: 0
+local function stored_revision(key)
+  return tonumber(redis.call('HGET', key, 'revision')) or 0
+end
+""",
     "forget_schedule": """
 -- A removed schedule: its limit no longer holds its jobs back, and an idle counter goes
 local function forget_schedule(id)
@@ -389,8 +409,9 @@ end
 """
 
 # ARGV: token, TTL, id, policy (replace/other), task_id, paused, next_run_time or '',
-# max_running_jobs or '', record, then field/value pairs of the hash. Returns 0 (kept the
-# stored one), 1 (added) or 2 (replaced)
+# max_running_jobs or '', record, then field/value pairs of the hash. A new schedule starts at
+# revision 0, a replaced one goes on from the stored revision. Returns 0 (kept the stored
+# one), 1 (added) or 2 (replaced)
 _ADD_SCHEDULE = (
     _LUA_SAME_REPLY
     + """
@@ -399,11 +420,13 @@ local function run()
   local key = p..':schedule:'..id
   local exists = redis.call('EXISTS', key)
   if exists == 1 and policy ~= 'replace' then return 0, 0 end
+  local revision = 0
+  if exists == 1 then revision = stored_revision(key) + 1 end
   redis.call('DEL', key)
   local fields = {}
   for i = 10, #ARGV do table.insert(fields, ARGV[i]) end
   redis.call('HSET', key, 'task_id', ARGV[5], 'paused', ARGV[6], 'next_run_time', ARGV[7],
-             'max_running_jobs', ARGV[8], unpack(fields))
+             'max_running_jobs', ARGV[8], 'revision', integer(revision), unpack(fields))
   redis.call('SET', p..':schedule_record:'..id, ARGV[9])
   redis.call('SADD', p..':schedules', id)
   redis.call('ZREM', p..':leased', id)
@@ -418,20 +441,35 @@ end
 """
 )
 
-# ARGV: token, TTL, id, task_id, paused, max_running_jobs or '', record. Replaces what the
-# stored schedule is, keeping where it is in time (next_fire_time, next_run_time,
-# last_fire_time), and clears its lease. Returns its hash fields, or an empty list if there is
-# no such schedule
-_UPDATE_SCHEDULE_DEFINITION = """
+# ARGV: token, TTL, id, revision read, task_id, paused, max_running_jobs or '', record, then,
+# for a rescheduling only, the next_fire_time and last_fire_time read and the new
+# next_fire_time, next_run_time and last_fire_time ('' = None). Writes only if the schedule is
+# still at the revision read (and, rescheduling, still at the fire times read); keeps its
+# progress unless rescheduling; clears its lease. Returns {0} if there is no such schedule,
+# {1} if it changed since it was read, else {2, its hash fields}. The reply is kept whatever
+# it is: a repeat must not find the revision its own first attempt wrote and call that stale
+_UPDATE_SCHEDULE_DEFINITION = (
+    _LUA_SAME_REPLY
+    + """
 local function run()
-  local id, paused, limit = ARGV[3], ARGV[5], ARGV[6]
+  local id, paused, limit = ARGV[3], ARGV[6], ARGV[7]
   local key = p..':schedule:'..id
-  if redis.call('EXISTS', key) == 0 then return {}, 0 end
-  local old_limit = redis.call('HGET', key, 'max_running_jobs')
+  if redis.call('EXISTS', key) == 0 then return {0}, {0} end
+  local rescheduling = #ARGV > 8
+  local stored = redis.call('HMGET', key, 'max_running_jobs', 'next_fire_time', 'last_fire_time')
+  if stored_revision(key) ~= tonumber(ARGV[4]) or (rescheduling and
+      ((stored[2] or '') ~= ARGV[9] or (stored[3] or '') ~= ARGV[10])) then
+    return {1}, {1}
+  end
   -- 'record': where earlier versions kept the record
   redis.call('HDEL', key, 'acquired_by', 'acquired_until', 'record')
-  redis.call('HSET', key, 'task_id', ARGV[4], 'paused', paused, 'max_running_jobs', limit)
-  redis.call('SET', p..':schedule_record:'..id, ARGV[7])
+  redis.call('HSET', key, 'task_id', ARGV[5], 'paused', paused, 'max_running_jobs', limit)
+  if rescheduling then
+    redis.call('HSET', key, 'next_fire_time', ARGV[11], 'next_run_time', ARGV[12],
+               'last_fire_time', ARGV[13])
+  end
+  redis.call('HINCRBY', key, 'revision', 1)  -- an absent field (earlier versions) counts as 0
+  redis.call('SET', p..':schedule_record:'..id, ARGV[8])
   redis.call('ZREM', p..':leased', id)
   local nrt = redis.call('HGET', key, 'next_run_time')
   if paused == '0' and nrt and nrt ~= '' then
@@ -439,15 +477,12 @@ local function run()
   else
     redis.call('ZREM', p..':due', id)
   end
-  if old_limit ~= limit then unblock(p..':blocked_schedule:'..id) end
-  return redis.call('HGETALL', key), 1
-end
-
-local function replay(kept)
-  if kept == 0 then return {} end
-  return redis.call('HGETALL', p..':schedule:'..ARGV[3])
+  if stored[1] ~= limit then unblock(p..':blocked_schedule:'..id) end
+  local reply = {2, redis.call('HGETALL', key)}
+  return reply, reply
 end
 """
+)
 
 # ARGV: token, TTL, then schedule ids. Returns (id, task id) of each schedule removed
 _REMOVE_SCHEDULES = (
@@ -837,8 +872,12 @@ return ids
 _SCRIPTS: dict[str, tuple[str, Repeat, tuple[str, ...]]] = {
     # name: (source, how it takes a repeat, the helpers it calls)
     "acquire_schedules": (_ACQUIRE_SCHEDULES, "replay", ()),
-    "add_schedule": (_ADD_SCHEDULE, "replay", ("unblock",)),
-    "update_schedule_definition": (_UPDATE_SCHEDULE_DEFINITION, "replay", ("unblock",)),
+    "add_schedule": (_ADD_SCHEDULE, "replay", ("unblock", "integer", "stored_revision")),
+    "update_schedule_definition": (
+        _UPDATE_SCHEDULE_DEFINITION,
+        "replay",
+        ("unblock", "stored_revision"),
+    ),
     "remove_schedules": (_REMOVE_SCHEDULES, "replay", ("forget_schedule",)),
     "release_schedules": (_RELEASE_SCHEDULES, "replay", ("add_job", "forget_schedule")),
     "add_jobs": (_ADD_JOBS, "once", ("add_job",)),
@@ -1201,11 +1240,12 @@ class RedisDataStore(BaseExternalDataStore):
     def _schedule_fields(self, schedule: Schedule) -> list[Any]:
         record = schedule.marshal(self.serializer)
         times = {name: record.pop(name) for name in _SCHEDULE_TIMES}
-        for name in ("acquired_by", "acquired_until"):
+        # kept in the hash only (the scripts own it and the lease)
+        for name in ("acquired_by", "acquired_until", "revision"):
             record.pop(name)
         fields: list[Any] = [encode_record(record)]
         for name, value in times.items():
-            fields += [name, "" if value is None else _to_db(value)]
+            fields += [name, _to_arg(value)]
         return fields
 
     async def _schedules_from_replies(self, replies: Iterable[Any]) -> list[Schedule]:
@@ -1226,6 +1266,7 @@ class RedisDataStore(BaseExternalDataStore):
             acquired_by = fields.get("acquired_by")
             record["acquired_by"] = acquired_by.decode() if acquired_by else None
             record["acquired_until"] = _from_db(fields.get("acquired_until"))
+            record["revision"] = int(fields.get("revision") or 0)
             try:
                 schedules.append(Schedule.unmarshal(self.serializer, record))
             except DeserializationError as exc:
@@ -1240,14 +1281,13 @@ class RedisDataStore(BaseExternalDataStore):
         """Add a schedule; see :meth:`DataStore.add_schedule`."""
         schedule = attrs.evolve(schedule, acquired_by=None, acquired_until=None)
         fields = self._schedule_fields(schedule)
-        next_run_time = _to_db(schedule.next_run_time)
         outcome = await self._call(
             "add_schedule",
             schedule.id,
             conflict_policy.value,
             schedule.task_id,
             "1" if schedule.paused else "0",
-            "" if next_run_time is None else next_run_time,
+            _to_arg(schedule.next_run_time),
             "" if schedule.max_running_jobs is None else schedule.max_running_jobs,
             *fields,
         )
@@ -1257,25 +1297,49 @@ class RedisDataStore(BaseExternalDataStore):
             return
         await self._publish([schedule_written_event(schedule, added=outcome == 1)])
 
-    async def update_schedule_definition(self, schedule: Schedule) -> Schedule | None:
-        """Replace a schedule, keeping its progress, in one script call; see the base class."""
+    async def update_schedule_definition(
+        self, schedule: Schedule, *, rescheduled_from: Schedule | None = None
+    ) -> Schedule | None:
+        """Rewrite a schedule unless it changed since it was read, in one script call.
+
+        See :meth:`DataStore.update_schedule_definition`.
+        """
         record = self._schedule_fields(schedule)[0]
-        fields = await self._call(
-            "update_schedule_definition",
+        args: list[Any] = [
             schedule.id,
+            schedule.revision,
             schedule.task_id,
             "1" if schedule.paused else "0",
             "" if schedule.max_running_jobs is None else schedule.max_running_jobs,
             record,
-        )
-        if not fields:
+        ]
+        if rescheduled_from is not None:
+            args += [
+                _to_arg(rescheduled_from.next_fire_time),
+                _to_arg(rescheduled_from.last_fire_time),
+                _to_arg(schedule.next_fire_time),
+                _to_arg(schedule.next_run_time),
+                _to_arg(schedule.last_fire_time),
+            ]
+        reply = await self._call("update_schedule_definition", *args)
+        if reply[0] == 0:
             return None
-        restored = await self._schedules_from_replies([(record, fields)])
-        next_fire_time = _from_db(_hash_dict(fields).get("next_fire_time"))
-        await self._publish(
-            [schedule_written_event(attrs.evolve(schedule, next_fire_time=next_fire_time))]
+        if reply[0] == 1:
+            raise StaleScheduleError(schedule.id)
+        # the schedule written: the caller's, with the progress and revision stored (the
+        # record is not read back, so a schedule whose args cannot be restored is no error)
+        fields = _hash_dict(reply[1])
+        stored = attrs.evolve(
+            schedule,
+            next_fire_time=_from_db(fields.get("next_fire_time")),
+            next_run_time=_from_db(fields.get("next_run_time")),
+            last_fire_time=_from_db(fields.get("last_fire_time")),
+            acquired_by=None,
+            acquired_until=None,
+            revision=int(fields["revision"]),
         )
-        return restored[0] if restored else None
+        await self._publish([schedule_written_event(stored)])
+        return stored
 
     async def remove_schedules(self, ids: Iterable[str], *, finished: bool = False) -> None:
         """Remove schedules; see :meth:`DataStore.remove_schedules`."""
@@ -1371,7 +1435,7 @@ class RedisDataStore(BaseExternalDataStore):
             ]
             kept = [(job, result) for job, result in results if job.result_expiration_time]
             args.append(update.schedule_id)
-            args.extend("" if value is None else _to_db(value) for value in times)
+            args.extend(_to_arg(value) for value in times)
             args += [len(update.jobs), len(kept)]
             for job in update.jobs:
                 args.extend(self._job_args(job))
@@ -1428,17 +1492,26 @@ class RedisDataStore(BaseExternalDataStore):
         """Add the jobs of concurrent :meth:`add_jobs` calls with one script call."""
         await self._call("add_jobs", *[value for args in job_args for value in args])
 
-    async def _jobs_from_records(self, records: Iterable[Any]) -> list[Job]:
+    async def _jobs_from_records(
+        self, records: Iterable[Any], unreadable: list[UnreadableJob] | None = None
+    ) -> list[Job]:
+        """Restore jobs from records (JSON text, or decoded).
+
+        Those that cannot be are left out, reported (and added to ``unreadable``).
+        """
         jobs: list[Job] = []
         events: list[Event] = []
         for raw in records:
-            record = decode_record(raw)
+            record = raw if isinstance(raw, dict) else decode_record(raw)
             record["id"] = UUID(record["id"])
             try:
                 jobs.append(Job.unmarshal(self.serializer, record))
             except DeserializationError as exc:
                 self._logger.error("Cannot restore job %s: %s", record["id"], exc)
                 events.append(JobDeserializationFailed(job_id=record["id"], error=str(exc)))
+                if unreadable is not None:
+                    expiration = timedelta(seconds=record["result_expiration_time"] or 0)
+                    unreadable.append(UnreadableJob(record["id"], expiration, exc))
         await self._publish(events)
         return jobs
 
@@ -1466,17 +1539,11 @@ class RedisDataStore(BaseExternalDataStore):
                     replies = await pipeline.execute()
         found = [reply for reply in replies if reply[0] is not None]
         found.sort(key=lambda reply: int(reply[3] or 0))
-        jobs: list[Job] = []
-        for record, acquired_by, acquired_until, _ in found:
-            (job,) = await self._jobs_from_records([record])
-            jobs.append(
-                attrs.evolve(
-                    job,
-                    acquired_by=acquired_by.decode() if acquired_by else None,
-                    acquired_until=_from_db(acquired_until),
-                )
-            )
-        return jobs
+        # a job that cannot be restored is left out (and reported), the others are listed
+        return await self._jobs_from_records(
+            _with_lease(record, acquired_by, acquired_until)
+            for record, acquired_by, acquired_until, _ in found
+        )
 
     async def acquire_jobs(
         self, scheduler_id: str, lease_duration: timedelta, limit: int
@@ -1507,7 +1574,8 @@ class RedisDataStore(BaseExternalDataStore):
                 self._jobs_held_back = bool(held_back)
                 if len(acquired) < batch:
                     break
-            jobs = await self._jobs_from_records(records)
+            unreadable: list[UnreadableJob] = []
+            jobs = await self._jobs_from_records(records, unreadable)
             events = job_acquisition_events(scheduler_id, now, jobs, ())
             events.extend(
                 job_released_event(
@@ -1516,6 +1584,9 @@ class RedisDataStore(BaseExternalDataStore):
                 for job in map(_released_job, missed)
             )
             await self._publish(events)
+            # jobs that cannot run here end now, as errors (should this fail, the next
+            # acquisition puts them back with the others, and they end then)
+            await self.release_jobs(scheduler_id, unreadable_job_results(now, unreadable))
         except BaseException:
             # the caller gets none of the jobs acquired: the next acquisition puts them back
             self._not_answered("acquire_jobs", scheduler_id, answered, ttl)
@@ -1615,6 +1686,16 @@ def _released_job(fields: Sequence[bytes]) -> ReleasedJob:
 def _ended(job: ReleasedJob, outcome: JobOutcome, now: datetime) -> JobResult:
     """Return the result of a job ended without running, for its event (the script kept it)."""
     return JobResult(job_id=job.id, outcome=outcome, finished_at=now, expires_at=now)
+
+
+def _with_lease(
+    raw: bytes, acquired_by: bytes | None, acquired_until: bytes | None
+) -> dict[str, Any]:
+    """Return a job's record with the lease its hash holds (the record has none)."""
+    record = decode_record(raw)
+    record["acquired_by"] = acquired_by.decode() if acquired_by else None
+    record["acquired_until"] = _from_db(acquired_until)
+    return record
 
 
 def _text(value: Any) -> str:

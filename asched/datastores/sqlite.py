@@ -30,7 +30,12 @@ import attrs
 
 from .._clock import Clock
 from .._enums import ConflictPolicy, JobOutcome
-from .._exceptions import ConflictingIdError, DeserializationError, TaskLookupError
+from .._exceptions import (
+    ConflictingIdError,
+    DeserializationError,
+    StaleScheduleError,
+    TaskLookupError,
+)
 from .._structures import Job, JobResult, Schedule, ScheduleUpdate, Task
 from ..eventbrokers.base import EventBroker
 from ..events import (
@@ -49,16 +54,18 @@ from .base import (
     BaseExternalDataStore,
     ReleasedJob,
     RetrySettings,
+    UnreadableJob,
     cleanup_events,
     job_acquisition_events,
     job_released_event,
     marshal_job_result,
     schedule_release_events,
     schedule_written_event,
+    unreadable_job_results,
 )
 
-#: bumped whenever the tables change; a store refuses a file of another version
-SCHEMA_VERSION = 1
+#: bumped whenever the tables change; a store migrates older files and refuses newer ones
+SCHEMA_VERSION = 2
 #: the oldest SQLite library the store works with: UPDATE/DELETE ... RETURNING came in 3.35
 MINIMUM_SQLITE_VERSION = (3, 35, 0)
 
@@ -86,11 +93,12 @@ _SCHEDULE_COLUMNS = (
     "last_fire_time",
     "acquired_by",
     "acquired_until",
+    "revision",
 )
-#: where a schedule is in time (kept by update_schedule_definition) and its lease
-_SCHEDULE_PROGRESS = frozenset(
-    {"next_fire_time", "next_run_time", "last_fire_time", "acquired_by", "acquired_until"}
-)
+#: where a schedule is in time: kept by update_schedule_definition unless it reschedules
+_SCHEDULE_PROGRESS = ("next_fire_time", "next_run_time", "last_fire_time")
+#: what update_schedule_definition never takes from the schedule it is given
+_SCHEDULE_KEPT = frozenset({"id", "acquired_by", "acquired_until", "revision"})
 _JOB_COLUMNS = (
     "id",
     "task_id",
@@ -131,7 +139,7 @@ CREATE TABLE IF NOT EXISTS schedules (
     misfire_grace_time REAL, max_jitter REAL, max_running_jobs INTEGER, job_executor TEXT,
     job_result_expiration_time REAL NOT NULL, metadata TEXT NOT NULL,
     next_fire_time INTEGER, next_run_time INTEGER, last_fire_time INTEGER,
-    acquired_by TEXT, acquired_until INTEGER
+    acquired_by TEXT, acquired_until INTEGER, revision INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS schedules_due
     ON schedules (next_run_time) WHERE NOT paused AND next_run_time IS NOT NULL;
@@ -153,6 +161,21 @@ CREATE TABLE IF NOT EXISTS job_results (
 );
 CREATE INDEX IF NOT EXISTS job_results_expiry ON job_results (expires_at);
 """
+
+#: Version 1 -> 2: schedules get a revision (optimistic concurrency for definition updates)
+_MIGRATE_FROM_1 = """
+ALTER TABLE schedules ADD COLUMN revision INTEGER NOT NULL DEFAULT 0;
+UPDATE metadata SET value = '2' WHERE key = 'schema_version';
+"""
+
+
+def _statements(script: str) -> list[str]:
+    """Split a script of ours (no ``;`` inside a statement) into its statements.
+
+    They run one by one with ``execute``: ``executescript`` would commit the transaction
+    that the schema check and the migration must share.
+    """
+    return [statement for statement in script.split(";") if statement.strip()]
 
 
 def _to_db(value: datetime | None) -> int | None:
@@ -264,11 +287,13 @@ class SQLiteDataStore(BaseExternalDataStore):
         logger: Logger,
         clock: Clock,
     ) -> None:
-        """Open the file and create the tables if needed; see :meth:`DataStore.start`.
+        """Open the file, create or migrate the tables; see :meth:`DataStore.start`.
+
+        A file of schema version 1 is migrated in place.
 
         :raises RuntimeError: if Python's SQLite library is older than 3.35 or lacks the JSON
-            functions, if the file is not an SQLite database, or if it holds tables of
-            another asched version
+            functions, if the file is not an SQLite database, or if it holds tables of a
+            newer (or unknown) asched schema version
         """
         _check_sqlite_library()
         self._event_broker = event_broker
@@ -280,14 +305,15 @@ class SQLiteDataStore(BaseExternalDataStore):
             self._connection = await anyio.to_thread.run_sync(self._connect, limiter=self._limiter)
             exit_stack.push_async_callback(self._close)
             version = await anyio.to_thread.run_sync(
-                self._create_schema, self._connection, limiter=self._limiter
+                self._in_transaction, self._create_or_migrate_schema, (), limiter=self._limiter
             )
         except sqlite3.DatabaseError as exc:
             raise self._unusable(exc) from exc
         if version != str(SCHEMA_VERSION):
             raise RuntimeError(
                 f"SQLiteDataStore: {self.path} has schema version {version}, this asched uses "
-                f"version {SCHEMA_VERSION}; migrate it or use another file"
+                f"version {SCHEMA_VERSION} (and migrates version 1); use the asched that "
+                "wrote it, or another file"
             )
 
     def _unusable(self, exc: sqlite3.DatabaseError) -> RuntimeError:
@@ -320,17 +346,37 @@ class SQLiteDataStore(BaseExternalDataStore):
             connection, self._connection = self._connection, None
             await anyio.to_thread.run_sync(connection.close, limiter=self._limiter)
 
-    @staticmethod
-    def _create_schema(connection: sqlite3.Connection) -> str:
-        """Create the tables if missing; return the file's schema version."""
-        # executescript commits first, so the script carries its own transaction
-        connection.executescript(
-            f"BEGIN IMMEDIATE; {_DDL} INSERT OR IGNORE INTO metadata (key, value) "
-            f"VALUES ('schema_version', '{SCHEMA_VERSION}'); COMMIT;"
+    def _create_or_migrate_schema(self, connection: sqlite3.Connection) -> str:
+        """Create the tables, or migrate version 1 ones; return the file's schema version.
+
+        Runs in one ``BEGIN IMMEDIATE`` transaction (:meth:`_in_transaction`): stores
+        starting on one file at once take turns, and each reads the version only once it
+        holds the write lock, so a file is migrated once, by one of them. A file of another
+        version is left untouched.
+        """
+        connection.execute(
+            "CREATE TABLE IF NOT EXISTS metadata (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
         )
         row = connection.execute(
             "SELECT value FROM metadata WHERE key = 'schema_version'"
         ).fetchone()
+        if row is None:
+            for statement in _statements(_DDL):
+                connection.execute(statement)
+            connection.execute(
+                "INSERT INTO metadata (key, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+            return str(SCHEMA_VERSION)
+        if row[0] == "1":
+            self._logger.info(
+                "SQLiteDataStore: migrating %s from schema version 1 to %d",
+                self.path,
+                SCHEMA_VERSION,
+            )
+            for statement in _statements(_MIGRATE_FROM_1):
+                connection.execute(statement)
+            return str(SCHEMA_VERSION)
         return str(row[0])
 
     async def _run(self, operation: Callable[..., _T], *args: Any) -> _T:
@@ -368,13 +414,14 @@ class SQLiteDataStore(BaseExternalDataStore):
     # Records
     #
 
-    def _schedule_row(self, schedule: Schedule) -> tuple[Any, ...]:
+    def _schedule_record(self, schedule: Schedule) -> dict[str, Any]:
+        """Return the column values of ``schedule`` as stored."""
         record = schedule.marshal(self.serializer)
         record["trigger"] = json.dumps(record["trigger"])
         record["metadata"] = json.dumps(record["metadata"])
         for name in _SCHEDULE_TIMES:
             record[name] = _to_db(record[name])
-        return tuple(record[name] for name in _SCHEDULE_COLUMNS)
+        return {name: record[name] for name in _SCHEDULE_COLUMNS}
 
     async def _schedules_from_rows(self, rows: Iterable[sqlite3.Row]) -> list[Schedule]:
         schedules: list[Schedule] = []
@@ -402,7 +449,10 @@ class SQLiteDataStore(BaseExternalDataStore):
             record[name] = _to_db(record[name])
         return tuple(record[name] for name in _JOB_COLUMNS)
 
-    async def _jobs_from_rows(self, rows: Iterable[sqlite3.Row]) -> list[Job]:
+    async def _jobs_from_rows(
+        self, rows: Iterable[sqlite3.Row], unreadable: list[UnreadableJob] | None = None
+    ) -> list[Job]:
+        """Restore jobs; those that cannot be are left out (and added to ``unreadable``)."""
         jobs: list[Job] = []
         events: list[Event] = []
         for row in rows:
@@ -415,6 +465,9 @@ class SQLiteDataStore(BaseExternalDataStore):
             except DeserializationError as exc:
                 self._logger.error("Cannot restore job %s: %s", record["id"], exc)
                 events.append(JobDeserializationFailed(job_id=record["id"], error=str(exc)))
+                if unreadable is not None:
+                    expiration = timedelta(seconds=record["result_expiration_time"] or 0)
+                    unreadable.append(UnreadableJob(record["id"], expiration, exc))
         await self._publish(events)
         return jobs
 
@@ -511,20 +564,24 @@ class SQLiteDataStore(BaseExternalDataStore):
 
     async def add_schedule(self, schedule: Schedule, conflict_policy: ConflictPolicy) -> None:
         """Add a schedule; see :meth:`DataStore.add_schedule`."""
-        row = self._schedule_row(attrs.evolve(schedule, acquired_by=None, acquired_until=None))
+        record = self._schedule_record(
+            attrs.evolve(schedule, acquired_by=None, acquired_until=None)
+        )
 
         def operation(connection: sqlite3.Connection) -> bool | None:
-            exists = connection.execute(
-                "SELECT 1 FROM schedules WHERE id = ?", (schedule.id,)
+            stored = connection.execute(
+                "SELECT revision FROM schedules WHERE id = ?", (schedule.id,)
             ).fetchone()
-            if exists is not None and conflict_policy is not ConflictPolicy.replace:
+            if stored is not None and conflict_policy is not ConflictPolicy.replace:
                 return None
+            # a new schedule starts at 0; a replacement makes every earlier read stale
+            revision = 0 if stored is None else stored["revision"] + 1
             connection.execute(
                 f"INSERT OR REPLACE INTO schedules ({', '.join(_SCHEDULE_COLUMNS)}) "
                 f"VALUES ({_placeholders(len(_SCHEDULE_COLUMNS))})",
-                row,
+                [*(record[name] for name in _SCHEDULE_COLUMNS if name != "revision"), revision],
             )
-            return exists is None
+            return stored is None
 
         inserted = await self._run(operation)
         if inserted is None:
@@ -533,18 +590,45 @@ class SQLiteDataStore(BaseExternalDataStore):
             return
         await self._publish([schedule_written_event(schedule, added=inserted)])
 
-    async def update_schedule_definition(self, schedule: Schedule) -> Schedule | None:
-        """Replace a schedule, keeping its progress; see the base class."""
-        record = dict(zip(_SCHEDULE_COLUMNS, self._schedule_row(schedule), strict=True))
-        definition = [name for name in _SCHEDULE_COLUMNS if name not in _SCHEDULE_PROGRESS]
-        assignments = ", ".join(f"{name} = ?" for name in definition if name != "id")
+    async def update_schedule_definition(
+        self, schedule: Schedule, *, rescheduled_from: Schedule | None = None
+    ) -> Schedule | None:
+        """Rewrite a schedule unless it changed since it was read; see the base class."""
+        record = self._schedule_record(schedule)  # serialized before the write lock is taken
+        written = [
+            name
+            for name in _SCHEDULE_COLUMNS
+            if name not in _SCHEDULE_KEPT
+            and (rescheduled_from is not None or name not in _SCHEDULE_PROGRESS)
+        ]
+        assignments = ", ".join(f"{name} = ?" for name in written)
+        conditions = "id = ? AND revision = ?"
+        parameters = [*(record[name] for name in written), schedule.id, schedule.revision]
+        if rescheduled_from is not None:
+            # the fire times read must still be the stored ones (in the stored form,
+            # microseconds; NULL "IS" NULL): else a scheduler processed them meanwhile
+            conditions += " AND next_fire_time IS ? AND last_fire_time IS ?"
+            parameters += [
+                _to_db(rescheduled_from.next_fire_time),
+                _to_db(rescheduled_from.last_fire_time),
+            ]
 
         def operation(connection: sqlite3.Connection) -> list[sqlite3.Row]:
-            return connection.execute(
-                f"UPDATE schedules SET {assignments}, acquired_by = NULL, acquired_until = NULL "
-                f"WHERE id = ? RETURNING {', '.join(_SCHEDULE_COLUMNS)}",
-                [*(record[name] for name in definition if name != "id"), schedule.id],
+            rows = connection.execute(
+                f"UPDATE schedules SET {assignments}, revision = revision + 1, "
+                f"acquired_by = NULL, acquired_until = NULL WHERE {conditions} "
+                f"RETURNING {', '.join(_SCHEDULE_COLUMNS)}",
+                parameters,
             ).fetchall()
+            if (
+                not rows
+                and connection.execute(
+                    "SELECT 1 FROM schedules WHERE id = ?", (schedule.id,)
+                ).fetchone()
+            ):
+                # still within the write lock: the schedule exists but changed since read
+                raise StaleScheduleError(schedule.id)
+            return rows
 
         rows = await self._run(operation)
         [updated] = await self._schedules_from_rows(rows) if rows else [None]
@@ -749,10 +833,12 @@ class SQLiteDataStore(BaseExternalDataStore):
             return now, acquired, missed
 
         now, acquired_rows, missed_rows = await self._run(operation)
-        jobs = await self._jobs_from_rows(acquired_rows)
+        unreadable: list[UnreadableJob] = []
+        jobs = await self._jobs_from_rows(acquired_rows, unreadable)
         missed = await self._jobs_from_rows(missed_rows)
         events = job_acquisition_events(scheduler_id, now, jobs, missed)
         await self._publish(events)
+        await self.release_jobs(scheduler_id, unreadable_job_results(now, unreadable))
         return [attrs.evolve(job, acquired_by=None, acquired_until=None) for job in jobs]
 
     def _acquire_jobs(

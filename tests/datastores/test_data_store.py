@@ -23,19 +23,23 @@ from asched import (
     CoalescePolicy,
     ConflictingIdError,
     ConflictPolicy,
+    DeserializationError,
     Job,
     JobOutcome,
     JobResult,
+    RemoteJobError,
     Schedule,
     ScheduleUpdate,
     SerializationError,
+    StaleScheduleError,
     Task,
     TaskLookupError,
 )
-from asched.datastores import DataStore
+from asched.datastores import BaseExternalDataStore, DataStore
 from asched.events import (
     JobAcquired,
     JobAdded,
+    JobDeserializationFailed,
     JobReleased,
     ScheduleAdded,
     ScheduleRemoved,
@@ -284,6 +288,178 @@ async def test_a_definition_update_of_a_missing_schedule_changes_nothing(
     assert await data_store.update_schedule_definition(make_schedule(clock, "ghost")) is None
     assert await data_store.get_schedules() == []
     assert not recorder.of_type(ScheduleUpdated)
+
+
+async def test_a_new_schedule_starts_at_revision_zero_and_a_replacement_moves_it_on(
+    data_store: DataStore, clock: FakeClock
+) -> None:
+    await data_store.add_task(make_task())
+    await data_store.add_schedule(make_schedule(clock, revision=7), ConflictPolicy.exception)
+    [added] = await data_store.get_schedules()
+    assert added.revision == 0
+
+    await data_store.add_schedule(make_schedule(clock, name="again"), ConflictPolicy.replace)
+    [replaced] = await data_store.get_schedules()
+    assert (replaced.name, replaced.revision) == ("again", 1)
+    # a stale read (from before the replacement) no longer writes
+    with pytest.raises(StaleScheduleError, match="'s1'"):
+        await data_store.update_schedule_definition(attrs.evolve(added, name="stale"))
+    assert (await data_store.get_schedules())[0].name == "again"
+
+
+async def test_a_definition_update_from_a_stale_read_writes_nothing(
+    data_store: DataStore, clock: FakeClock, recorder: EventRecorder
+) -> None:
+    # two update_schedule() calls read the schedule at once; the second to write must not
+    # silently undo the first: it is told, and its caller reads again and reapplies
+    await data_store.add_task(make_task())
+    await data_store.add_schedule(make_schedule(clock), ConflictPolicy.exception)
+    [read] = await data_store.get_schedules()
+    first = await data_store.update_schedule_definition(attrs.evolve(read, paused=True))
+    assert first is not None
+    assert first.revision == read.revision + 1
+    recorder.clear()
+
+    with pytest.raises(StaleScheduleError):
+        await data_store.update_schedule_definition(attrs.evolve(read, args=(9,)))
+    [stored] = await data_store.get_schedules()
+    assert (stored.paused, stored.args, stored.revision) == (True, (), first.revision)
+    assert not recorder.of_type(ScheduleUpdated)
+
+    second = await data_store.update_schedule_definition(attrs.evolve(stored, args=(9,)))
+    assert second is not None
+    [stored] = await data_store.get_schedules()
+    assert (stored.paused, stored.args, stored.revision) == (True, (9,), first.revision + 1)
+    assert second == stored
+
+
+@pytest.mark.parametrize("rescheduling", [False, True], ids=["definition", "rescheduling"])
+async def test_an_update_never_brings_back_a_removed_schedule(
+    data_store: DataStore, clock: FakeClock, recorder: EventRecorder, rescheduling: bool
+) -> None:
+    await data_store.add_task(make_task())
+    await data_store.add_schedule(make_schedule(clock), ConflictPolicy.exception)
+    [read] = await data_store.get_schedules()
+    await data_store.remove_schedules(["s1"])
+    recorder.clear()
+
+    later = clock.now() + timedelta(hours=1)
+    changed = attrs.evolve(read, next_fire_time=later, next_run_time=later)
+    updated = await data_store.update_schedule_definition(
+        changed, rescheduled_from=read if rescheduling else None
+    )
+
+    assert updated is None
+    assert await data_store.get_schedules() == []
+    assert not recorder.of_type(ScheduleUpdated)
+
+
+async def test_rescheduling_writes_the_new_fire_times_and_clears_the_lease(
+    data_store: DataStore, clock: FakeClock, recorder: EventRecorder
+) -> None:
+    await data_store.add_task(make_task())
+    await data_store.add_schedule(make_schedule(clock), ConflictPolicy.exception)
+    [read] = await data_store.get_schedules()
+    [acquired] = await data_store.acquire_schedules("me", LEASE, 10)  # fired, not released
+    recorder.clear()
+
+    later = clock.now() + timedelta(hours=1)
+    trigger = IntervalTrigger(hours=1, start_time=later)
+    rescheduled = attrs.evolve(read, trigger=trigger, next_fire_time=later, next_run_time=later)
+    updated = await data_store.update_schedule_definition(rescheduled, rescheduled_from=read)
+
+    [stored] = await data_store.get_schedules()
+    assert updated == stored
+    assert (stored.trigger, stored.next_fire_time, stored.next_run_time) == (
+        trigger,
+        later,
+        later,
+    )
+    assert (stored.acquired_by, stored.revision) == (None, read.revision + 1)
+    assert [event.next_fire_time for event in recorder.of_type(ScheduleUpdated)] == [later]
+    # the leaseholder's release of the old fire time is dropped with its job
+    assert acquired.next_fire_time is not None
+    after_that = acquired.next_fire_time + timedelta(seconds=10)
+    await data_store.release_schedules(
+        "me",
+        [
+            ScheduleUpdate(
+                schedule_id="s1",
+                next_fire_time=after_that,
+                next_run_time=after_that,
+                last_fire_time=acquired.next_fire_time,
+                jobs=(make_job(clock, schedule_id="s1"),),
+            )
+        ],
+    )
+    assert await data_store.get_jobs() == []
+    assert (await data_store.get_schedules())[0].next_fire_time == later
+
+
+async def test_rescheduling_from_fire_times_processed_since_the_read_writes_nothing(
+    data_store: DataStore, clock: FakeClock
+) -> None:
+    # update_schedule(trigger=...) works the new fire times out from what it read; had a
+    # scheduler fired the schedule meanwhile, writing them could fire a fire time again
+    await data_store.add_task(make_task())
+    await data_store.add_schedule(make_schedule(clock), ConflictPolicy.exception)
+    [read] = await data_store.get_schedules()
+    [acquired] = await data_store.acquire_schedules("me", LEASE, 10)
+    moved_on = clock.now() + timedelta(seconds=10)
+    await data_store.release_schedules(
+        "me",
+        [
+            ScheduleUpdate(
+                schedule_id="s1",
+                next_fire_time=moved_on,
+                next_run_time=moved_on,
+                last_fire_time=acquired.next_fire_time,
+                jobs=(make_job(clock, schedule_id="s1"),),
+            )
+        ],
+    )
+
+    rescheduled = attrs.evolve(read, name="new")  # its fire times: those read, now processed
+    with pytest.raises(StaleScheduleError):
+        await data_store.update_schedule_definition(rescheduled, rescheduled_from=read)
+
+    [stored] = await data_store.get_schedules()
+    assert (stored.name, stored.next_fire_time) == (None, moved_on)
+    assert stored.revision == read.revision  # firing is progress, not a new revision
+
+
+async def test_concurrent_read_modify_writes_lose_no_change(
+    data_stores: list[DataStore], clock: FakeClock
+) -> None:
+    # Each of three stores (three schedulers) appends to the schedule's metadata 8 times,
+    # reading again whenever its write finds the schedule changed: all 24 appends survive
+    first = data_stores[0]
+    await first.add_task(make_task())
+    await first.add_schedule(make_schedule(clock, metadata={"seen": []}), ConflictPolicy.exception)
+
+    async def append(store: DataStore, name: str) -> None:
+        for index in range(8):
+            while True:
+                [current] = await store.get_schedules(["s1"])
+                seen = [*current.metadata["seen"], f"{name}{index}"]
+                try:
+                    await store.update_schedule_definition(
+                        attrs.evolve(current, metadata={"seen": seen})
+                    )
+                    break
+                except StaleScheduleError:
+                    await anyio.lowlevel.checkpoint()
+
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as task_group:
+            for number, store in enumerate(data_stores):
+                task_group.start_soon(append, store, f"s{number}-")
+
+    [stored] = await first.get_schedules()
+    assert sorted(stored.metadata["seen"]) == sorted(
+        f"s{number}-{index}" for number in range(3) for index in range(8)
+    )
+    assert stored.revision == 24
 
 
 async def test_schedules_are_listed_by_id_and_filtered_by_ids(
@@ -1069,6 +1245,66 @@ async def test_error_result_keeps_the_exception_and_the_event_describes_it(
     assert event.exception_message == "bad input 42"
     assert event.exception_traceback is not None
     assert "bad input 42" in event.exception_traceback
+
+
+class TwoPartError(Exception):
+    """Pickles, but cannot be unpickled: its __init__ takes other arguments than its args."""
+
+    def __init__(self, first: int, second: int):
+        super().__init__(f"{first}/{second}")
+
+
+async def test_an_exception_that_cannot_be_restored_still_leaves_a_readable_result(
+    data_store: DataStore, clock: FakeClock
+) -> None:
+    await data_store.add_task(make_task())
+    [job] = await add_jobs(data_store, clock, 1, result_expiration_time=timedelta(minutes=1))
+    await data_store.acquire_jobs("me", LEASE, 10)
+
+    error = TwoPartError(1, 2)
+    await data_store.release_jobs("me", [finish(job, clock, JobOutcome.error, exception=error)])
+
+    result = await data_store.get_job_result(job.id)
+    assert result is not None
+    assert result.outcome is JobOutcome.error
+    # kept as it is in memory, as a RemoteJobError with its type and message elsewhere
+    assert isinstance(result.exception, (TwoPartError, RemoteJobError))
+    assert "1/2" in str(result.exception)
+    assert "TwoPartError" in repr(result.exception) + str(result.exception)
+
+
+def _cannot_rebuild() -> None:
+    raise RuntimeError("this class is gone from the deployed code")
+
+
+class Unrestorable:
+    """Stored fine, but restoring it fails (as a class missing in a worker's deploy would)."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _cannot_rebuild, ()
+
+
+async def test_an_acquired_job_that_cannot_be_restored_is_released_as_an_error(
+    data_store: DataStore, clock: FakeClock, recorder: EventRecorder
+) -> None:
+    if not isinstance(data_store, BaseExternalDataStore):
+        pytest.skip("the memory store keeps objects as they are: there is nothing to restore")
+    await data_store.add_task(make_task())
+    [broken] = await add_jobs(
+        data_store, clock, 1, args=(Unrestorable(),), result_expiration_time=timedelta(hours=1)
+    )
+    [fine] = await add_jobs(data_store, clock, 1)
+
+    # it cannot run here; it is not left leased either (to come back as abandoned later)
+    assert ids_of(await data_store.acquire_jobs("me", LEASE, 10)) == [fine.id]
+    result = await data_store.get_job_result(broken.id)
+    assert result is not None
+    assert result.outcome is JobOutcome.error
+    assert isinstance(result.exception, DeserializationError)
+    assert [job.id for job in await data_store.get_jobs()] == [fine.id]
+    [released] = [event for event in recorder.of_type(JobReleased) if event.job_id == broken.id]
+    assert released.outcome is JobOutcome.error
+    assert [event.job_id for event in recorder.of_type(JobDeserializationFailed)] == [broken.id]
 
 
 async def test_result_of_a_job_not_acquired_by_the_releaser_is_ignored(

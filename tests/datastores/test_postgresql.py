@@ -17,13 +17,21 @@ import asyncpg
 import attrs
 import pytest
 
-from asched import AsyncScheduler, Clock, ConflictingIdError, JobOutcome, JobResult, Schedule
+from asched import (
+    AsyncScheduler,
+    Clock,
+    ConflictingIdError,
+    JobOutcome,
+    JobResult,
+    Schedule,
+    StaleScheduleError,
+)
 from asched._enums import ConflictPolicy
 from asched._structures import Job, ScheduleUpdate, Task
 from asched.datastores.base import RetrySettings
 from asched.datastores.postgresql import SCHEMA_VERSION, PostgreSQLDataStore
 from asched.eventbrokers import LocalEventBroker
-from asched.events import ScheduleAdded
+from asched.events import ScheduleAdded, ScheduleUpdated
 from asched.triggers import IntervalTrigger
 from tests.backends.postgresql import drop_schema, tagged_url, terminate_connections
 from tests.clock import FakeClock
@@ -73,7 +81,7 @@ async def test_schema_records_its_version(schema: str, clock: FakeClock) -> None
         )
     finally:
         await connection.close()
-    assert version == str(SCHEMA_VERSION) == "2"
+    assert version == str(SCHEMA_VERSION) == "3"
 
 
 async def table_columns(schema: str) -> dict[str, list[str]]:
@@ -102,7 +110,7 @@ async def test_schema_of_a_newer_version_is_refused_untouched(
             f"""
             CREATE SCHEMA "{schema}";
             CREATE TABLE "{schema}".metadata (key text PRIMARY KEY, value text NOT NULL);
-            INSERT INTO "{schema}".metadata VALUES ('schema_version', '3');
+            INSERT INTO "{schema}".metadata VALUES ('schema_version', '4');
             CREATE TABLE "{schema}".schedules (id text PRIMARY KEY, due_at timestamptz);
             """
         )
@@ -114,7 +122,7 @@ async def test_schema_of_a_newer_version_is_refused_untouched(
         broker = LocalEventBroker()
         await broker.start(stack, logging.getLogger("test"))
         store = PostgreSQLDataStore(tagged_url(schema))
-        message = f"schema '{schema}' has version 3, this asched uses version {SCHEMA_VERSION}"
+        message = f"schema '{schema}' has version 4, this asched uses version {SCHEMA_VERSION}"
         with pytest.raises(RuntimeError, match=message):
             await store.start(stack, broker, logging.getLogger("test"), clock)
 
@@ -192,6 +200,7 @@ async def test_version_1_schema_is_migrated_in_place(schema: str, clock: FakeClo
     columns = await table_columns(schema)
     assert "sequence" not in columns["jobs"]
     assert columns["job_slots"] == ["kind", "id", "taken"]
+    assert columns["schedules"][-1] == "revision"  # on through version 2
     connection = await asyncpg.connect(POSTGRESQL_URL)
     try:
         assert await connection.fetchval(
@@ -208,6 +217,69 @@ async def test_version_1_schema_is_migrated_in_place(schema: str, clock: FakeClo
     assert "(next_run_time, id)" in indexes["schedules_due"]
     assert "acquired_by IS NULL" in indexes["schedules_due"]
     assert "(created_at, id)" in indexes["jobs_queued"]
+
+
+V2_SCHEMA = Path(__file__).with_name("postgresql_schema_v2.sql").read_text()
+
+
+async def test_version_2_schema_is_migrated_in_place(schema: str, clock: FakeClock) -> None:
+    quoted = f'"{schema}"'
+    schedule = due_schedule("s1", clock)
+    connection = await asyncpg.connect(POSTGRESQL_URL)
+    try:
+        await connection.execute(V2_SCHEMA.format(schema=quoted))
+        await connection.execute(
+            f"INSERT INTO {quoted}.metadata VALUES ('schema_version', '2');"
+            f"INSERT INTO {quoted}.tasks VALUES ('task', NULL, 'async', NULL, NULL, '{{}}')"
+        )
+        # a schedule as version 2 stored it (no revision), leased by a scheduler
+        await connection.execute(
+            f"INSERT INTO {quoted}.schedules (id, task_id, trigger, args, kwargs, paused, "
+            "coalesce, job_result_expiration_time, metadata, next_fire_time, next_run_time, "
+            "acquired_by, acquired_until) "
+            "VALUES ('s1', 'task', $1, $2, $3, false, 'latest', 0, '{}', $4, $4, 'old', $5)",
+            json.dumps(schedule.trigger.to_dict()),
+            pickle.dumps(()),
+            pickle.dumps({}),
+            clock.now(),
+            clock.now() + LEASE,
+        )
+    finally:
+        await connection.close()
+    before = await table_columns(schema)
+
+    async with AsyncExitStack() as stack:
+        store = await started_store(stack, tagged_url(schema), clock)
+        [stored] = await store.get_schedules()
+        assert (stored.revision, stored.acquired_by, stored.trigger) == (
+            0,
+            "old",
+            schedule.trigger,
+        )
+        # the old scheduler's release still applies: progress is no revision
+        later = clock.now() + timedelta(seconds=1)
+        update = ScheduleUpdate(
+            schedule_id="s1", next_fire_time=later, next_run_time=later, last_fire_time=None
+        )
+        await store.release_schedules("old", [update])
+        [released] = await store.get_schedules()
+        assert (released.acquired_by, released.revision) == (None, 0)
+        updated = await store.update_schedule_definition(attrs.evolve(released, name="new"))
+        assert updated is not None
+        assert (updated.name, updated.revision) == ("new", 1)
+        with pytest.raises(StaleScheduleError):
+            await store.update_schedule_definition(attrs.evolve(released, name="stale"))
+
+    # one column added at the end; nothing else changed
+    after = await table_columns(schema)
+    assert after == {**before, "schedules": [*before["schedules"], "revision"]}
+    connection = await asyncpg.connect(POSTGRESQL_URL)
+    try:
+        assert await connection.fetchval(
+            f"SELECT value FROM {quoted}.metadata WHERE key = 'schema_version'"
+        ) == str(SCHEMA_VERSION)
+    finally:
+        await connection.close()
 
 
 async def test_concurrent_starts_create_the_schema_once(schema: str, clock: FakeClock) -> None:
@@ -492,6 +564,84 @@ async def test_an_addition_whose_reply_was_lost_after_commit_is_not_a_conflict_o
             await store.add_schedule(attrs.evolve(schedule, args=(1,)), ConflictPolicy.exception)
 
 
+@pytest.mark.parametrize("rescheduling", [False, True], ids=["definition", "rescheduling"])
+async def test_an_update_whose_reply_was_lost_after_commit_is_not_stale_on_retry(
+    schema: str, clock: FakeClock, rescheduling: bool
+) -> None:
+    """The retry finds the revision the lost attempt wrote: success, not StaleScheduleError.
+
+    A scheduler leases the schedule between the commit and the retry: progress and lease
+    moving on do not make the committed update look like someone else's.
+    """
+    recorder = EventRecorder()
+    async with AsyncExitStack() as stack:
+        proxy, proxied_url = await stack.enter_async_context(
+            reply_dropping_proxy(tagged_url(schema))
+        )
+        store = await started_store(
+            stack, proxied_url, clock, retry_settings=RetrySettings(attempts=3, wait_min=0.5)
+        )
+        other = await started_store(stack, tagged_url(schema), clock)
+        assert store._event_broker is not None
+        store._event_broker.subscribe(recorder)
+        await store.add_task(Task(id="task", job_executor="async"))
+        schedule = attrs.evolve(due_schedule("s1", clock), max_running_jobs=2)
+        await store.add_schedule(schedule, ConflictPolicy.exception)
+        [read] = await store.get_schedules()
+        changed = attrs.evolve(read, name="new", max_running_jobs=3)
+        if rescheduling:
+            later = clock.now() + timedelta(minutes=1)
+            changed = attrs.evolve(changed, next_fire_time=later, next_run_time=later)
+        recorder.clear()
+
+        async def lease_it_meanwhile() -> None:
+            with anyio.fail_after(10):
+                while not proxy.dropped:  # noqa: ASYNC110 - the proxy only counts
+                    await anyio.sleep(0.01)
+            clock.advance(60)
+            assert [item.id for item in await other.acquire_schedules("other", LEASE, 1)] == ["s1"]
+
+        proxy.drop_reply_to(
+            lambda text: f'UPDATE "{schema}".schedules' in text and "revision + 1" in text
+        )
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(lease_it_meanwhile)
+            updated = await store.update_schedule_definition(
+                changed, rescheduled_from=read if rescheduling else None
+            )
+
+        assert proxy.dropped == 1
+        [stored] = await store.get_schedules()
+        assert updated == stored
+        assert (stored.name, stored.max_running_jobs, stored.revision) == ("new", 3, 1)
+        assert stored.acquired_by == "other"
+        assert stored.next_fire_time == changed.next_fire_time
+        assert [event.schedule_id for event in recorder.of_type(ScheduleUpdated)] == ["s1"]
+        # the schedule's counter was created once
+        assert await slot_counts(schema) == {("schedule", "s1"): 0}
+        with pytest.raises(StaleScheduleError):
+            await store.update_schedule_definition(attrs.evolve(read, name="again"))
+
+
+async def test_a_second_update_from_the_same_read_is_stale_even_if_it_changes_the_same(
+    schema: str, clock: FakeClock
+) -> None:
+    """Only a retry takes a stored row alike to what it writes for its own."""
+    async with AsyncExitStack() as stack:
+        store = await started_store(stack, tagged_url(schema), clock)
+        await store.add_task(Task(id="task", job_executor="async"))
+        await store.add_schedule(due_schedule("s1", clock), ConflictPolicy.exception)
+        [read] = await store.get_schedules()
+        paused = attrs.evolve(read, paused=True)
+        first = await store.update_schedule_definition(paused)
+        assert first is not None
+        assert first.revision == 1
+
+        with pytest.raises(StaleScheduleError):
+            await store.update_schedule_definition(paused)
+        assert (await store.get_schedules())[0].revision == 1
+
+
 @pytest.mark.parametrize("what", ["jobs", "schedules"])
 async def test_what_a_failed_acquisition_leased_goes_to_the_schedulers_next_one(
     schema: str, clock: FakeClock, what: str
@@ -726,10 +876,29 @@ async def test_batch_operations_are_one_statement_each(schema: str, clock: FakeC
             await count("release_schedules", store.release_schedules("me", [update]))
             await count("cleanup", store.cleanup())
             await count("next_schedule_run_time", store.get_next_schedule_run_time())
+            [schedule] = await store.get_schedules()
+            rescheduled = attrs.evolve(
+                schedule, name="new", next_fire_time=clock.now(), next_run_time=clock.now()
+            )
+            for rescheduled_from in (None, schedule):
+                sent.clear()
+                with pytest.raises(StaleScheduleError):  # told apart from missing at once
+                    await store.update_schedule_definition(
+                        attrs.evolve(rescheduled, revision=5), rescheduled_from=rescheduled_from
+                    )
+                counts["stale_update_schedule_definition"] = len(sent)
+                written = await count(
+                    "update_schedule_definition",
+                    store.update_schedule_definition(
+                        rescheduled, rescheduled_from=rescheduled_from
+                    ),
+                )
+                assert written is not None
+                rescheduled = attrs.evolve(rescheduled, revision=written.revision)
     finally:
         await pool.close()
     assert counts == dict.fromkeys(counts, 1)
-    assert len(counts) == 6
+    assert len(counts) == 8
 
 
 def logging_queries_to(sent: list[str]) -> Callable[[asyncpg.Connection], Awaitable[None]]:

@@ -24,7 +24,14 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from asched import AsyncScheduler, JobOutcome, JobResult, SchedulerRole
+from asched import (
+    AsyncScheduler,
+    DeserializationError,
+    JobOutcome,
+    JobResult,
+    SchedulerRole,
+    StaleScheduleError,
+)
 from asched._enums import ConflictPolicy
 from asched._structures import Job, Schedule, ScheduleUpdate, Task
 from asched.datastores.base import RetrySettings
@@ -34,6 +41,7 @@ from asched.eventbrokers.redis import RedisEventBroker
 from asched.events import (
     JobAcquired,
     JobAdded,
+    JobDeserializationFailed,
     JobReleased,
     ScheduleAdded,
     ScheduleRemoved,
@@ -307,6 +315,41 @@ async def test_schedules_stored_with_the_record_inside_their_hash_still_load(
         assert moved_on.next_fire_time == later
 
 
+async def test_schedules_stored_without_a_revision_are_at_revision_zero(
+    namespace: str, clock: FakeClock
+) -> None:
+    # Earlier versions kept no revision in the schedule's hash: such a schedule reads as
+    # revision 0, and updates and replacements count on from there
+    client = aioredis.Redis.from_url(REDIS_URL)
+
+    def hash_of(schedule_id: str) -> str:
+        return f"{{{namespace}}}:schedule:{schedule_id}"
+
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(client.aclose)
+        store = await started_store(stack, url_for(namespace), clock)
+        for schedule_id in ("replaced", "rescheduled", "updated"):
+            await store.add_schedule(due_schedule(schedule_id, clock), ConflictPolicy.exception)
+            assert await client.hget(hash_of(schedule_id), "revision") == b"0"
+            await client.hdel(hash_of(schedule_id), "revision")
+
+        replaced, rescheduled, updated = await store.get_schedules()
+        assert [schedule.revision for schedule in (replaced, rescheduled, updated)] == [0, 0, 0]
+        assert await store.update_schedule_definition(attrs.evolve(updated, name="new"))
+        later = clock.now() + timedelta(hours=1)
+        assert await store.update_schedule_definition(
+            attrs.evolve(rescheduled, name="new", next_fire_time=later, next_run_time=later),
+            rescheduled_from=rescheduled,
+        )
+        await store.add_schedule(attrs.evolve(replaced, name="new"), ConflictPolicy.replace)
+
+        stored = await store.get_schedules()
+        assert [(schedule.name, schedule.revision) for schedule in stored] == [("new", 1)] * 3
+        assert stored[1].next_fire_time == later
+        for schedule_id in ("replaced", "rescheduled", "updated"):
+            assert await client.hget(hash_of(schedule_id), "revision") == b"1"
+
+
 #
 # Lost replies: a script the server ran, whose reply never reached the caller
 #
@@ -374,6 +417,52 @@ async def test_tasks_and_schedules_change_once_when_each_first_reply_is_lost(
     assert counts(recorder, ScheduleUpdated) == {"a": 2}  # replaced, then moved on
     assert counts(recorder, ScheduleRemoved) == {"a": 1, "b": 1}
     assert counts(recorder, JobAdded) == {job.id: 1}
+
+
+async def test_definition_updates_apply_once_when_each_first_reply_is_lost(
+    namespace: str, clock: FakeClock, recorder: EventRecorder
+) -> None:
+    # The retry of an update whose first attempt wrote finds the schedule at the revision that
+    # attempt wrote: it must get that attempt's reply, not StaleScheduleError (its caller
+    # would read again and apply its change twice)
+    client = losing_client()
+    client.lose_first_reply_of_each_call()
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(client.aclose)
+        store = await started_store(
+            stack, client, clock, recorder, prefix=namespace, retry_settings=QUICK_RETRIES
+        )
+        await store.add_task(Task(id="task", job_executor="async"))
+        await store.add_schedule(due_schedule("s", clock), ConflictPolicy.exception)
+        [read] = await store.get_schedules()
+
+        paused = await store.update_schedule_definition(attrs.evolve(read, paused=True))
+        assert paused is not None
+        assert (paused.paused, paused.revision) == (True, 1)
+        later = clock.now() + timedelta(hours=1)
+        rescheduled = await store.update_schedule_definition(
+            attrs.evolve(paused, paused=False, next_fire_time=later, next_run_time=later),
+            rescheduled_from=paused,
+        )
+        assert rescheduled is not None
+        assert (rescheduled.paused, rescheduled.revision, rescheduled.next_fire_time) == (
+            False,
+            2,
+            later,
+        )
+        # a stale update stays stale when its reply is lost (and writes nothing)
+        with pytest.raises(StaleScheduleError):
+            await store.update_schedule_definition(attrs.evolve(read, name="stale"))
+        [stored] = await store.get_schedules()
+        assert stored == rescheduled
+        assert stored.revision == 2
+        assert await store.get_next_schedule_run_time() == later
+
+        await store.remove_schedules(["s"])
+        assert await store.update_schedule_definition(stored) is None
+        assert await store.get_schedules() == []
+    assert client.lost >= 7  # every script call above lost its first reply
+    assert counts(recorder, ScheduleUpdated) == {"s": 2}
 
 
 async def test_jobs_run_once_when_each_first_reply_is_lost(
@@ -460,9 +549,11 @@ async def test_replies_lost_to_real_timeouts_lose_and_repeat_nothing(
             for _ in range(count)
         ]
         await helper.add_jobs(late)
+        # twice as many: adding 3,000 takes the server about the 20 ms the client waits, too
+        # close to time out every time
         on_time = [
             Job(task_id="task", created_at=clock.now(), result_expiration_time=kept)
-            for _ in range(count)
+            for _ in range(2 * count)
         ]
         with caplog.at_level(logging.WARNING):
             await store.add_jobs(on_time)
@@ -1087,7 +1178,7 @@ async def test_a_definition_update_changing_the_limit_lets_held_back_jobs_start(
         assert updated is not None
         assert (updated.name, updated.max_running_jobs, updated.acquired_by) == ("raised", 2, None)
         assert ids_of(await store.acquire_jobs("me", LEASE, 10)) == [jobs[1].id]
-        await store.update_schedule_definition(attrs.evolve(limited, max_running_jobs=None))
+        await store.update_schedule_definition(attrs.evolve(updated, max_running_jobs=None))
         assert ids_of(await store.acquire_jobs("me", LEASE, 10)) == [jobs[2].id]
         # the lease was cleared: the schedule is due again, at its stored fire time
         [again] = await store.acquire_schedules("other", LEASE, 10)
@@ -1111,6 +1202,62 @@ async def test_a_client_that_retries_commands_itself_is_warned_about(
             await started_store(stack, bounded, clock, prefix=namespace)
             await started_store(stack, url_for(namespace), clock)
             assert "RedisDataStore" not in caplog.text
+
+
+def _refuse_to_come_back() -> None:
+    raise RuntimeError("cannot be restored")
+
+
+class Unrestorable:
+    """Pickles, but unpickling it raises (as a class renamed since it was stored would)."""
+
+    def __reduce__(self) -> tuple[Callable[[], None], tuple[()]]:
+        return _refuse_to_come_back, ()
+
+
+async def test_a_job_that_cannot_be_restored_is_left_out_and_reported(
+    namespace: str, clock: FakeClock, recorder: EventRecorder
+) -> None:
+    async with AsyncExitStack() as stack:
+        store = await started_store(stack, url_for(namespace), clock, recorder)
+        await store.add_task(Task(id="task", job_executor="async"))
+        kept = timedelta(minutes=5)
+        first, broken, last = (
+            Job(task_id="task", args=args, created_at=clock.now(), result_expiration_time=kept)
+            for args in [(), (Unrestorable(),), ()]
+        )
+        await store.add_jobs([first, broken, last])
+
+        assert ids_of(await store.get_jobs()) == [first.id, last.id]
+        assert await store.get_jobs([broken.id]) == []
+        failed = recorder.of_type(JobDeserializationFailed)
+        assert [event.job_id for event in failed] == [broken.id, broken.id]
+        assert "cannot be restored" in failed[0].error
+        assert await store.get_job_result(broken.id) is None  # it has not ended
+
+        # no worker can run it: its acquisition ends it as an error, with the reason
+        assert ids_of(await store.acquire_jobs("me", LEASE, 10)) == [first.id, last.id]
+        result = await store.get_job_result(broken.id)
+        assert result is not None
+        assert result.outcome is JobOutcome.error
+        assert isinstance(result.exception, DeserializationError)
+        await store.release_jobs(
+            "me",
+            [
+                JobResult.for_job(
+                    first, JobOutcome.success, finished_at=clock.now(), return_value=Unrestorable()
+                ),
+                JobResult.for_job(last, JobOutcome.success, finished_at=clock.now()),
+            ],
+        )
+        assert await store.get_jobs() == []
+        # a result that cannot be restored fails the read of that result only, as in the
+        # PostgreSQL and SQLite stores
+        with pytest.raises(DeserializationError, match="cannot be restored"):
+            await store.get_job_result(first.id)
+        result = await store.get_job_result(last.id)
+        assert result is not None
+        assert result.outcome is JobOutcome.success
 
 
 async def test_reading_some_jobs_reads_only_those_jobs(namespace: str, clock: FakeClock) -> None:

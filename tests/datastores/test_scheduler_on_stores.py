@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+from functools import partial
 from types import ModuleType
+from typing import Any
 
 import anyio
 import pytest
 
-from asched import AsyncScheduler
+from asched import AsyncScheduler, ScheduleLookupError
+from asched.triggers import IntervalTrigger
 
 pytestmark = pytest.mark.anyio
 
@@ -73,3 +77,62 @@ async def test_raising_a_task_limit_lets_held_back_jobs_start(
             # no job was released: the changed limit itself must make the worker look again
             await second.wait()
         _Holds.release.set()
+
+
+async def record_nothing(*args: object) -> None:
+    pass
+
+
+async def test_concurrent_changes_to_one_schedule_all_take_effect(
+    store_backend: ModuleType, namespace: str
+) -> None:
+    # Two schedulers change one schedule at the same moment, each reading it and writing it
+    # back: neither may undo the other's acknowledged change
+    async with (
+        store_backend.open_data_stores(namespace, 2) as (first_store, second_store),
+        AsyncScheduler(first_store) as first,
+        AsyncScheduler(second_store) as second,
+    ):
+        await first.add_schedule(record_nothing, IntervalTrigger(hours=1), id="shared")
+        for round_number in range(10):
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(first.pause_schedule, "shared")
+                task_group.start_soon(
+                    partial(second.update_schedule, "shared", args=[round_number])
+                )
+            paused = await second.get_schedule("shared")
+            assert (paused.paused, paused.args) == (True, (round_number,))
+
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(first.unpause_schedule, "shared")
+                task_group.start_soon(
+                    partial(second.update_schedule, "shared", metadata={"round": round_number})
+                )
+            resumed = await first.get_schedule("shared")
+            assert (resumed.paused, resumed.metadata) == (False, {"round": round_number})
+
+
+async def test_a_removed_schedule_stays_removed_whatever_update_races_its_removal(
+    store_backend: ModuleType, namespace: str
+) -> None:
+    async def update_if_there(scheduler: AsyncScheduler, **changes: Any) -> None:
+        with contextlib.suppress(ScheduleLookupError):  # the removal came first
+            await scheduler.update_schedule("doomed", **changes)
+
+    async with (
+        store_backend.open_data_stores(namespace, 2) as (first_store, second_store),
+        AsyncScheduler(first_store) as first,
+        AsyncScheduler(second_store) as second,
+    ):
+        for round_number in range(10):
+            await first.add_schedule(record_nothing, IntervalTrigger(hours=1), id="doomed")
+            # a new trigger reschedules; args only rewrite the definition
+            changes: dict[str, Any] = (
+                {"trigger": IntervalTrigger(minutes=round_number + 1)}
+                if round_number % 2
+                else {"args": [round_number]}
+            )
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(first.remove_schedule, "doomed")
+                task_group.start_soon(partial(update_if_there, second, **changes))
+            assert await second.get_schedules() == []

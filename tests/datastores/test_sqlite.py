@@ -15,14 +15,16 @@ from typing import Any
 from uuid import UUID
 
 import anyio
+import attrs
 import pytest
 
-from asched import AsyncScheduler, CoalescePolicy, SchedulerRole
+from asched import AsyncScheduler, CoalescePolicy, SchedulerRole, StaleScheduleError
 from asched._enums import ConflictPolicy, JobOutcome
 from asched._structures import Job, JobResult, Schedule, Task
 from asched.datastores.sqlite import SCHEMA_VERSION, SQLiteDataStore
 from asched.eventbrokers import LocalEventBroker
 from asched.events import JobReleased
+from asched.serializers import PickleSerializer
 from asched.triggers import CronTrigger, IntervalTrigger
 from tests.clock import FakeClock
 
@@ -103,22 +105,197 @@ async def test_everything_survives_a_restart(tmp_path: Path, clock: FakeClock) -
         assert result.return_value == 42
 
 
-async def test_a_file_of_another_version_is_refused(tmp_path: Path, clock: FakeClock) -> None:
+async def test_a_file_of_a_newer_version_is_refused_untouched(
+    tmp_path: Path, clock: FakeClock
+) -> None:
     path = tmp_path / "jobs.sqlite"
     async with AsyncExitStack() as stack:
         await started_store(stack, path, clock)
+    newer = str(SCHEMA_VERSION + 1)
     with sqlite3.connect(path) as connection:
         assert connection.execute("SELECT value FROM metadata").fetchone() == (
             str(SCHEMA_VERSION),
         )
-        connection.execute("UPDATE metadata SET value = '999'")
+        connection.execute("UPDATE metadata SET value = ?", (newer,))
+        connection.execute("ALTER TABLE schedules DROP COLUMN revision")  # a newer layout
+    connection.close()
 
-    async with AsyncExitStack() as stack:
-        broker = LocalEventBroker()
-        await broker.start(stack, logging.getLogger("test"))
-        store = SQLiteDataStore(path)
-        with pytest.raises(RuntimeError, match="has schema version 999"):
-            await store.start(stack, broker, logging.getLogger("test"), clock)
+    await start_raises(
+        path,
+        clock,
+        rf"has schema version {newer}, this asched uses version {SCHEMA_VERSION} "
+        r"\(and migrates version 1\)",
+    )
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("SELECT value FROM metadata").fetchone() == (newer,)
+        columns = [row[1] for row in connection.execute("PRAGMA table_info(schedules)")]
+    connection.close()
+    assert "revision" not in columns
+
+
+#: the tables of schema version 1, as asched wrote them before schedules had a revision
+V1_DDL = """
+CREATE TABLE metadata (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE tasks (
+    id TEXT PRIMARY KEY, func_ref TEXT, job_executor TEXT NOT NULL, max_running_jobs INTEGER,
+    misfire_grace_time REAL, metadata TEXT NOT NULL
+);
+CREATE TABLE schedules (
+    id TEXT PRIMARY KEY, task_id TEXT NOT NULL, trigger TEXT NOT NULL, args BLOB NOT NULL,
+    kwargs BLOB NOT NULL, name TEXT, paused INTEGER NOT NULL, coalesce TEXT NOT NULL,
+    misfire_grace_time REAL, max_jitter REAL, max_running_jobs INTEGER, job_executor TEXT,
+    job_result_expiration_time REAL NOT NULL, metadata TEXT NOT NULL,
+    next_fire_time INTEGER, next_run_time INTEGER, last_fire_time INTEGER,
+    acquired_by TEXT, acquired_until INTEGER
+);
+CREATE INDEX schedules_due
+    ON schedules (next_run_time) WHERE NOT paused AND next_run_time IS NOT NULL;
+CREATE INDEX schedules_leased ON schedules (acquired_until) WHERE acquired_by IS NOT NULL;
+CREATE TABLE jobs (
+    sequence INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, task_id TEXT NOT NULL,
+    args BLOB NOT NULL, kwargs BLOB NOT NULL, schedule_id TEXT, scheduled_fire_time INTEGER,
+    jitter REAL NOT NULL, start_deadline INTEGER, job_executor TEXT,
+    result_expiration_time REAL NOT NULL, created_at INTEGER NOT NULL, acquired_by TEXT,
+    acquired_until INTEGER
+);
+CREATE INDEX jobs_queued ON jobs (sequence) WHERE acquired_by IS NULL;
+CREATE INDEX jobs_running ON jobs (task_id, schedule_id) WHERE acquired_by IS NOT NULL;
+CREATE TABLE job_results (
+    job_id TEXT PRIMARY KEY, outcome TEXT NOT NULL, return_value BLOB, exception BLOB,
+    started_at INTEGER, finished_at INTEGER NOT NULL, expires_at INTEGER NOT NULL
+);
+CREATE INDEX job_results_expiry ON job_results (expires_at);
+INSERT INTO metadata (key, value) VALUES ('schema_version', '1');
+"""
+
+
+def write_version_1_file(path: Path, schedules: list[Schedule]) -> None:
+    """Write a store file of schema version 1 holding ``schedules``, as asched 1 did."""
+    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    connection = sqlite3.connect(path, isolation_level=None)
+    try:
+        connection.execute("PRAGMA journal_mode = WAL")
+        connection.executescript(V1_DDL)
+        for schedule in schedules:
+            record = schedule.marshal(PickleSerializer())
+            del record["revision"]  # no such column in version 1
+            record["trigger"] = json.dumps(record["trigger"])
+            record["metadata"] = json.dumps(record["metadata"])
+            for name in ("next_fire_time", "next_run_time", "last_fire_time", "acquired_until"):
+                if record[name] is not None:  # microseconds since the epoch
+                    record[name] = (record[name] - epoch) // timedelta(microseconds=1)
+            connection.execute(
+                f"INSERT INTO schedules ({', '.join(record)}) "
+                f"VALUES ({', '.join('?' * len(record))})",
+                list(record.values()),
+            )
+    finally:
+        connection.close()
+
+
+def schema_of(path: Path) -> tuple[str, list[str]]:
+    """Return the file's schema version and the columns of its schedules table."""
+    connection = sqlite3.connect(path)
+    try:
+        [version] = connection.execute(
+            "SELECT value FROM metadata WHERE key = 'schema_version'"
+        ).fetchone()
+        columns = [row[1] for row in connection.execute("PRAGMA table_info(schedules)")]
+    finally:
+        connection.close()
+    return version, columns
+
+
+def migration_messages(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [record.getMessage() for record in caplog.records if "migrating" in record.getMessage()]
+
+
+async def test_a_version_1_file_is_migrated_in_place(
+    tmp_path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "jobs.sqlite"
+    fired = clock.now() - timedelta(minutes=1)
+    schedule = Schedule(
+        id="report",
+        task_id="task",
+        trigger=IntervalTrigger(minutes=1, start_time=fired),
+        args=("a",),
+        metadata={"owner": "ops"},
+        last_fire_time=fired,
+        next_fire_time=clock.now(),
+        next_run_time=clock.now(),
+    )
+    write_version_1_file(path, [schedule])
+
+    with caplog.at_level(logging.INFO, logger="test"):
+        async with AsyncExitStack() as stack:
+            store = await started_store(stack, path, clock)
+            # the same tables as a file created by this asched
+            async with AsyncExitStack() as fresh_stack:
+                await started_store(fresh_stack, tmp_path / "fresh.sqlite", clock)
+            assert schema_of(path) == schema_of(tmp_path / "fresh.sqlite")
+            [loaded] = await store.get_schedules()
+            assert loaded == schedule  # progress included
+            assert loaded.revision == 0
+
+            updated = await store.update_schedule_definition(attrs.evolve(loaded, name="new"))
+            assert updated is not None
+            assert (updated.name, updated.revision) == ("new", 1)
+            assert updated.next_fire_time == schedule.next_fire_time
+            with pytest.raises(StaleScheduleError):  # the read from before the update
+                await store.update_schedule_definition(attrs.evolve(loaded, name="stale"))
+            [acquired] = await store.acquire_schedules("me", timedelta(minutes=1), 10)
+            assert (acquired.id, acquired.revision) == ("report", 1)
+    assert migration_messages(caplog) == [
+        f"SQLiteDataStore: migrating {path} from schema version 1 to 2"
+    ]
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="test"):
+        async with AsyncExitStack() as stack:  # reopened: already version 2
+            reopened = await started_store(stack, path, clock)
+            [stored] = await reopened.get_schedules()
+            assert (stored.name, stored.revision) == ("new", 1)
+    assert migration_messages(caplog) == []
+
+
+async def test_stores_starting_on_one_version_1_file_at_once_migrate_it_once(
+    tmp_path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "jobs.sqlite"
+    write_version_1_file(path, [])
+    # Another connection holds the write lock while the stores start, so that they all
+    # find a version 1 file and then queue up for the lock
+    locked = threading.Event()
+    release = threading.Event()
+    holder = threading.Thread(target=hold_write_lock, args=(path, locked, release))
+    holder.start()
+    try:
+        assert await anyio.to_thread.run_sync(locked.wait, 10)
+        with caplog.at_level(logging.INFO, logger="test"):
+            async with AsyncExitStack() as stack:
+                broker = LocalEventBroker()  # started here, not inside the task group
+                await broker.start(stack, logging.getLogger("test"))
+                stores: list[SQLiteDataStore] = []
+
+                async def start() -> None:
+                    store = SQLiteDataStore(path)
+                    await store.start(stack, broker, logging.getLogger("test"), clock)
+                    stores.append(store)
+
+                with anyio.fail_after(20):
+                    async with anyio.create_task_group() as task_group:
+                        for _ in range(4):
+                            task_group.start_soon(start)
+                        await anyio.sleep(0.2)
+                        release.set()
+                assert len(stores) == 4
+    finally:
+        release.set()
+        holder.join()
+    assert len(migration_messages(caplog)) == 1
+    version, columns = schema_of(path)
+    assert (version, columns.count("revision")) == ("2", 1)
 
 
 async def test_a_write_lock_held_by_another_process_is_waited_out(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 from datetime import datetime, timezone
 from pathlib import Path
+from uuid import uuid4
 
 import anyio
 import pytest
@@ -13,6 +14,7 @@ from asched import (
     AsyncScheduler,
     DeserializationError,
     JobOutcome,
+    JobResult,
     RemoteJobError,
     SerializationError,
 )
@@ -126,3 +128,42 @@ async def test_a_persistent_store_keeps_arguments_results_and_errors_through_its
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+class TwoPartError(Exception):
+    def __init__(self, first: int, second: int):
+        super().__init__(f"{first}/{second}")
+
+
+def test_a_kept_exception_that_would_not_unpickle_is_kept_as_a_remote_job_error() -> None:
+    serializer = PickleSerializer()
+    now = datetime.now(timezone.utc)
+    result = JobResult(
+        job_id=uuid4(),
+        outcome=JobOutcome.error,
+        exception=TwoPartError(1, 2),
+        finished_at=now,
+        expires_at=now,
+    )
+
+    restored = JobResult.unmarshal(serializer, result.marshal(serializer))
+
+    assert isinstance(restored.exception, RemoteJobError)
+    assert restored.exception.exception_type.endswith("TwoPartError")
+    assert restored.exception.message == "1/2"
+
+
+def test_a_stored_exception_that_cannot_be_restored_reads_as_a_remote_job_error() -> None:
+    # as stored before the check above, or by a deploy whose exception class changed since
+    serializer = PickleSerializer()
+    now = datetime.now(timezone.utc)
+    record = JobResult(
+        job_id=uuid4(), outcome=JobOutcome.error, finished_at=now, expires_at=now
+    ).marshal(serializer)
+    record["exception"] = pickle.dumps(TwoPartError(1, 2))
+
+    restored = JobResult.unmarshal(serializer, record)
+
+    assert restored.outcome is JobOutcome.error
+    assert isinstance(restored.exception, RemoteJobError)
+    assert "cannot restore the exception" in restored.exception.message
