@@ -44,9 +44,12 @@ def check_arguments(
     Functions without a signature Python can read are not checked.
     """
     without_arguments = not args and not kwargs
-    hashable = isinstance(function, Hashable)
-    if without_arguments and hashable and function in _callable_without_arguments:
-        return
+    if without_arguments:
+        try:
+            if function in _callable_without_arguments:
+                return
+        except TypeError:  # unhashable
+            without_arguments = False  # checked every time, not remembered
     signature = _signature(function)
     if signature is None:
         return
@@ -58,7 +61,7 @@ def check_arguments(
         except TypeError:  # a partial or a callable instance
             name = repr(function)
         raise TypeError(f"args/kwargs do not fit {name}{signature}: {exc}") from None
-    if without_arguments and hashable:
+    if without_arguments:
         if len(_callable_without_arguments) >= _MAX_REMEMBERED:
             _callable_without_arguments.clear()
         _callable_without_arguments.add(function)
