@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import atexit
 import signal
+import socket
 import threading
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeoutError
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from datetime import datetime, timedelta
 from functools import partial
 from types import FrameType, TracebackType
@@ -35,47 +36,89 @@ _FuncT = TypeVar("_FuncT", bound=Callable[..., Any])
 _LOOP_CHECK_SECONDS = 1.0
 
 
-class _Terminated(BaseException):
-    """Raised in the main thread on SIGTERM while run_until_stopped() waits."""
-
-
 class _StopSignals:
-    """Ctrl+C (SIGINT) and SIGTERM as exceptions in the main thread, once armed.
+    """Ctrl+C (SIGINT) and SIGTERM turned into stop requests for a running scheduler.
 
-    A signal that comes before :meth:`arm` is only noted, and raised by :meth:`arm`:
-    run_until_stopped() must not be interrupted while it is still handing the scheduler's
-    task to the event loop, or it would lose the handle it needs to stop that task cleanly.
+    The handler never raises: an exception could land anywhere in the main thread, even in
+    the middle of the call that stops the scheduler. It only counts the signal and, once
+    :meth:`arm` is called, has the event loop apply the count: the first signal stops the
+    scheduler letting running jobs finish, the second cancels them, later ones change nothing.
+    Signals that come before :meth:`arm` (while the scheduler is still starting, when a stop
+    could be missed) are counted and applied by :meth:`arm`.
     """
 
-    def __init__(self, *, armed: bool = False):
-        self._armed = armed
-        self._noted: int | None = None
+    def __init__(self, scheduler: AsyncScheduler, loop: asyncio.AbstractEventLoop):
+        self._scheduler = scheduler
+        self._loop = loop
+        self._armed = False
+        self._received = 0  # written in the main thread only
+        self._applied = 0  # read and written on the loop only
+        self._stopping: set[asyncio.Task[None]] = set()
+        self._wakeup: tuple[socket.socket, socket.socket] | None = None  # (reader, writer)
 
     def handle(self, signum: int, frame: FrameType | None) -> None:
+        self._received += 1
         if self._armed:
-            self._raise(signum)
-        self._noted = signum
+            self._apply_soon()
 
     def arm(self) -> None:
         self._armed = True
-        if self._noted is not None:
-            self._raise(self._noted)
+        if self._received:
+            self._apply_soon()  # a duplicate request from a handler meanwhile is harmless
 
-    @staticmethod
-    def _raise(signum: int) -> None:
-        if signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        raise _Terminated
+    def wait(self, future: Future[_T]) -> _T:
+        """Wait for ``future``, handling each signal as soon as it comes."""
+        if self._wakeup is None:
+            return future.result()
+        # A signal may be delivered to any thread; Python runs its handler in the main thread,
+        # but only once that thread runs again. So the main thread does not wait on the
+        # future's lock (a signal delivered elsewhere would not wake it) but reads a socket
+        # that both the signal (set_wakeup_fd) and the future's completion write to.
+        reader, writer = self._wakeup
+        future.add_done_callback(lambda _: _send_quietly(writer))
+        while not future.done():
+            reader.recv(64)
+        return future.result()
+
+    def _apply_soon(self) -> None:
+        # No lock or blocking call here: the main thread may be anywhere, even in this method
+        with suppress(RuntimeError):  # the loop has closed: the scheduler has stopped anyway
+            self._loop.call_soon_threadsafe(self._apply)
+
+    def _apply(self) -> None:
+        level = min(self._received, 2)
+        if level <= self._applied:
+            return
+        self._applied = level
+        logger = self._scheduler.logger
+        if level == 1:
+            logger.info("Stopping on a signal; running jobs may finish (signal again to cancel)")
+        else:
+            logger.info("Stopping on a second signal; cancelling running jobs")
+        task = self._loop.create_task(self._scheduler.stop(wait=level == 1))
+        self._stopping.add(task)  # the loop only keeps weak references to its tasks
+        task.add_done_callback(self._stopping.discard)
+
+
+def _send_quietly(writer: socket.socket) -> None:
+    with suppress(OSError):  # closed already, or full: the reader is awake either way
+        writer.send(b"\0")
 
 
 @contextmanager
-def _stop_signals() -> Iterator[_StopSignals]:
-    """Handle SIGINT and SIGTERM with a :class:`_StopSignals` (main thread only)."""
+def _stop_signals(
+    scheduler: AsyncScheduler, loop: asyncio.AbstractEventLoop
+) -> Iterator[_StopSignals]:
+    """Handle SIGINT and SIGTERM with a :class:`_StopSignals` (in the main thread only)."""
+    signals = _StopSignals(scheduler, loop)
     if threading.current_thread() is not threading.main_thread():
-        yield _StopSignals(armed=True)  # signals are delivered to the main thread
+        yield signals  # Python handles signals in the main thread only
         return
 
-    signals = _StopSignals()
+    reader, writer = socket.socketpair()
+    writer.setblocking(False)  # as set_wakeup_fd requires
+    signals._wakeup = reader, writer
+    previous_fd = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
     previous = {
         signum: signal.signal(signum, signals.handle) for signum in (signal.SIGINT, signal.SIGTERM)
     }
@@ -85,6 +128,9 @@ def _stop_signals() -> Iterator[_StopSignals]:
         for signum, handler in previous.items():
             if handler is not None:  # None: installed outside Python, cannot be restored
                 signal.signal(signum, handler)
+        signal.set_wakeup_fd(previous_fd)
+        reader.close()
+        writer.close()
 
 
 class _JobHandoff:
@@ -322,21 +368,19 @@ class Scheduler:
         """Process schedules and jobs, blocking, until :meth:`stop`, Ctrl+C or SIGTERM.
 
         On Ctrl+C or SIGTERM the scheduler stops taking new work and waits for running jobs;
-        a second Ctrl+C cancels them.
+        a second Ctrl+C or SIGTERM cancels them (as :meth:`stop` with ``wait=False``), and
+        later ones are ignored. Either way the call returns normally once the scheduler has
+        stopped, so a ``with`` block around it exits cleanly. Signals are only handled when
+        called from the main thread.
         """
         portal = self._portal or self._open()
-        with _stop_signals() as signals:
-            future = portal.start_task_soon(self.async_scheduler.run_until_stopped)
-            try:
-                signals.arm()  # raises now if a signal came while the task was starting
-                future.result()
-            except (KeyboardInterrupt, _Terminated):
-                portal.call(self.async_scheduler.stop)
-                try:
-                    future.result()
-                except (KeyboardInterrupt, _Terminated):
-                    portal.call(partial(self.async_scheduler.stop, wait=False))
-                    future.result()
+        loop = self._loop
+        assert loop is not None
+        with _stop_signals(self.async_scheduler, loop) as signals:
+            # start_task: a stop requested before the scheduler has started could be lost
+            future, _ = portal.start_task(self.async_scheduler.run_until_stopped)
+            signals.arm()
+            signals.wait(future)
 
     def stop(self, *, wait: bool = True) -> None:
         """Stop taking new work; see :meth:`AsyncScheduler.stop`."""

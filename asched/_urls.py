@@ -1,34 +1,131 @@
-"""Creating data stores and event brokers from URLs (``memory://``, ``sqlite:///…``, …)."""
+"""Creating data stores and event brokers from URLs (``memory://``, ``sqlite:///…``, …).
+
+Also imports, on first use, the plug-ins that need an optional dependency (the subpackages'
+PEP 562 ``__getattr__``), with an error naming the extra to install when it is missing.
+"""
 
 from __future__ import annotations
 
+import difflib
+import inspect
+from collections.abc import Collection, Mapping
+from functools import cache
 from importlib import import_module
 from typing import Any
+from urllib.parse import urlsplit
 
 from .datastores.base import DataStore
 from .eventbrokers.base import EventBroker
 
-# scheme -> (module, class, pip extra needed or None)
+# scheme -> (subpackage, class, whether it takes the URL); the subpackage imports the
+# class's module on first use
 _DATA_STORES = {
-    "memory": ("asched.datastores.memory", "MemoryDataStore", None),
-    "sqlite": ("asched.datastores.sqlite", "SQLiteDataStore", None),
-    "postgresql": ("asched.datastores.postgresql", "PostgreSQLDataStore", "postgresql"),
-    "postgres": ("asched.datastores.postgresql", "PostgreSQLDataStore", "postgresql"),
-    "redis": ("asched.datastores.redis", "RedisDataStore", "redis"),
-    "rediss": ("asched.datastores.redis", "RedisDataStore", "redis"),
+    "memory": ("asched.datastores", "MemoryDataStore", False),
+    "sqlite": ("asched.datastores", "SQLiteDataStore", True),
+    "postgresql": ("asched.datastores", "PostgreSQLDataStore", True),
+    "postgres": ("asched.datastores", "PostgreSQLDataStore", True),
+    "redis": ("asched.datastores", "RedisDataStore", True),
+    "rediss": ("asched.datastores", "RedisDataStore", True),
 }
 _EVENT_BROKERS = {
-    "local": ("asched.eventbrokers.local", "LocalEventBroker", None),
-    "memory": ("asched.eventbrokers.local", "LocalEventBroker", None),
-    "sqlite": ("asched.eventbrokers.local", "LocalEventBroker", None),
-    "postgresql": ("asched.eventbrokers.postgresql", "PostgreSQLEventBroker", "postgresql"),
-    "postgres": ("asched.eventbrokers.postgresql", "PostgreSQLEventBroker", "postgresql"),
-    "redis": ("asched.eventbrokers.redis", "RedisEventBroker", "redis"),
-    "rediss": ("asched.eventbrokers.redis", "RedisEventBroker", "redis"),
+    "local": ("asched.eventbrokers", "LocalEventBroker", False),
+    "memory": ("asched.eventbrokers", "LocalEventBroker", False),
+    "sqlite": ("asched.eventbrokers", "LocalEventBroker", False),
+    "postgresql": ("asched.eventbrokers", "PostgreSQLEventBroker", True),
+    "postgres": ("asched.eventbrokers", "PostgreSQLEventBroker", True),
+    "redis": ("asched.eventbrokers", "RedisEventBroker", True),
+    "rediss": ("asched.eventbrokers", "RedisEventBroker", True),
 }
+
+# Query options asched itself reads, per kind of URL (the stores' and brokers' split_dsn /
+# split_url); the other backend's are refused with a pointer to the right one
+_ASCHED_OPTIONS = {"postgresql": ("schema", "channel"), "redis": ("prefix", "channel")}
+
+# What asyncpg takes from a DSN's query (asyncpg/connect_utils.py,
+# _parse_connect_dsn_and_args); it sends every other option to the server as a setting
+_ASYNCPG_OPTIONS = frozenset(
+    {
+        "service",
+        "host",
+        "port",
+        "dbname",
+        "database",
+        "user",
+        "password",
+        "passfile",
+        "sslmode",
+        "sslcert",
+        "sslkey",
+        "sslrootcert",
+        "sslnegotiation",
+        "sslcrl",
+        "sslpassword",
+        "ssl_min_protocol_version",
+        "ssl_max_protocol_version",
+        "target_session_attrs",
+        "krbsrvname",
+        "gsslib",
+    }
+)
+# libpq connection options asyncpg does not implement and PostgreSQL has no setting for:
+# sent as settings, the server would refuse them at every connection attempt
+_LIBPQ_ONLY_OPTIONS = frozenset(
+    {
+        "hostaddr",
+        "connect_timeout",
+        "keepalives",
+        "keepalives_idle",
+        "keepalives_interval",
+        "keepalives_count",
+        "fallback_application_name",
+        "require_auth",
+        "channel_binding",
+        "gssencmode",
+        "gssdelegation",
+        "requiressl",
+        "requirepeer",
+        "sslcompression",
+        "sslcertmode",
+        "sslcrldir",
+        "sslsni",
+        "load_balance_hosts",
+    }
+)
+
+
+def import_lazily(
+    package: str, name: str, submodules: Mapping[str, tuple[str, str | None]]
+) -> Any:
+    """Return ``name`` from its submodule of ``package`` (a package's ``__getattr__``).
+
+    :param submodules: public name -> (submodule, pip extra its dependencies come from)
+    :raises AttributeError: if ``name`` is none of ``submodules``
+    :raises ImportError: if the extra is not installed, saying how to install it
+    """
+    try:
+        submodule, extra = submodules[name]
+    except KeyError:
+        raise AttributeError(f"module {package!r} has no attribute {name!r}") from None
+    try:
+        module = import_module(f"{package}.{submodule}")
+    except ImportError as exc:
+        if extra is None or not exc.name or exc.name.startswith("asched"):
+            raise
+        missing = exc.name.partition(".")[0]
+        raise ImportError(
+            f'{name} needs {missing!r}, which is not installed: pip install "asched[{extra}]"',
+            name=missing,
+        ) from exc
+    return getattr(module, name)
 
 
 def _scheme(url: str, what: str) -> str:
+    if not isinstance(url, str):
+        raise TypeError(f"{what}: expected a URL string, got {url!r}")
+    if not url.strip():
+        raise ValueError(
+            f"{what}: the URL is empty (leave the argument out, or pass None, for the default)"
+        )
     scheme, sep, _ = url.partition("://")
     if not sep:
         raise ValueError(
@@ -38,23 +135,147 @@ def _scheme(url: str, what: str) -> str:
     return scheme.split("+", 1)[0].lower()
 
 
-def _instantiate(
-    url: str, scheme: str, entry: tuple[str, str, str | None], needs_url: bool
-) -> Any:
-    module_name, class_name, extra = entry
+def _query_options(url: str, scheme: str, what: str) -> dict[str, str]:
+    """Return the query options of ``url`` (the last value of each); refuse malformed ones."""
     try:
-        module = import_module(module_name)
+        query = urlsplit(url).query
+    except ValueError as exc:
+        raise ValueError(f"{what}: malformed {scheme}:// URL ({exc})") from None
+    options: dict[str, str] = {}
+    for field in query.split("&"):
+        if not field:
+            continue  # "a=1&&b=2", a trailing "&": nothing lost
+        name, sep, value = field.partition("=")
+        if not sep:
+            raise ValueError(f"{what}: option {name!r} of the {scheme}:// URL has no '=value'")
+        options[name] = value
+    return options
+
+
+def _unknown(what: str, scheme: str, name: str, known: Collection[str], hint: str) -> ValueError:
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+    suggestion = f"did you mean {close[0]!r}? " if close else ""
+    return ValueError(
+        f"{what}: unknown option {name!r} in the {scheme}:// URL: {suggestion}{hint}"
+    )
+
+
+@cache
+def _redis_client_options(scheme: str) -> frozenset[str]:
+    """Return the query options redis-py takes from a URL.
+
+    redis-py passes every option on as a keyword argument to the connection pool and the
+    connection class, so these are exactly their parameters.
+    """
+    from redis.asyncio import connection
+
+    classes: list[Any] = [connection.AbstractConnection, connection.Connection]
+    if scheme == "rediss":
+        classes.append(connection.SSLConnection)
+    names = {"max_connections"}  # the pool's, not the connection's
+    for cls in classes:
+        names.update(
+            parameter.name
+            for parameter in inspect.signature(cls.__init__).parameters.values()
+            if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
+            and parameter.name != "self"
+        )
+    return frozenset(names)
+
+
+def _check_redis_url(url: str, scheme: str, what: str) -> None:
+    ours = _ASCHED_OPTIONS["redis"]
+    client = _redis_client_options(scheme)
+    for name, value in _query_options(url, scheme, what).items():
+        if name in ours and not value:
+            raise ValueError(f"{what}: option {name!r} of the {scheme}:// URL has no value")
+        if name in ours or name in client:
+            continue
+        if name == "schema":
+            hint = "a Redis store takes 'prefix' where a PostgreSQL one takes 'schema'"
+        elif scheme == "redis" and name in _redis_client_options("rediss"):
+            hint = "TLS options need a rediss:// URL"
+        else:
+            hint = (
+                f"asched takes {' and '.join(ours)}, redis-py its connection options "
+                "(db, socket_timeout, client_name, …)"
+            )
+        raise _unknown(what, scheme, name, {*ours, *client}, hint)
+
+
+def _check_postgresql_url(url: str, scheme: str, what: str) -> None:
+    # Any other option is a server setting to asyncpg (application_name, search_path,
+    # options, custom "x.y" ones …), too many to list: refuse only what cannot work
+    ours = _ASCHED_OPTIONS["postgresql"]
+    known = {*ours, *_ASYNCPG_OPTIONS}
+    for name, value in _query_options(url, scheme, what).items():
+        if name in ours and not value:
+            raise ValueError(f"{what}: option {name!r} of the {scheme}:// URL has no value")
+        if name in known:
+            continue
+        if name == "prefix":
+            raise _unknown(
+                what,
+                scheme,
+                name,
+                (),
+                "a PostgreSQL store takes 'schema' where Redis takes 'prefix'",
+            )
+        if name in _LIBPQ_ONLY_OPTIONS:
+            raise ValueError(
+                f"{what}: {name!r} in the {scheme}:// URL is a libpq option that asyncpg does "
+                "not support; the server would refuse it as an unknown setting"
+            )
+        if "." not in name and difflib.get_close_matches(name, known, n=1, cutoff=0.8):
+            raise _unknown(
+                what,
+                scheme,
+                name,
+                known,
+                f"asched takes {' and '.join(ours)}; asyncpg sends unknown options to the "
+                "server as settings",
+            )
+
+
+def _check_url(url: str, scheme: str, what: str) -> None:
+    """Refuse what the URL's store or broker would silently misread."""
+    if scheme in ("memory", "local"):
+        if url.partition("://")[2]:
+            raise ValueError(f"{what}: {scheme}:// URLs take nothing after the '://', got {url!r}")
+    elif scheme == "sqlite":
+        path = url.partition("://")[2]
+        if "?" in path or "#" in path:
+            options = ", ".join(
+                repr(field.partition("=")[0])
+                for field in path.partition("?")[2].partition("#")[0].split("&")
+                if field
+            )
+            raise ValueError(
+                f"{what}: sqlite:// URLs take no query options"
+                + (f", got {options}" if options else "")
+                + " (for a file name containing '?' or '#', pass SQLiteDataStore(path))"
+            )
+    elif scheme in ("redis", "rediss"):
+        _check_redis_url(url, scheme, what)
+    elif scheme in ("postgresql", "postgres"):
+        _check_postgresql_url(url, scheme, what)
+
+
+def _instantiate(url: str, scheme: str, entry: tuple[str, str, bool], what: str) -> Any:
+    package, class_name, takes_url = entry
+    try:
+        cls = getattr(import_module(package), class_name)
     except ImportError as exc:
-        hint = f' (install it with: pip install "asched[{extra}]")' if extra else ""
-        raise ImportError(f"cannot use {scheme}:// URLs: {exc}{hint}") from exc
-    cls = getattr(module, class_name)
-    return cls(url) if needs_url else cls()
+        raise ImportError(f"cannot use {scheme}:// URLs: {exc}", name=exc.name) from exc
+    _check_url(url, scheme, what)
+    return cls(url) if takes_url else cls()
 
 
 def data_store_from_url(url: str) -> DataStore:
     """Return a data store for ``url``.
 
-    :raises ValueError: on an unknown scheme or a malformed URL
+    :raises ValueError: on an empty or malformed URL, an unknown scheme, or query options
+        the store would not understand
     :raises ImportError: if the store needs an extra that is not installed
     """
     scheme = _scheme(url, "data_store")
@@ -63,7 +284,7 @@ def data_store_from_url(url: str) -> DataStore:
     except KeyError:
         known = ", ".join(f"{name}://" for name in _DATA_STORES)
         raise ValueError(f"data_store: unknown URL scheme in {url!r} (known: {known})") from None
-    store: DataStore = _instantiate(url, scheme, entry, needs_url=scheme != "memory")
+    store: DataStore = _instantiate(url, scheme, entry, "data_store")
     return store
 
 
@@ -73,7 +294,8 @@ def event_broker_from_url(url: str) -> EventBroker:
     For a data store's URL this is the matching broker: PostgreSQL LISTEN/NOTIFY for
     ``postgresql://``, Redis pub/sub for ``redis://``, the local broker otherwise.
 
-    :raises ValueError: on an unknown scheme or a malformed URL
+    :raises ValueError: on an empty or malformed URL, an unknown scheme, or query options
+        the broker would not understand
     :raises ImportError: if the broker needs an extra that is not installed
     """
     scheme = _scheme(url, "event_broker")
@@ -82,5 +304,5 @@ def event_broker_from_url(url: str) -> EventBroker:
     except KeyError:
         known = ", ".join(f"{name}://" for name in _EVENT_BROKERS)
         raise ValueError(f"event_broker: unknown URL scheme in {url!r} (known: {known})") from None
-    broker: EventBroker = _instantiate(url, scheme, entry, needs_url=entry[2] is not None)
+    broker: EventBroker = _instantiate(url, scheme, entry, "event_broker")
     return broker

@@ -68,7 +68,9 @@ def test_schedules_and_tasks_are_managed_through_the_blocking_twin() -> None:
         assert tasks["adder"].max_running_jobs == 2
         assert tasks["echo"].metadata == {"team": "ops"}
 
-        scheduler.add_schedule(add, IntervalTrigger(hours=1, start_time=far), id="hourly")
+        scheduler.add_schedule(
+            add, IntervalTrigger(hours=1, start_time=far), id="hourly", args=[1]
+        )
         assert {schedule.id for schedule in scheduler.get_schedules()} == {"declared", "hourly"}
         updated = scheduler.update_schedule("hourly", args=[5])
         assert (updated.args, scheduler.get_schedule("hourly").args) == ((5,), (5,))
@@ -394,7 +396,7 @@ def test_blocking_scheduler_stops_cleanly_on_a_signal(signum: signal.Signals) ->
     finally:
         process.kill()
 
-    assert process.returncode == 0, stderr
+    assert process.returncode == 0, (stdout, stderr)
     assert "stopped cleanly" in stdout
     assert "Traceback" not in stderr
 
@@ -430,3 +432,144 @@ def test_a_signal_while_run_until_stopped_starts_still_stops_cleanly(
         assert completed.returncode == 0, completed.stderr
         assert "stopped cleanly" in completed.stdout
         assert "Traceback" not in completed.stderr
+
+
+REPORT_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from asched import Scheduler
+
+    def report():
+        print("report", flush=True)
+
+    def busy():  # running until the test says so: the stop has to wait for it
+        print("ready", flush=True)
+        sys.stdin.readline()
+
+    with Scheduler() as scheduler:
+        scheduler.add_schedule(report, "0 9 * * mon-fri", id="report")
+        scheduler.add_job(busy)
+        scheduler.run_until_stopped()
+    print("exited cleanly", flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize(
+    "signums",
+    [
+        (signal.SIGINT, signal.SIGINT),
+        (signal.SIGTERM, signal.SIGTERM),
+        (signal.SIGTERM, signal.SIGINT),
+        (signal.SIGINT, signal.SIGINT, signal.SIGINT),
+    ],
+    ids=["SIGINT-twice", "SIGTERM-twice", "SIGTERM-then-SIGINT", "SIGINT-three-times"],
+)
+def test_signals_back_to_back_still_exit_cleanly(signums: tuple[signal.Signals, ...]) -> None:
+    # What `timeout -s INT` does: it signals the process and then its process group. A job
+    # holds the stop until every signal is sent, so none can come after the scheduler stopped
+    for _ in range(3):  # the signals land at slightly different moments each time
+        process = subprocess.Popen(
+            [sys.executable, "-c", REPORT_SCRIPT],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        try:
+            assert process.stdout is not None
+            assert process.stdout.readline().strip() == "ready"
+            for signum in signums:
+                os.kill(process.pid, signum)
+            stdout, stderr = process.communicate("done\n", timeout=20)
+        finally:
+            process.kill()
+            process.communicate()
+
+        assert "Traceback" not in stderr, stderr
+        assert process.returncode == 0, (stdout, stderr)
+        assert stdout == "exited cleanly\n"
+
+
+HANGING_JOB_SCRIPT = textwrap.dedent(
+    """
+    import asyncio
+    from asched import RunState, Scheduler
+    from asched.events import JobReleased
+
+    async def hang():
+        print("ready", flush=True)
+        while scheduler.async_scheduler.state is RunState.started:
+            await asyncio.sleep(0.005)
+        print("stopping", flush=True)  # the first signal let this job run on
+        await asyncio.Event().wait()  # only a cancellation ends it
+
+    with Scheduler() as scheduler:
+        scheduler.subscribe(lambda event: print("released", event.outcome.name), JobReleased)
+        scheduler.add_job(hang)
+        scheduler.run_until_stopped()
+    print("exited cleanly", flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_second_signal_cancels_the_running_jobs_and_exits_cleanly(
+    signum: signal.Signals,
+) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-c", HANGING_JOB_SCRIPT],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "ready"
+        os.kill(process.pid, signum)
+        assert process.stdout.readline().strip() == "stopping"
+        os.kill(process.pid, signum)
+        stdout, stderr = process.communicate(timeout=20)
+    finally:
+        process.kill()
+        process.communicate()
+
+    assert "Traceback" not in stderr, stderr
+    assert process.returncode == 0, (stdout, stderr)
+    assert stdout.split("\n") == ["released cancelled", "exited cleanly", ""]
+
+
+OTHER_THREAD_SIGNAL_SCRIPT = textwrap.dedent(
+    """
+    import signal, sys, threading
+    from asched import Scheduler
+
+    def interrupt():  # a job in a worker thread: the signal is delivered to this thread
+        signal.pthread_kill(threading.get_ident(), getattr(signal, sys.argv[1]))
+
+    with Scheduler() as scheduler:
+        scheduler.add_job(interrupt)
+        scheduler.run_until_stopped()
+    print("stopped cleanly", flush=True)
+    """
+)
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="needs pthread_kill")
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_delivered_to_another_thread_still_stops_the_scheduler(
+    signum: signal.Signals,
+) -> None:
+    # Python runs the handler in the main thread, which must not sleep through it
+    completed = subprocess.run(
+        [sys.executable, "-c", OTHER_THREAD_SIGNAL_SCRIPT, signum.name],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout == "stopped cleanly\n"
+    assert "Traceback" not in completed.stderr
