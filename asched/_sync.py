@@ -463,14 +463,14 @@ class Scheduler:
         kwargs: Mapping[str, Any] | None = None,
         name: str | None = None,
         paused: bool = False,
-        coalesce: CoalescePolicy = CoalescePolicy.latest,
+        coalesce: CoalescePolicy | str = CoalescePolicy.latest,
         misfire_grace_time: timedelta | float | None = UNSET,
         max_jitter: timedelta | float | None = None,
         max_running_jobs: int | None = None,
         job_executor: str | None = None,
         job_result_expiration_time: timedelta | float = 0,
         metadata: Mapping[str, Any] | None = None,
-        conflict_policy: ConflictPolicy = ConflictPolicy.do_nothing,
+        conflict_policy: ConflictPolicy | str = ConflictPolicy.do_nothing,
     ) -> str:
         """Schedule a function; see :meth:`AsyncScheduler.add_schedule`."""
         schedule_id: str = self._call(

@@ -261,6 +261,16 @@ def _check_url(url: str, scheme: str, what: str) -> None:
         _check_postgresql_url(url, scheme, what)
 
 
+def check_url(url: str, what: str) -> None:
+    """Refuse a URL a store or broker given it directly would misread (see :func:`_check_url`).
+
+    :param what: how errors name the argument (the class given the URL, say)
+    :raises ValueError: on an empty or malformed URL, or query options the URL's store or
+        broker would not understand
+    """
+    _check_url(url, _scheme(url, what), what)
+
+
 def _instantiate(url: str, scheme: str, entry: tuple[str, str, bool], what: str) -> Any:
     package, class_name, takes_url = entry
     try:

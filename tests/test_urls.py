@@ -266,3 +266,23 @@ def test_a_scheduler_on_a_postgresql_url_with_a_server_setting_runs_a_job(namesp
             assert scheduler.run_job(jobs.add, args=[2, 3]) == 5
     finally:
         anyio.run(postgresql_backend.drop_schema, namespace)
+
+
+@pytest.mark.parametrize(
+    ("cls", "url", "match"),
+    [
+        (RedisDataStore, "redis://127.0.0.1:6379/0?prefx=app", "RedisDataStore: .*'prefix'"),
+        (RedisEventBroker, "redis://127.0.0.1:6379/0?chanel=app", "RedisEventBroker: .*'channel'"),
+        (PostgreSQLDataStore, "postgresql://u@h/db?schem=app", "PostgreSQLDataStore: .*'schema'"),
+        (
+            PostgreSQLEventBroker,
+            "postgresql://u@h/db?shema=a",
+            "PostgreSQLEventBroker: .*'schema'",
+        ),
+    ],
+)
+def test_a_url_given_to_a_store_or_broker_directly_is_checked_too(
+    cls: type[object], url: str, match: str
+) -> None:
+    with pytest.raises(ValueError, match=match):
+        cls(url)  # type: ignore[call-arg]

@@ -44,6 +44,7 @@ from .._exceptions import (
     TaskLookupError,
 )
 from .._structures import Job, JobResult, Schedule, ScheduleUpdate, Task
+from .._urls import check_url
 from ..eventbrokers.base import EventBroker
 from ..events import (
     Event,
@@ -602,6 +603,7 @@ class PostgreSQLDataStore(BaseExternalDataStore):
         self._pool: asyncpg.Pool | None = None
         self._dsn: str | None = None
         if isinstance(dsn_or_pool, str):
+            check_url(dsn_or_pool, "PostgreSQLDataStore")
             self._dsn, options = split_dsn(dsn_or_pool)
             if schema is None:
                 schema = options.get("schema")

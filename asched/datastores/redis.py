@@ -63,6 +63,7 @@ from .._exceptions import (
 )
 from .._ids import random_uuid
 from .._structures import Job, JobResult, Schedule, ScheduleUpdate, Task
+from .._urls import check_url
 from ..eventbrokers.base import EventBroker
 from ..events import (
     Event,
@@ -985,6 +986,7 @@ class RedisDataStore(BaseExternalDataStore):
         self._own_client = False
         channel: str | None = None
         if isinstance(url_or_client, str):
+            check_url(url_or_client, "RedisDataStore")
             self._url, options = split_url(url_or_client)
             if prefix is None:
                 prefix = options.get("prefix")

@@ -329,7 +329,13 @@ class SQLiteDataStore(BaseExternalDataStore):
         )
 
     def _connect(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # as sqlite3 itself: no folder is made up, so a typo or a volume that was not mounted
+        # is an error rather than a new, empty database somewhere else
+        if not self.path.parent.is_dir():
+            raise RuntimeError(
+                f"SQLiteDataStore: the folder {self.path.parent} of {self.path.name} does not "
+                "exist (create it first)"
+            )
         connection = sqlite3.connect(
             self.path,
             timeout=self._busy_timeout.total_seconds(),

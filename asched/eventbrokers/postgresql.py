@@ -19,6 +19,7 @@ import anyio
 import asyncpg
 
 from .._exceptions import describe_error
+from .._urls import check_url
 from ..datastores.postgresql import split_dsn
 from .base import RECONNECT_DELAYS, BaseExternalEventBroker
 
@@ -46,6 +47,7 @@ class PostgreSQLEventBroker(BaseExternalEventBroker):
         super().__init__()
         if not isinstance(dsn, str):
             raise TypeError(f"PostgreSQLEventBroker: expected a postgresql:// URL, got {dsn!r}")
+        check_url(dsn, "PostgreSQLEventBroker")
         self._dsn, options = split_dsn(dsn)
         self.channel = channel or options.get("channel") or options.get("schema") or "asched"
         if not isinstance(self.channel, str) or not _CHANNEL.fullmatch(self.channel):

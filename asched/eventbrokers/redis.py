@@ -21,6 +21,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._exceptions import describe_error
+from .._urls import check_url
 from ..datastores.redis import RedisClient, split_url
 from .base import RECONNECT_DELAYS, BaseExternalEventBroker
 
@@ -43,6 +44,7 @@ class RedisEventBroker(BaseExternalEventBroker):
         self._given: RedisClient | None = None
         options: dict[str, str] = {}
         if isinstance(url_or_client, str):
+            check_url(url_or_client, "RedisEventBroker")
             self._url, options = split_url(url_or_client)
         elif isinstance(url_or_client, (aioredis.Redis, aioredis.RedisCluster)):
             self._given = url_or_client

@@ -623,3 +623,14 @@ async def test_a_killed_process_leaves_a_consistent_file(tmp_path: Path) -> None
     [fire_time] = newest
     assert fire_time is not None
     assert later.now() - timedelta(seconds=1) < fire_time <= later.now()
+
+
+async def test_a_file_in_a_folder_that_does_not_exist_is_refused_and_nothing_made(
+    tmp_path: Path,
+) -> None:
+    # a typo, or a volume that was not mounted: not a new, empty database somewhere else
+    missing = tmp_path / "not-mounted" / "jobs.sqlite"
+    with pytest.raises(RuntimeError, match=r"the folder .*not-mounted of jobs\.sqlite does not"):
+        async with AsyncScheduler(f"sqlite:///{missing}"):
+            pass
+    assert not missing.parent.exists()
