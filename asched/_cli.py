@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from itertools import islice
+from typing import NamedTuple
 
 import anyio
 
@@ -15,6 +16,7 @@ from ._listing import job_lines, schedule_lines
 from ._structures import Job, Schedule
 from .datastores.base import BaseExternalDataStore, DataStore, RetrySettings
 from .datastores.memory import MemoryDataStore
+from .events import JobDeserializationFailed, ScheduleDeserializationFailed
 from .triggers import CronTrigger, IntervalTrigger
 
 _CRON_FIELDS = ("year", "month", "day", "week", "day_of_week", "hour", "minute", "second")
@@ -101,7 +103,7 @@ def _list(args: argparse.Namespace) -> int:
     if contents is None:
         print(f"error: no such schema in {args.store}", file=sys.stderr)
         return 1
-    schedules, jobs = contents
+    schedules, jobs, unreadable = contents
 
     print(f"{len(schedules)} schedule(s), {len(jobs)} job(s) queued or running")
     if schedules:
@@ -110,6 +112,15 @@ def _list(args: argparse.Namespace) -> int:
     if args.jobs and jobs:
         print()
         print("\n".join(job_lines(jobs, zone)))
+    if unreadable:
+        # left out above, but there: silence would hide them
+        print()
+        print(f"{len(unreadable)} more that this process cannot restore:")
+        for failure in unreadable:
+            if isinstance(failure, ScheduleDeserializationFailed):
+                print(f"  schedule {failure.schedule_id}: {failure.error}")
+            else:
+                print(f"  job {failure.job_id}: {failure.error}")
     return 0
 
 
@@ -142,15 +153,28 @@ async def _postgresql_schema_exists(url: str, store: DataStore) -> bool:
     return bool(found)
 
 
-async def _read_store(url: str, store: DataStore) -> tuple[list[Schedule], list[Job]] | None:
+class _StoreContents(NamedTuple):
+    schedules: list[Schedule]
+    jobs: list[Job]
+    #: what the store holds but could not restore (a class gone from the code, say)
+    unreadable: list[ScheduleDeserializationFailed | JobDeserializationFailed]
+
+
+async def _read_store(url: str, store: DataStore) -> _StoreContents | None:
     """Return the store's schedules and jobs (``None``: its PostgreSQL schema is missing)."""
     from . import AsyncScheduler
     from .eventbrokers.local import LocalEventBroker
 
     if not await _postgresql_schema_exists(url, store):
         return None
+    unreadable: list[ScheduleDeserializationFailed | JobDeserializationFailed] = []
     async with AsyncScheduler(store, LocalEventBroker()) as scheduler:
-        return await scheduler.get_schedules(), await scheduler.get_jobs()
+        with scheduler.subscribe(
+            unreadable.append, {ScheduleDeserializationFailed, JobDeserializationFailed}
+        ):
+            return _StoreContents(
+                await scheduler.get_schedules(), await scheduler.get_jobs(), unreadable
+            )
 
 
 async def _demo(seconds: float, runs: int | None = None) -> None:

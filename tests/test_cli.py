@@ -4,6 +4,7 @@ import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import anyio
@@ -182,3 +183,35 @@ def test_list_reports_an_unreachable_server(capsys: pytest.CaptureFixture[str]) 
     errors = capsys.readouterr().err
     assert "error: cannot read redis://127.0.0.1:1/0: " in errors
     assert "connecting to 127.0.0.1:1" in errors
+
+
+def _gone() -> None:
+    raise RuntimeError("this class is gone from the code")
+
+
+class Unrestorable:
+    """Stored fine; restoring it fails, as a class since removed from the code would."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _gone, ()
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.anyio
+async def test_list_reports_what_it_cannot_restore_instead_of_leaving_it_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'jobs.sqlite'}"
+    far = DateTrigger(datetime(2031, 1, 1, tzinfo=timezone.utc))
+    async with AsyncScheduler(url, LocalEventBroker()) as scheduler:
+        await scheduler.add_schedule(jobs.add, far, id="fine", args=[1])
+        await scheduler.add_schedule(jobs.add, far, id="broken", args=[Unrestorable()])
+
+    status = await anyio.to_thread.run_sync(main, ["list", url])
+
+    out = capsys.readouterr().out
+    assert status == 0
+    assert out.splitlines()[0] == "1 schedule(s), 0 job(s) queued or running"
+    assert "1 more that this process cannot restore:" in out
+    assert "  schedule broken: " in out
+    assert "this class is gone from the code" in out
