@@ -587,8 +587,9 @@ class AsyncScheduler:
         ``wait=False``, coroutine jobs are cancelled, process-pool jobs are ended by killing
         their worker process (SIGKILL: the function gets no chance to clean up), and
         thread-pool jobs, which cannot be interrupted, are left to finish on their own with
-        their outcome discarded. All of them are released as ``cancelled``. Calling it on a
-        stopped scheduler does nothing.
+        their outcome discarded. All of them are released as ``cancelled``. Jobs acquired but
+        not started yet are given back to the data store, queued in their place, for another
+        worker. Calling it on a stopped scheduler does nothing.
         """
         if self._state in (RunState.starting, RunState.started):
             self._state = RunState.stopping

@@ -112,6 +112,7 @@ class Worker:
             await runners_finished.wait()
             with CancelScope(shield=True):
                 await self._release_pending_results()
+                await self._return_unstarted_jobs()
             task_group.cancel_scope.cancel()
 
     async def _acquire_jobs_until_stopped(self) -> None:
@@ -161,12 +162,6 @@ class Worker:
                     self._wake_idle_runner()  # to finish
         finally:
             self._runner_task_group = None
-            # Jobs acquired but never started (a stop that cancels jobs)
-            now = self._clock.now()
-            while self._queue:
-                self._finish(
-                    JobResult.for_job(self._queue.popleft(), JobOutcome.cancelled, finished_at=now)
-                )
             finished.set()
 
     def _dispatch(self, jobs: list[Job]) -> None:
@@ -178,6 +173,7 @@ class Worker:
     def _spawn_runner_if_needed(self) -> None:
         if (
             self._queue
+            and not self._cancel_jobs  # stopping without waiting: nothing more starts
             and self._pending_runners == 0
             and self._active_runners < self._max_concurrent_jobs
             and self._runner_task_group is not None
@@ -194,7 +190,7 @@ class Worker:
             self._pending_runners -= 1
             self._active_runners += 1
             try:
-                while queue:
+                while queue and not self._cancel_jobs:
                     job = queue.popleft()
                     self._spawn_runner_if_needed()
                     await self._run_job(job)
@@ -297,6 +293,26 @@ class Worker:
             raise
         for result in results:
             self._unreleased_job_ids.discard(result.job_id)
+
+    async def _return_unstarted_jobs(self) -> None:
+        """Give the jobs acquired but never started back to the store, queued again.
+
+        Those are what a stop that cancels jobs left in the queue, including what an
+        acquisition in flight when the stop came took after the runners had ended.
+        """
+        jobs = list(self._queue)
+        self._queue.clear()
+        if not jobs:
+            return
+        try:
+            await self._data_store.return_jobs(self._identity, jobs)
+        except Exception:
+            # their leases run out, and cleanup reports them abandoned: never lost silently
+            self._logger.exception(
+                "Could not give %d unstarted jobs back to the data store", len(jobs)
+            )
+        self._jobs_in_progress -= len(jobs)
+        self._unreleased_job_ids.difference_update(job.id for job in jobs)
 
     async def _release_results_until_cancelled(self) -> None:
         failures = 0

@@ -294,6 +294,18 @@ class DataStore(ABC):
         """
 
     @abstractmethod
+    async def return_jobs(self, scheduler_id: str, jobs: Sequence[Job]) -> None:
+        """Give back jobs that ``scheduler_id`` acquired and never started, in one batch.
+
+        Each is queued again as it was: in its place in the order (by creation), acquirable
+        by any scheduler at once, its task/schedule running slot freed, its start deadline
+        still its own. Jobs not (or no longer) acquired by ``scheduler_id`` are ignored.
+        Publishes ``JobAdded`` again for each job returned, to wake workers. A worker that
+        stops without waiting (``stop(wait=False)``) returns the jobs it had not started, so
+        that another worker runs them.
+        """
+
+    @abstractmethod
     async def get_job_result(self, job_id: UUID) -> JobResult | None:
         """Return the kept, unexpired result of a job, or ``None``.
 

@@ -71,6 +71,8 @@ class MemoryDataStore(DataStore):
         self._job_leases: dict[UUID, tuple[str, datetime]] = {}
         self._job_sequence = itertools.count()
         self._lanes: dict[_LaneKey, deque[tuple[int, Job]]] = {}
+        #: each job's place in the order it was added (to put a returned job back there)
+        self._job_sequences: dict[UUID, int] = {}
         # (sequence number of the lane's first job, lane key); stale entries are skipped
         self._ready_lanes: list[tuple[int, _LaneKey]] = []
         self._lanes_blocked_by_task: dict[str, set[_LaneKey]] = {}
@@ -342,6 +344,7 @@ class MemoryDataStore(DataStore):
         for job in jobs:
             sequence = next(self._job_sequence)
             self._jobs[job.id] = job
+            self._job_sequences[job.id] = sequence
             key = (job.task_id, job.schedule_id)
             lane = self._lanes.get(key)
             if lane is None:
@@ -476,6 +479,7 @@ class MemoryDataStore(DataStore):
             self._results[job.id] = result
             heappush(self._result_expirations, (result.expires_at, job.id))
         self._jobs.pop(job.id, None)
+        self._job_sequences.pop(job.id, None)
         events.append(job_released_event(scheduler_id, job, result))
 
     def _free_running_slot(self, job: Job) -> None:
@@ -510,6 +514,32 @@ class MemoryDataStore(DataStore):
             self._free_running_slot(job)
             self._release_job(scheduler_id, job, result, events)
 
+        await self._publish(events)
+
+    async def return_jobs(self, scheduler_id: str, jobs: Sequence[Job]) -> None:
+        """Queue acquired, unstarted jobs again in their place; see the base class."""
+        events: list[Event] = []
+        for returned in jobs:
+            lease = self._job_leases.get(returned.id)
+            if lease is None or lease[0] != scheduler_id:
+                continue
+            del self._job_leases[returned.id]
+            job = self._jobs[returned.id]
+            self._free_running_slot(job)
+            sequence = self._job_sequences[job.id]
+            key = (job.task_id, job.schedule_id)
+            lane = self._lanes.setdefault(key, deque())
+            # back before the jobs queued after it (near the front: it was at the head)
+            index = next(
+                (index for index, (queued, _) in enumerate(lane) if queued > sequence),
+                len(lane),
+            )
+            lane.insert(index, (sequence, job))
+            if index == 0:
+                heappush(self._ready_lanes, (sequence, key))
+            events.append(
+                JobAdded(job_id=job.id, task_id=job.task_id, schedule_id=job.schedule_id)
+            )
         await self._publish(events)
 
     async def get_job_result(self, job_id: UUID) -> JobResult | None:

@@ -2,16 +2,16 @@
 
 Every operation that hands out or takes back work is one statement, sent in autocommit mode
 (one round trip): acquiring k schedules or jobs, adding k jobs, releasing k results or k
-schedule updates. Leases (``acquired_by``/``acquired_until``) make a vanished scheduler's
-work acquirable again.
+schedule updates, returning k unstarted jobs. Leases (``acquired_by``/``acquired_until``)
+make a vanished scheduler's work acquirable again.
 
 ``max_running_jobs`` is kept in counters, one row of ``job_slots`` per limited task or
 schedule. An acquisition locks the counters its candidates need (in one order, at their
 latest committed values: READ COMMITTED's ``FOR UPDATE``), grants what is free and adds what
 it granted, all in the same statement; each job records which counters it holds
-(``task_slot``, ``schedule_slot``) and the statement that deletes it (release, cleanup)
-gives them back. Every transaction runs at READ COMMITTED, whatever the server's default:
-these statements rely on its re-reading of locked rows.
+(``task_slot``, ``schedule_slot``) and the statement that deletes it (release, cleanup) or
+queues it again (return) gives them back. Every transaction runs at READ COMMITTED,
+whatever the server's default: these statements rely on its re-reading of locked rows.
 
 Each schedule row has a ``revision``: ``update_schedule_definition`` is one conditional
 ``UPDATE`` on the revision its caller read (re-checked on the locked row, so of two
@@ -518,6 +518,24 @@ def _statements(schema: str) -> dict[str, str]:
                 ON CONFLICT (job_id) DO NOTHING
             ), {_give_back_slots(schema, "released")}
             SELECT id, task_id, schedule_id, scheduled_fire_time FROM released
+            """,
+        # $1 scheduler, $2 job ids. The rows are locked first (in id order, re-read at their
+        # latest values): UPDATE ... RETURNING gives the new slot flags, and the counters
+        # need the ones the jobs held. A returned row keeps its created_at, so it is back in
+        # its place in the queue, and holds no slot until it is acquired again.
+        "return_jobs": f"""
+            WITH returned AS MATERIALIZED (
+                SELECT id, task_id, schedule_id, created_at, task_slot, schedule_slot
+                FROM {schema}.jobs
+                WHERE id = ANY($2::uuid[]) AND acquired_by = $1
+                ORDER BY id
+                FOR UPDATE
+            ), requeued AS (
+                UPDATE {schema}.jobs j SET acquired_by = NULL, acquired_until = NULL,
+                    task_slot = false, schedule_slot = false
+                WHERE j.id = ANY(ARRAY(SELECT id FROM returned))
+            ), {_give_back_slots(schema, "returned")}
+            SELECT id, task_id, schedule_id FROM returned ORDER BY created_at, id
             """,
         # $1 now
         "cleanup": f"""
@@ -1366,6 +1384,32 @@ class PostgreSQLDataStore(BaseExternalDataStore):
             )
         await self._publish(
             job_released_event(scheduler_id, ReleasedJob(*row), marshalled[row["id"]][0])
+            for row in rows
+        )
+
+    async def return_jobs(self, scheduler_id: str, jobs: Sequence[Job]) -> None:
+        """Queue unstarted jobs again in one statement; see :meth:`DataStore.return_jobs`.
+
+        A retry after a lost reply finds the jobs its first attempt returned no longer
+        leased by ``scheduler_id``: it returns nothing more, and their ``JobAdded`` events
+        are not published (workers still find them on their next poll).
+        """
+        if not jobs:
+            return
+        job_ids = list(dict.fromkeys(job.id for job in jobs))
+
+        async def give_back() -> list[asyncpg.Record]:
+            async with self._connection() as connection:
+                return await connection.fetch(  # type: ignore[no-any-return]
+                    self._sql["return_jobs"], scheduler_id, job_ids
+                )
+
+        rows = await self._with_retries(give_back)
+        ignored = len(job_ids) - len(rows)
+        if ignored:
+            self._logger.debug("Ignored %d jobs not acquired by %s", ignored, scheduler_id)
+        await self._publish(
+            JobAdded(job_id=row["id"], task_id=row["task_id"], schedule_id=row["schedule_id"])
             for row in rows
         )
 

@@ -2,10 +2,10 @@
 
 Every operation that changes the store is one Lua script, so it is atomic and one round trip
 whatever the batch size (acquisitions take one per 1,000 items): acquiring k schedules or jobs
-(with their leases and the ``max_running_jobs`` counters), releasing k results, adding k
-jobs. A script that a repeat would make act twice takes a token, random per operation and the
-same for all its attempts, and keeps what a repeat needs: a retry after a lost reply gets that
-instead of acting again. Keys live under a prefix:
+(with their leases and the ``max_running_jobs`` counters), releasing k results, adding k jobs,
+returning k unstarted jobs to their places. A script that a repeat would make act twice takes a
+token, random per operation and the same for all its attempts, and keeps what a repeat needs: a
+retry after a lost reply gets that instead of acting again. Keys live under a prefix:
 
 - ``{prefix}:schedule:{id}`` hash (times, lease, ``revision`` and the fields the scripts
   look at) and ``{prefix}:schedule_record:{id}`` string (the record): apart, the hash stays
@@ -251,6 +251,30 @@ local function finish_job(id, key, tasks, schedules, info)
   return info
 end
 """,
+    "requeue": """
+-- Puts a job back in its lane, in its place (its sequence number), if sid leases it: its lease
+-- and running entry go, its start deadline counts again, and the slot it frees is counted (see
+-- free_slots). A lane set aside by a limit stays aside (free_slots lets it run if it may).
+-- Returns whether the job was put back
+local function requeue(id, sid, tasks, schedules)
+  local key = p..':job:'..id
+  local job = redis.call('HMGET', key, 'acquired_by', 'task_id', 'schedule_id',
+                         'start_deadline', 'sequence')
+  if job[1] ~= sid then return false end
+  redis.call('HDEL', key, 'acquired_by', 'acquired_until')
+  redis.call('ZREM', p..':running', id)
+  if job[4] and job[4] ~= '' then redis.call('ZADD', p..':deadlines', job[4], id) end
+  local lane = lane_of(job[2], job[3])
+  local lane_key = p..':lane:'..lane
+  redis.call('ZADD', lane_key, job[5], id)
+  if redis.call('SISMEMBER', p..':blocked', lane) == 0 then
+    redis.call('ZADD', p..':lanes', redis.call('ZRANGE', lane_key, 0, 0, 'WITHSCORES')[2], lane)
+  end
+  tasks[job[2]] = (tasks[job[2]] or 0) + 1
+  if job[3] ~= '' then schedules[job[3]] = (schedules[job[3]] or 0) + 1 end
+  return true
+end
+""",
     "free_slots": """
 -- Gives back the running slots finish_job counted; a counter that reaches 0 goes. Jobs are
 -- counted per task only while the task has a limit (see recount_task)
@@ -306,6 +330,7 @@ _HELPER_NEEDS = {
     "job_info": ("integer",),
     "keep_result": ("integer",),
     "add_job": ("lane_of",),
+    "requeue": ("lane_of",),
     "free_slots": ("unblock",),
     "forget_schedule": ("unblock",),
 }
@@ -539,22 +564,7 @@ local function give_back(token, missed)
   end
   kept = cmsgpack.unpack(kept)
   local tasks, schedules = {}, {}
-  for _, id in ipairs(kept[1]) do
-    local key = p..':job:'..id
-    local job = redis.call('HMGET', key, 'acquired_by', 'task_id', 'schedule_id',
-                           'start_deadline', 'sequence')
-    if job[1] == sid then
-      redis.call('HDEL', key, 'acquired_by', 'acquired_until')
-      redis.call('ZREM', p..':running', id)
-      if job[4] ~= '' then redis.call('ZADD', p..':deadlines', job[4], id) end
-      local lane = lane_of(job[2], job[3])
-      local lane_key = p..':lane:'..lane
-      redis.call('ZADD', lane_key, job[5], id)
-      redis.call('ZADD', p..':lanes', redis.call('ZRANGE', lane_key, 0, 0, 'WITHSCORES')[2], lane)
-      tasks[job[2]] = (tasks[job[2]] or 0) + 1
-      if job[3] ~= '' then schedules[job[3]] = (schedules[job[3]] or 0) + 1 end
-    end
-  end
+  for _, id in ipairs(kept[1]) do requeue(id, sid, tasks, schedules) end
   free_slots(tasks, schedules)
   for _, job in ipairs(kept[2]) do table.insert(missed, job) end
   redis.call('SET', reply_key, empty, 'KEEPTTL')
@@ -687,6 +697,24 @@ end
 free_slots(tasks, schedules)
 return released
 """
+
+# ARGV: token, TTL, scheduler id, then job ids. Puts back in their places those the scheduler
+# still leases (acquired, never started) and frees their slots. Returns the ids of those put
+# back. A repeat gets that reply ("replay"): it publishes their JobAdded events, and must not
+# put back a job that the scheduler acquired again meanwhile
+_RETURN_JOBS = (
+    _LUA_SAME_REPLY
+    + """
+local function run()
+  local sid, returned, tasks, schedules = ARGV[3], {}, {}, {}
+  for i = 4, #ARGV do
+    if requeue(ARGV[i], sid, tasks, schedules) then table.insert(returned, ARGV[i]) end
+  end
+  free_slots(tasks, schedules)
+  return returned, returned
+end
+"""
+)
 
 # ARGV: token, TTL, now. Returns (owner, id, task id, schedule id, fire time) of each abandoned
 # job and (id, task id, schedule id, fire time) of each queued job past its start deadline;
@@ -885,9 +913,10 @@ _SCRIPTS: dict[str, tuple[str, Repeat, tuple[str, ...]]] = {
     "acquire_jobs": (
         _ACQUIRE_JOBS,
         "replay",
-        ("lane_of", "split_lane", "job_info", "keep_result", "free_slots"),
+        ("lane_of", "split_lane", "job_info", "keep_result", "requeue", "free_slots"),
     ),
     "release_jobs": (_RELEASE_JOBS, "harmless", ("job_info", "finish_job", "free_slots")),
+    "return_jobs": (_RETURN_JOBS, "replay", ("requeue", "free_slots")),
     "list_jobs": (_LIST_JOBS, "harmless", ()),
     "cleanup": (
         _CLEANUP,
@@ -1616,6 +1645,20 @@ class RedisDataStore(BaseExternalDataStore):
         released = map(_released_job, await self._call("release_jobs", *args))
         await self._publish(
             job_released_event(scheduler_id, job, kept_results[job.id]) for job in released
+        )
+
+    async def return_jobs(self, scheduler_id: str, jobs: Sequence[Job]) -> None:
+        """Queue acquired, unstarted jobs again in one script call.
+
+        See :meth:`DataStore.return_jobs`.
+        """
+        if not jobs:
+            return
+        by_id = {str(job.id): job for job in jobs}
+        returned = await self._call("return_jobs", scheduler_id, *by_id)
+        await self._publish(
+            JobAdded(job_id=job.id, task_id=job.task_id, schedule_id=job.schedule_id)
+            for job in (by_id[_text(job_id)] for job_id in returned)
         )
 
     async def get_job_result(self, job_id: UUID) -> JobResult | None:

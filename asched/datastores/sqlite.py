@@ -1006,6 +1006,35 @@ class SQLiteDataStore(BaseExternalDataStore):
             for row in rows
         )
 
+    async def return_jobs(self, scheduler_id: str, jobs: Sequence[Job]) -> None:
+        """Queue unstarted jobs again in one transaction; see :meth:`DataStore.return_jobs`.
+
+        A returned row keeps its ``sequence``, so it is back in its place in the queue. There
+        is no running-job count to undo: acquisitions count leased rows as they go.
+        """
+        if not jobs:
+            return
+        id_list = list(dict.fromkeys(str(job.id) for job in jobs))
+
+        def operation(connection: sqlite3.Connection) -> list[sqlite3.Row]:
+            return connection.execute(
+                "UPDATE jobs SET acquired_by = NULL, acquired_until = NULL "
+                "WHERE id IN (SELECT value FROM json_each(?)) AND acquired_by = ? "
+                "RETURNING id, task_id, schedule_id, sequence",
+                (json.dumps(id_list), scheduler_id),
+            ).fetchall()
+
+        rows = sorted(await self._run(operation), key=lambda row: row["sequence"])
+        ignored = len(id_list) - len(rows)
+        if ignored:
+            self._logger.debug("Ignored %d jobs not acquired by %s", ignored, scheduler_id)
+        await self._publish(
+            JobAdded(
+                job_id=UUID(row["id"]), task_id=row["task_id"], schedule_id=row["schedule_id"]
+            )
+            for row in rows
+        )
+
     async def get_job_result(self, job_id: UUID) -> JobResult | None:
         """Return a kept, unexpired result; see :meth:`DataStore.get_job_result`."""
         now = _to_db(self._clock.now())

@@ -1307,6 +1307,60 @@ async def test_an_acquired_job_that_cannot_be_restored_is_released_as_an_error(
     assert [event.job_id for event in recorder.of_type(JobDeserializationFailed)] == [broken.id]
 
 
+async def test_returned_jobs_are_queued_again_in_their_place(
+    data_store: DataStore, clock: FakeClock, recorder: EventRecorder
+) -> None:
+    # a worker stopping without waiting gives back what it had not started
+    await data_store.add_task(make_task())
+    first, second, third = await add_jobs(data_store, clock, 3)
+    taken = await data_store.acquire_jobs("me", LEASE, 2)
+    assert ids_of(taken) == [first.id, second.id]
+    recorder.clear()
+
+    await data_store.return_jobs("me", taken)
+
+    assert sorted(event.job_id for event in recorder.of_type(JobAdded)) == sorted(
+        [first.id, second.id]
+    )
+    assert not recorder.of_type(JobReleased)
+    assert [job.acquired_by for job in await data_store.get_jobs()] == [None, None, None]
+    again = await data_store.acquire_jobs("other", LEASE, 10)
+    assert ids_of(again) == [first.id, second.id, third.id]
+
+
+async def test_only_jobs_the_scheduler_holds_are_returned(
+    data_store: DataStore, clock: FakeClock, recorder: EventRecorder
+) -> None:
+    await data_store.add_task(make_task())
+    held, finished = await add_jobs(data_store, clock, 2)
+    await data_store.acquire_jobs("me", LEASE, 10)
+    await data_store.release_jobs("me", [finish(finished, clock)])
+    recorder.clear()
+
+    await data_store.return_jobs("someone else", [held])  # not theirs
+    await data_store.return_jobs("me", [finished])  # released already
+
+    assert not recorder.of_type(JobAdded)
+    assert await data_store.acquire_jobs("other", LEASE, 10) == []
+    [still_held] = await data_store.get_jobs()
+    assert (still_held.id, still_held.acquired_by) == (held.id, "me")
+
+
+async def test_returning_a_limited_tasks_job_frees_its_slot_for_it(
+    data_store: DataStore, clock: FakeClock
+) -> None:
+    await data_store.add_task(make_task(max_running_jobs=1))
+    first, _second = await add_jobs(data_store, clock, 2)
+    taken = await data_store.acquire_jobs("me", LEASE, 10)
+    assert ids_of(taken) == [first.id]
+
+    await data_store.return_jobs("me", taken)
+
+    # the slot is free again, and the returned job is still first in line
+    assert ids_of(await data_store.acquire_jobs("other", LEASE, 10)) == [first.id]
+    assert await data_store.acquire_jobs("other", LEASE, 10) == []
+
+
 async def test_result_of_a_job_not_acquired_by_the_releaser_is_ignored(
     data_stores: list[DataStore], clock: FakeClock, recorder: EventRecorder
 ) -> None:

@@ -31,7 +31,7 @@ from asched._structures import Job, ScheduleUpdate, Task
 from asched.datastores.base import RetrySettings
 from asched.datastores.postgresql import SCHEMA_VERSION, PostgreSQLDataStore
 from asched.eventbrokers import LocalEventBroker
-from asched.events import ScheduleAdded, ScheduleUpdated
+from asched.events import JobAdded, ScheduleAdded, ScheduleUpdated
 from asched.triggers import IntervalTrigger
 from tests.backends.postgresql import drop_schema, tagged_url, terminate_connections
 from tests.clock import FakeClock
@@ -859,6 +859,9 @@ async def test_batch_operations_are_one_statement_each(schema: str, clock: FakeC
                 JobResult.for_job(job, JobOutcome.success, finished_at=clock.now()) for job in jobs
             ]
             await count("release_jobs", store.release_jobs("me", results))
+            unstarted = await store.acquire_jobs("me", timedelta(minutes=1), 5)
+            assert len(unstarted) == 2
+            await count("return_jobs", store.return_jobs("me", unstarted))
             schedules = await count(
                 "acquire_schedules", store.acquire_schedules("me", timedelta(minutes=1), 5)
             )
@@ -898,7 +901,7 @@ async def test_batch_operations_are_one_statement_each(schema: str, clock: FakeC
     finally:
         await pool.close()
     assert counts == dict.fromkeys(counts, 1)
-    assert len(counts) == 8
+    assert len(counts) == 9
 
 
 def logging_queries_to(sent: list[str]) -> Callable[[asyncpg.Connection], Awaitable[None]]:
@@ -1009,11 +1012,123 @@ async def test_operations_waiting_on_a_counter_updated_meanwhile_keep_it_exact(
         assert len(acquired) == 1
         assert await slot_counts(schema) == {("task", "task"): 1, ("schedule", "s1"): 1}
 
+        await while_counter_is_changed_elsewhere(store.return_jobs("me", acquired))
+        assert await slot_counts(schema) == {("task", "task"): 0, ("schedule", "s1"): 0}
+
+
+async def slot_flags(schema: str) -> dict[object, tuple[bool, bool]]:
+    """Which counters each stored job holds: (task_slot, schedule_slot) by job id."""
+    connection = await asyncpg.connect(POSTGRESQL_URL)
+    try:
+        rows = await connection.fetch(f'SELECT id, task_slot, schedule_slot FROM "{schema}".jobs')
+    finally:
+        await connection.close()
+    return {row["id"]: (row["task_slot"], row["schedule_slot"]) for row in rows}
+
+
+async def test_returned_jobs_give_their_slots_back_and_hold_them_once_when_taken_again(
+    schema: str, clock: FakeClock
+) -> None:
+    recorder = EventRecorder()
+    async with AsyncExitStack() as stack:
+        store = await limited_store(stack, schema, clock)
+        other = await started_store(stack, tagged_url(schema), clock)
+        assert store._event_broker is not None
+        store._event_broker.subscribe(recorder)
+        jobs = [
+            Job(
+                task_id="task",
+                schedule_id="s1" if index % 2 else None,
+                created_at=clock.now() + timedelta(microseconds=index),
+            )
+            for index in range(7)
+        ]
+        await store.add_jobs(jobs)
+        taken = await store.acquire_jobs("me", LEASE, 10)
+        assert [job.id for job in taken] == [job.id for job in jobs[:5]]
+        assert await slot_counts(schema) == {("task", "task"): 5, ("schedule", "s1"): 2}
+        recorder.clear()
+
+        await store.return_jobs("someone else", [taken[0]])  # not theirs: ignored
+        await store.return_jobs("me", [*taken[1:4], jobs[6]])  # jobs[6] is queued: ignored
+
+        assert [event.job_id for event in recorder.of_type(JobAdded)] == [
+            job.id for job in jobs[1:4]
+        ]
+        assert await slot_counts(schema) == {("task", "task"): 2, ("schedule", "s1"): 0}
+        flags = await slot_flags(schema)
+        assert [flags[job.id] for job in jobs] == [
+            (True, False),
+            (False, False),  # returned: queued rows hold no slot
+            (False, False),
+            (False, False),
+            (True, False),
+            (False, False),
+            (False, False),
+        ]
+
+        # three free task slots: the returned jobs, first in line again, each counted once
+        again = await other.acquire_jobs("other", LEASE, 10)
+        assert [job.id for job in again] == [job.id for job in jobs[1:4]]
+        assert await slot_counts(schema) == {("task", "task"): 5, ("schedule", "s1"): 2}
+
+        await store.release_jobs(
+            "me",
+            [
+                JobResult.for_job(job, JobOutcome.success, finished_at=clock.now())
+                for job in (taken[0], taken[4])
+            ],
+        )
+        await other.return_jobs("other", again)
+        assert await slot_counts(schema) == {("task", "task"): 0, ("schedule", "s1"): 0}
+        assert all(held == (False, False) for held in (await slot_flags(schema)).values())
+
+
+async def test_a_return_whose_reply_was_lost_after_commit_is_not_repeated_by_its_retry(
+    schema: str, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    recorder = EventRecorder()
+    async with AsyncExitStack() as stack:
+        proxy, proxied_url = await stack.enter_async_context(
+            reply_dropping_proxy(tagged_url(schema))
+        )
+        store = await started_store(
+            stack, proxied_url, clock, retry_settings=RetrySettings(attempts=3, wait_min=0.01)
+        )
+        assert store._event_broker is not None
+        store._event_broker.subscribe(recorder)
+        await store.add_task(Task(id="task", job_executor="async", max_running_jobs=2))
+        jobs = [
+            Job(task_id="task", created_at=clock.now() + timedelta(microseconds=index))
+            for index in range(3)
+        ]
+        await store.add_jobs(jobs)
+        taken = await store.acquire_jobs("me", LEASE, 10)
+        assert len(taken) == 2
+        recorder.clear()
+
+        proxy.drop_reply_to(lambda text: "task_slot = false" in text)
+        with caplog.at_level(logging.WARNING):
+            await store.return_jobs("me", taken)
+
+        assert proxy.dropped == 1
+        assert any("transient error" in record.getMessage() for record in caplog.records)
+        # the retry returned nothing more: the slots were given back once, and no event
+        # names a job that was not returned
+        assert await slot_counts(schema) == {("task", "task"): 0}
+        assert [job.acquired_by for job in await store.get_jobs()] == [None, None, None]
+        added = [event.job_id for event in recorder.of_type(JobAdded)]
+        assert len(set(added)) == len(added)
+        assert set(added) <= {job.id for job in taken}
+        again = await store.acquire_jobs("other", LEASE, 10)
+        assert [job.id for job in again] == [job.id for job in jobs[:2]]
+        assert await slot_counts(schema) == {("task", "task"): 2}
+
 
 async def test_counters_come_back_to_zero_after_concurrent_workers(
     schema: str, clock: FakeClock
 ) -> None:
-    """Workers race to acquire and release; some leases lapse and cleanup abandons them."""
+    """Workers race to acquire and release or return; some leases lapse, cleanup abandons them."""
     chooser = random.Random(4)
     async with AsyncExitStack() as stack:
         store = await limited_store(stack, schema, clock)
@@ -1042,6 +1157,9 @@ async def test_counters_come_back_to_zero_after_concurrent_workers(
                 peak = max(peak, len(running))
                 if chooser.random() < 0.2:
                     await stores[index].cleanup()  # releases the lapsed leases as abandoned
+                if batch and chooser.random() < 0.1:
+                    await stores[index].return_jobs(worker, batch)  # stopping without waiting
+                    continue
                 if batch:
                     results = [
                         JobResult.for_job(job, JobOutcome.success, finished_at=clock.now())

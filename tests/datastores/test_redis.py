@@ -1185,6 +1185,156 @@ async def test_a_definition_update_changing_the_limit_lets_held_back_jobs_start(
         assert again.next_fire_time == acquired.next_fire_time
 
 
+#
+# Jobs returned unstarted (a worker stopping without waiting)
+#
+
+
+async def test_returned_jobs_of_several_lanes_are_acquired_again_in_their_places(
+    namespace: str, clock: FakeClock
+) -> None:
+    client = losing_client()
+    root = f"{{{namespace}}}"
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(client.aclose)
+        store = await started_store(stack, client, clock, prefix=namespace)
+        jobs = []
+        for task_id, schedule_id in [
+            ("a", None),
+            ("b", None),
+            ("a", "s"),
+            ("a", None),
+            ("c", None),
+        ]:
+            jobs.append(Job(task_id=task_id, schedule_id=schedule_id, created_at=clock.now()))
+            clock.advance(0.001)
+        await store.add_jobs(jobs)
+        taken = await store.acquire_jobs("me", LEASE, 4)
+        assert ids_of(taken) == ids_of(jobs[:4])
+        meanwhile = []
+        for task_id in ("b", "a", "d"):
+            meanwhile.append(Job(task_id=task_id, created_at=clock.now()))
+            clock.advance(0.001)
+        await store.add_jobs(meanwhile)
+
+        client.commands.clear()
+        await store.return_jobs("me", taken[::-1])  # in any order
+        assert [command[0] for command in client.commands] == ["EVALSHA"]
+        # nothing of their leases is left, nor the count of schedule s's running job
+        assert not await client.exists(f"{root}:running", f"{root}:running_schedules")
+        assert [job.acquired_by for job in await store.get_jobs()] == [None] * 8
+
+        again = ids_of(await store.acquire_jobs("other", LEASE, 2))
+        again += ids_of(await store.acquire_jobs("other", LEASE, 10))
+    assert again == ids_of([*jobs, *meanwhile])
+
+
+async def test_a_returned_job_of_a_limited_task_frees_its_slot_for_a_held_back_lane(
+    namespace: str, clock: FakeClock
+) -> None:
+    async with AsyncExitStack() as stack:
+        store = await started_store(stack, url_for(namespace), clock)
+        await store.add_task(Task(id="free", job_executor="async"))
+        await store.add_task(Task(id="limited", job_executor="async", max_running_jobs=1))
+        schedule = attrs.evolve(due_schedule("s", clock), max_running_jobs=1)
+        await store.add_schedule(schedule, ConflictPolicy.exception)
+        blocker = Job(task_id="free", schedule_id="s", created_at=clock.now())
+        held = Job(task_id="limited", schedule_id="s", created_at=clock.now())
+        returned = Job(task_id="limited", created_at=clock.now())
+        await store.add_jobs([blocker, held, returned])
+        # held waits for schedule s's slot, so the newer job takes the limited task's slot
+        assert ids_of(await store.acquire_jobs("me", LEASE, 10)) == [blocker.id, returned.id]
+        await store.release_jobs(
+            "me", [JobResult.for_job(blocker, JobOutcome.success, finished_at=clock.now())]
+        )
+        # now held waits for the limited task's slot
+        assert await store.acquire_jobs("other", LEASE, 10) == []
+        assert store.jobs_held_back
+
+        await store.return_jobs("me", [returned])
+
+        # the slot freed goes to the oldest job that may run: held, whose lane was held back
+        [running] = await store.acquire_jobs("other", LEASE, 10)
+        assert running.id == held.id
+        await store.release_jobs(
+            "other", [JobResult.for_job(running, JobOutcome.success, finished_at=clock.now())]
+        )
+        assert ids_of(await store.acquire_jobs("other", LEASE, 10)) == [returned.id]
+
+
+async def test_a_returned_job_keeps_its_start_deadline(
+    namespace: str, clock: FakeClock, recorder: EventRecorder
+) -> None:
+    async with AsyncExitStack() as stack:
+        store = await started_store(stack, url_for(namespace), clock, recorder)
+        await store.add_task(Task(id="task", job_executor="async"))
+        job = Job(
+            task_id="task",
+            created_at=clock.now(),
+            start_deadline=clock.now() + timedelta(seconds=10),
+            result_expiration_time=timedelta(minutes=1),
+        )
+        await store.add_jobs([job])
+        await store.return_jobs("me", await store.acquire_jobs("me", LEASE, 10))
+        clock.advance(11)
+
+        await store.cleanup()  # (which finds overdue jobs by their deadlines only)
+        result = await store.get_job_result(job.id)
+        assert await store.get_jobs() == []
+    assert result is not None
+    assert result.outcome is JobOutcome.missed_start_deadline
+    assert [event.job_id for event in recorder.of_type(JobReleased)] == [job.id]
+
+
+@pytest.mark.parametrize("meanwhile", ["nothing", "acquired again"])
+async def test_jobs_are_returned_once_when_the_first_reply_is_lost(
+    namespace: str, clock: FakeClock, recorder: EventRecorder, meanwhile: str
+) -> None:
+    # The retry gets the first attempt's reply: the returned jobs' JobAdded are published
+    # (once), and a job the scheduler acquired again between the attempts stays acquired
+    client = losing_client()
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(client.aclose)
+        store = await started_store(
+            stack, client, clock, recorder, prefix=namespace, retry_settings=QUICK_RETRIES
+        )
+        other = await started_store(stack, url_for(namespace), clock)
+        await store.add_task(Task(id="task", job_executor="async", max_running_jobs=2))
+        jobs = [Job(task_id="task", created_at=clock.now()) for _ in range(3)]
+        await store.add_jobs(jobs)
+        taken = await store.acquire_jobs("me", LEASE, 10)
+        assert ids_of(taken) == ids_of(jobs[:2])
+        recorder.clear()
+        script = script_of(store, "return_jobs")
+        ran = 0
+        reacquired: list[Job] = []
+
+        def lose(args: tuple[Any, ...]) -> bool:
+            nonlocal ran
+            ran += is_call_of(script, args)
+            return is_call_of(script, args) and ran == 1
+
+        async def before(args: tuple[Any, ...]) -> None:
+            # between the first attempt and the retry
+            if meanwhile == "acquired again" and is_call_of(script, args) and ran == 1:
+                reacquired.extend(await other.acquire_jobs("me", LEASE, 10))
+
+        client.lose, client.before = lose, before
+        await store.return_jobs("me", taken)
+        client.lose, client.before = (lambda args: False), None
+        assert client.lost == 1
+
+        leases = {job.id: job.acquired_by for job in await store.get_jobs()}
+        if meanwhile == "nothing":
+            assert leases == dict.fromkeys(ids_of(jobs))
+            assert ids_of(await store.acquire_jobs("other", LEASE, 10)) == ids_of(taken)
+        else:
+            assert ids_of(reacquired) == ids_of(taken)
+            assert leases == {taken[0].id: "me", taken[1].id: "me", jobs[2].id: None}
+            assert await store.acquire_jobs("other", LEASE, 10) == []  # both slots taken
+    assert counts(recorder, JobAdded) == {job.id: 1 for job in taken}
+
+
 async def test_a_client_that_retries_commands_itself_is_warned_about(
     namespace: str, clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:

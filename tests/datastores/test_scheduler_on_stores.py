@@ -10,7 +10,8 @@ from typing import Any
 import anyio
 import pytest
 
-from asched import AsyncScheduler, ScheduleLookupError
+from asched import AsyncScheduler, ScheduleLookupError, SchedulerRole
+from asched.events import JobAcquired, JobReleased
 from asched.triggers import IntervalTrigger
 
 pytestmark = pytest.mark.anyio
@@ -136,3 +137,46 @@ async def test_a_removed_schedule_stays_removed_whatever_update_races_its_remova
                 task_group.start_soon(first.remove_schedule, "doomed")
                 task_group.start_soon(partial(update_if_there, second, **changes))
             assert await second.get_schedules() == []
+
+
+async def echo(value: int) -> int:
+    return value
+
+
+async def test_jobs_a_worker_stopping_at_once_had_not_started_run_elsewhere(
+    store_backend: ModuleType, namespace: str
+) -> None:
+    # The first worker stops without waiting the moment its acquisition takes the jobs
+    # (JobAcquired is published inside the acquisition), before it can start any: it gives
+    # them back, and a second worker runs them, rather than their ending as cancelled
+    async with store_backend.open_data_stores(namespace, 2) as (first_store, second_store):
+        async with AsyncScheduler(first_store, role=SchedulerRole.worker) as leaving:
+            job_ids = [
+                await leaving.add_job(echo, args=[number], result_expiration_time=60)
+                for number in range(3)
+            ]
+            stopping = anyio.Event()
+
+            def stop_at_once(event: JobAcquired) -> None:
+                if not stopping.is_set():
+                    stopping.set()
+                    # stop() never suspends: run it to its end here, inside the acquisition
+                    # (a coroutine subscriber would run when the backend gets to it, on trio
+                    # possibly after the jobs started)
+                    with pytest.raises(StopIteration):
+                        leaving.stop(wait=False).send(None)
+
+            leaving.subscribe(stop_at_once, JobAcquired)
+            released: list[JobReleased] = []
+            leaving.subscribe(released.append, JobReleased)
+            await leaving.start_in_background()
+            with anyio.fail_after(10):
+                await stopping.wait()
+                await leaving.wait_until_stopped()
+        assert released == []  # none ended as cancelled
+
+        async with AsyncScheduler(second_store, role=SchedulerRole.worker) as staying:
+            await staying.start_in_background()
+            with anyio.fail_after(20):
+                results = [await staying.get_job_result(job_id) for job_id in job_ids]
+    assert [result.return_value for result in results] == [0, 1, 2]

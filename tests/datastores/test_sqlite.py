@@ -105,6 +105,31 @@ async def test_everything_survives_a_restart(tmp_path: Path, clock: FakeClock) -
         assert result.return_value == 42
 
 
+async def test_a_job_returned_through_one_connection_is_taken_by_another_in_its_place(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """No running-job count to undo: acquisitions count the leased rows they find."""
+    path = tmp_path / "jobs.sqlite"
+    async with AsyncExitStack() as stack:
+        stopping = await started_store(stack, path, clock)
+        other = await started_store(stack, path, clock)
+        await stopping.add_task(Task(id="task", job_executor="async", max_running_jobs=1))
+        jobs = [
+            Job(task_id="task", created_at=clock.now() + timedelta(microseconds=index))
+            for index in range(2)
+        ]
+        await stopping.add_jobs(jobs)
+        taken = await stopping.acquire_jobs("stopping", timedelta(minutes=1), 10)
+        assert [job.id for job in taken] == [jobs[0].id]
+        assert await other.acquire_jobs("other", timedelta(minutes=1), 10) == []
+
+        await stopping.return_jobs("stopping", taken)
+
+        again = await other.acquire_jobs("other", timedelta(minutes=1), 10)
+        assert [job.id for job in again] == [jobs[0].id]
+        assert await other.acquire_jobs("other", timedelta(minutes=1), 10) == []
+
+
 async def test_a_file_of_a_newer_version_is_refused_untouched(
     tmp_path: Path, clock: FakeClock
 ) -> None:
