@@ -56,6 +56,7 @@ from .datastores.base import DataStore
 from .eventbrokers.base import EventBroker
 from .eventbrokers.local import LocalEventBroker
 from .events import (
+    BrokerReconnected,
     Event,
     JobAdded,
     JobReleased,
@@ -471,6 +472,7 @@ class AsyncScheduler:
             self.event_broker.subscribe(self._on_job_added, {JobAdded}),
             self.event_broker.subscribe(self._on_job_released, {JobReleased}),
             self.event_broker.subscribe(self._on_task_changed, {TaskUpdated, TaskRemoved}),
+            self.event_broker.subscribe(self._on_broker_reconnected, {BrokerReconnected}),
         ]
         for subscription in subscriptions:
             exit_stack.callback(subscription.unsubscribe)
@@ -493,6 +495,12 @@ class AsyncScheduler:
     def _on_job_released(self, event: JobReleased) -> None:
         # A release frees a max_running_jobs slot, which matters only to held-back jobs
         if self._worker is not None and self.data_store.jobs_held_back:
+            self._worker.wakeup.wake()
+
+    def _on_broker_reconnected(self, event: BrokerReconnected) -> None:
+        # what other processes announced meanwhile was lost: look at the store again now
+        self._schedules_wakeup.wake()
+        if self._worker is not None:
             self._worker.wakeup.wake()
 
     def _on_task_changed(self, event: TaskUpdated | TaskRemoved) -> None:

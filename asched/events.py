@@ -297,6 +297,16 @@ class SchedulerStopped(SchedulerEvent):
     exception_message: str | None = None
 
 
+@attrs.define(frozen=True, kw_only=True)
+class BrokerReconnected(Event):
+    """An external event broker listens again after losing its connection to the server.
+
+    Events other processes published while it was away never arrive: a scheduler looks at
+    its data store again at once instead of waiting for its next poll. Delivered only in
+    the broker's own process.
+    """
+
+
 for _cls in (
     TaskAdded,
     TaskUpdated,
@@ -311,6 +321,7 @@ for _cls in (
     JobDeserializationFailed,
     SchedulerStarted,
     SchedulerStopped,
+    BrokerReconnected,
 ):
     _register(_cls)
 

@@ -42,6 +42,7 @@ from asched._structures import ScheduleUpdate
 from asched.datastores import MemoryDataStore
 from asched.eventbrokers import LocalEventBroker
 from asched.events import (
+    BrokerReconnected,
     JobAdded,
     JobReleased,
     ScheduleRemoved,
@@ -1751,3 +1752,26 @@ async def test_logs_name_the_job_that_failed(
 
 def test_fixed_times_are_utc() -> None:
     assert FakeClock().now().tzinfo is timezone.utc
+
+
+async def test_a_reconnected_broker_makes_the_scheduler_look_at_the_store_again(
+    clock: FakeClock,
+) -> None:
+    # Two schedulers share a store but not a broker, as when one's broker connection was
+    # down while the other added a job: the job's JobAdded never reaches the first, whose
+    # worker sleeps until its next poll (never, on this clock) unless told to look again
+    store = MemoryDataStore()
+    broker = LocalEventBroker()
+    async with (
+        AsyncScheduler(store, broker, clock=clock) as worker,
+        AsyncScheduler(store, LocalEventBroker(), clock=clock, role="scheduler") as adder,
+    ):
+        await worker.start_in_background()
+        job_id = await adder.add_job(jobs.async_echo, args=[7])
+
+        broker.publish_local(BrokerReconnected())
+
+        # (the shared store publishes through the broker it was last started with, the
+        # adder's: the adder hears the job's release)
+        with anyio.fail_after(5):
+            assert (await adder.get_job_result(job_id)).return_value == 7

@@ -26,7 +26,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from .._coroutines import is_coroutine_callable
 from .._exceptions import describe_error
-from ..events import Event, Subscription, event_from_dict
+from ..events import BrokerReconnected, Event, Subscription, event_from_dict
 
 _EventT = TypeVar("_EventT", bound=Event)
 EventCallback = Callable[[_EventT], Awaitable[None] | None]
@@ -257,7 +257,13 @@ class BaseExternalEventBroker(BaseEventBroker):
             ) from last
 
     def _now_listening(self) -> None:
-        """Tell :meth:`start` (and later reconnections) that the listener listens."""
+        """Tell :meth:`start` that the listener listens, and this process if it listens again.
+
+        What other processes published while the listener was away is lost:
+        :class:`~asched.events.BrokerReconnected` tells subscribers here to look again.
+        """
+        if self._listening:
+            self.publish_local(BrokerReconnected())
         self._listening = True
         self._start_settled.set()
 

@@ -21,6 +21,7 @@ from asched import JobOutcome
 from asched.eventbrokers import EventBroker
 from asched.eventbrokers.base import BaseExternalEventBroker
 from asched.events import (
+    BrokerReconnected,
     DataStoreEvent,
     Event,
     JobAcquired,
@@ -316,6 +317,21 @@ async def test_external_broker_recovers_after_its_connections_are_killed(
                 await arrived.wait()
 
     assert received[0] == event
+
+
+async def test_a_listener_back_after_a_drop_tells_its_process_to_look_again(
+    event_brokers: list[EventBroker], broker_backend: ModuleType, namespace: str
+) -> None:
+    # what others published while it was away is lost: BrokerReconnected says so, locally
+    if not broker_backend.CROSS_PROCESS:
+        pytest.skip("the local broker has no connections to lose")
+    recorder = EventRecorder()
+    event_brokers[0].subscribe(recorder, {BrokerReconnected})
+    assert recorder.events == []  # not on the first start
+
+    assert await broker_backend.kill_connections(namespace) >= 1
+
+    await recorder.wait_for(BrokerReconnected, within=20)
 
 
 async def test_events_published_just_before_a_stop_still_reach_the_others(
