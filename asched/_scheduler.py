@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import platform
+import random
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
 from datetime import datetime, timedelta, tzinfo
@@ -89,8 +92,11 @@ _ZERO = timedelta(0)
 #: how long add_job keeps results by default, so that get_job_result() finds them
 DEFAULT_RESULT_EXPIRATION_TIME = timedelta(minutes=15)
 _SCHEDULE_BATCH_SIZE = 100
-#: how many times an update reads a schedule again after finding it changed meanwhile
-_MAX_REVISION_ATTEMPTS = 50
+#: how long an update goes on reading a schedule again after finding it changed meanwhile,
+#: and the longest pause between two attempts (a random one, doubling from 2 ms: writers
+#: that collided do not collide again in step)
+_REVISION_SECONDS = 60.0
+_MAX_REVISION_PAUSE = 0.1
 
 
 class _Revision(NamedTuple):
@@ -1224,6 +1230,8 @@ class AsyncScheduler:
         :raises ScheduleLookupError: if there is no such schedule
         :raises ValueError: on an invalid option, or a trigger without fire times
         :raises TypeError: on an unknown option, or a value of the wrong type
+        :raises StaleScheduleError: if other writers kept changing the schedule for a whole
+            minute (each change is written only over the revision it read; see the user guide)
         """
         allowed = (_SCHEDULE_OPTIONS - {"conflict_policy"}) | {"trigger", "task"}
         unknown = set(changes) - allowed
@@ -1289,12 +1297,16 @@ class AsyncScheduler:
         The write goes through only if nobody changed the schedule since it was read
         (another update, a replacement, or, when ``revise`` reschedules, a scheduler firing
         it): otherwise the schedule is read again and ``revise`` applied again, so that
-        concurrent updates from any number of processes all take effect.
+        concurrent updates from any number of processes all take effect. Between attempts it
+        waits a random moment (up to 2 ms, doubling to 100 ms), so that writers that collided
+        do not collide again in step.
 
         :return: the schedule as stored afterwards
+        :raises StaleScheduleError: if the schedule kept changing under it for a whole minute
         :raises ScheduleLookupError: if there is no such schedule (or it was removed meanwhile)
         """
-        for attempt in range(1, _MAX_REVISION_ATTEMPTS + 1):
+        deadline = time.monotonic() + _REVISION_SECONDS
+        for attempt in itertools.count():
             current = await self.get_schedule(id)
             revision = await revise(current)
             if revision is None:
@@ -1304,14 +1316,16 @@ class AsyncScheduler:
                     revision.schedule, rescheduled_from=revision.rescheduled_from
                 )
             except StaleScheduleError:
-                if attempt == _MAX_REVISION_ATTEMPTS:
+                if time.monotonic() >= deadline:
                     raise
                 self.logger.debug("Schedule %r changed meanwhile; updating it again", id)
+                pause = min(_MAX_REVISION_PAUSE, 0.002 * 2.0 ** min(attempt, 16))
+                await anyio.sleep(random.uniform(0, pause))
                 continue
             if stored is None:
                 raise ScheduleLookupError(id)
             return stored
-        raise AssertionError("unreachable")  # the last attempt returned or raised
+        raise AssertionError("unreachable")  # the loop returns or raises
 
     async def pause_schedule(self, id: str) -> None:
         """Pause a schedule: it is kept but creates no jobs until unpaused.

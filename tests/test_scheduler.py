@@ -36,6 +36,7 @@ from asched import (
     ScheduleLookupError,
     SchedulerNotInitializedError,
     SchedulerRole,
+    StaleScheduleError,
     current_job,
 )
 from asched._structures import ScheduleUpdate
@@ -1775,3 +1776,34 @@ async def test_a_reconnected_broker_makes_the_scheduler_look_at_the_store_again(
         # adder's: the adder hears the job's release)
         with anyio.fail_after(5):
             assert (await adder.get_job_result(job_id)).return_value == 7
+
+
+class ContendedStore(MemoryDataStore):
+    """Finds its schedules changed meanwhile the first ``collisions`` times it is asked to
+    write one, as under many concurrent writers."""
+
+    def __init__(self, collisions: int) -> None:
+        super().__init__()
+        self.collisions = collisions
+
+    async def update_schedule_definition(
+        self, schedule: Schedule, *, rescheduled_from: Schedule | None = None
+    ) -> Schedule | None:
+        if self.collisions:
+            self.collisions -= 1
+            raise StaleScheduleError(schedule.id)
+        return await super().update_schedule_definition(
+            schedule, rescheduled_from=rescheduled_from
+        )
+
+
+async def test_an_update_outlasts_long_contention_then_takes_effect(clock: FakeClock) -> None:
+    # more collisions in a row than a fixed number of immediate retries would take
+    store = ContendedStore(collisions=60)
+    async with AsyncScheduler(store, clock=clock) as scheduler:
+        await scheduler.add_schedule(jobs.add, every(clock, 60, first_in=60), id="s", args=[1])
+        with anyio.fail_after(30):
+            updated = await scheduler.update_schedule("s", args=[2])
+
+    assert store.collisions == 0
+    assert updated.args == (2,)
