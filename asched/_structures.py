@@ -338,8 +338,18 @@ class JobResult:
         :class:`RemoteJobError` that keeps its type, message and traceback as text; a return
         value that cannot be serialized raises, since silently losing it would be worse.
 
-        :raises SerializationError: if the return value cannot be serialized
+        :raises SerializationError: if the return value cannot be serialized, or could not
+            be restored from what it serializes to
         """
+        return_value: bytes | None = None
+        if self.outcome is JobOutcome.success:
+            return_value = serializer.serialize(self.return_value)
+            try:  # as for exceptions below: one that would not come back is no result
+                serializer.deserialize(return_value)
+            except DeserializationError as exc:
+                raise SerializationError(
+                    f"the return value {self.return_value!r:.200} would not come back: {exc}"
+                ) from exc
         exception: bytes | None = None
         if self.exception is not None:
             try:
@@ -353,9 +363,7 @@ class JobResult:
         return {
             "job_id": self.job_id,
             "outcome": self.outcome.value,
-            "return_value": serializer.serialize(self.return_value)
-            if self.outcome is JobOutcome.success
-            else None,
+            "return_value": return_value,
             "exception": exception,
             "started_at": self.started_at,
             "finished_at": self.finished_at,

@@ -1187,18 +1187,20 @@ async def test_released_job_is_gone_and_its_result_kept_if_asked(
     assert events[kept.id].scheduler_id == "me"
 
 
+@pytest.mark.parametrize("cannot", ["be stored", "be restored"])
 async def test_a_return_value_that_cannot_be_kept_fails_only_a_kept_result(
-    data_store: DataStore, clock: FakeClock, recorder: EventRecorder
+    data_store: DataStore, clock: FakeClock, recorder: EventRecorder, cannot: str
 ) -> None:
-    # A persistent store cannot keep a lock: the kept result becomes an error that says so
-    # (the memory store keeps the object itself); a result that is not kept is never
-    # serialized, so that job succeeds on every store
+    # A persistent store cannot keep a lock, nor what pickles but does not unpickle: the kept
+    # result becomes an error that says so, rather than one nobody can read (the memory store
+    # keeps the object itself); a result that is not kept is never serialized, so that job
+    # succeeds on every store
     await data_store.add_task(make_task())
     kept = make_job(clock, result_expiration_time=timedelta(minutes=1))
     not_kept = make_job(clock)
     await data_store.add_jobs([kept, not_kept])
     await data_store.acquire_jobs("me", LEASE, 10)
-    unstorable = threading.Lock()
+    unstorable = threading.Lock() if cannot == "be stored" else Unrestorable()
 
     await data_store.release_jobs(
         "me",
