@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 import threading
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -90,6 +90,24 @@ def finish(
     job: Job, clock: FakeClock, outcome: JobOutcome = JobOutcome.success, **kwargs: Any
 ) -> JobResult:
     return JobResult.for_job(job, outcome, finished_at=clock.now(), **kwargs)
+
+
+async def release_as_fired(
+    store: DataStore, clock: FakeClock, acquired: Schedule, next_fire_time: datetime
+) -> None:
+    """Release a schedule ``me`` acquired as firing it once does: one job, moved on."""
+    await store.release_schedules(
+        "me",
+        [
+            ScheduleUpdate(
+                schedule_id=acquired.id,
+                next_fire_time=next_fire_time,
+                next_run_time=next_fire_time,
+                last_fire_time=acquired.next_fire_time,
+                jobs=(make_job(clock, schedule_id=acquired.id),),
+            )
+        ],
+    )
 
 
 async def add_jobs(store: DataStore, clock: FakeClock, count: int, **options: Any) -> list[Job]:
@@ -228,18 +246,7 @@ async def test_a_definition_update_keeps_the_stored_progress_and_clears_the_leas
     [read] = await data_store.get_schedules()  # what an update_schedule() call reads...
     [acquired] = await data_store.acquire_schedules("me", LEASE, 10)  # ...while it fires
     moved_on = clock.now() + timedelta(seconds=10)
-    await data_store.release_schedules(
-        "me",
-        [
-            ScheduleUpdate(
-                schedule_id="s1",
-                next_fire_time=moved_on,
-                next_run_time=moved_on,
-                last_fire_time=acquired.next_fire_time,
-                jobs=(make_job(clock, schedule_id="s1"),),
-            )
-        ],
-    )
+    await release_as_fired(data_store, clock, acquired, moved_on)
     recorder.clear()
 
     changed = attrs.evolve(read, name="new", args=(1, 2), metadata={"team": "ops"})
@@ -380,18 +387,7 @@ async def test_rescheduling_writes_the_new_fire_times_and_clears_the_lease(
     # the leaseholder's release of the old fire time is dropped with its job
     assert acquired.next_fire_time is not None
     after_that = acquired.next_fire_time + timedelta(seconds=10)
-    await data_store.release_schedules(
-        "me",
-        [
-            ScheduleUpdate(
-                schedule_id="s1",
-                next_fire_time=after_that,
-                next_run_time=after_that,
-                last_fire_time=acquired.next_fire_time,
-                jobs=(make_job(clock, schedule_id="s1"),),
-            )
-        ],
-    )
+    await release_as_fired(data_store, clock, acquired, after_that)
     assert await data_store.get_jobs() == []
     assert (await data_store.get_schedules())[0].next_fire_time == later
 
@@ -406,18 +402,7 @@ async def test_rescheduling_from_fire_times_processed_since_the_read_writes_noth
     [read] = await data_store.get_schedules()
     [acquired] = await data_store.acquire_schedules("me", LEASE, 10)
     moved_on = clock.now() + timedelta(seconds=10)
-    await data_store.release_schedules(
-        "me",
-        [
-            ScheduleUpdate(
-                schedule_id="s1",
-                next_fire_time=moved_on,
-                next_run_time=moved_on,
-                last_fire_time=acquired.next_fire_time,
-                jobs=(make_job(clock, schedule_id="s1"),),
-            )
-        ],
-    )
+    await release_as_fired(data_store, clock, acquired, moved_on)
 
     rescheduled = attrs.evolve(read, name="new")  # its fire times: those read, now processed
     with pytest.raises(StaleScheduleError):
