@@ -15,7 +15,9 @@ whatever the server's default: these statements rely on its re-reading of locked
 
 Each schedule row has a ``revision``: ``update_schedule_definition`` is one conditional
 ``UPDATE`` on the revision its caller read (re-checked on the locked row, so of two
-concurrent updates from one read only the first writes), and moves it on by one.
+concurrent updates from one read only the first writes), and moves it on by one. The same
+statement records the operation's token in ``schedule_writes`` when it writes, so that a
+retry after a lost reply knows its own committed write, whatever was written since.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from datetime import datetime, timedelta, timezone
 from logging import Logger
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import anyio
 import asyncpg
@@ -79,6 +81,11 @@ if TYPE_CHECKING:
 SCHEMA_VERSION = 3
 
 _MICROSECOND = timedelta(microseconds=1)
+
+#: how long cleanup keeps the token of a schedule write: far longer than all the attempts of
+#: one update take (with the default retry settings and timeout, 8 attempts of at most 60 s
+#: for a connection and 60 s for the reply, and 6.4 s of waits between them: under 17 minutes)
+_WRITE_TOKEN_LIFETIME = timedelta(hours=1)
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
@@ -140,6 +147,16 @@ CREATE INDEX schedules_due ON {schema}.schedules (next_run_time, id)
 CREATE INDEX schedules_leased ON {schema}.schedules (acquired_until)
     WHERE acquired_by IS NOT NULL AND NOT paused;
 CREATE INDEX jobs_queued ON {schema}.jobs (created_at, id) WHERE acquired_by IS NULL;
+"""
+
+# The tokens of update_schedule_definition's writes (one per operation, see there), by the
+# store's clock; cleanup forgets them after _WRITE_TOKEN_LIFETIME, through the index
+_SCHEDULE_WRITES = """
+CREATE TABLE {schema}.schedule_writes (
+    token uuid PRIMARY KEY,
+    written_at timestamptz NOT NULL
+);
+CREATE INDEX schedule_writes_age ON {schema}.schedule_writes (written_at);
 """
 
 _JOB_SLOTS = """
@@ -222,6 +239,7 @@ CREATE TABLE {schema}.job_results (
 CREATE INDEX job_results_expiry ON {schema}.job_results (expires_at);
 """
     + _JOB_SLOTS
+    + _SCHEDULE_WRITES
     + _INDEXES
 )
 
@@ -259,14 +277,28 @@ UPDATE {schema}.metadata SET value = '2' WHERE key = 'schema_version';
 )
 
 # Version 2 -> 3: schedule revisions, for update_schedule_definition's optimistic concurrency
-# (a column with a constant default is added without rewriting the table)
-_MIGRATE_FROM_2 = """
+# (a column with a constant default is added without rewriting the table), and the tokens of
+# its writes
+_MIGRATE_FROM_2 = (
+    """
 ALTER TABLE {schema}.schedules ADD COLUMN revision bigint NOT NULL DEFAULT 0;
+"""
+    + _SCHEDULE_WRITES
+    + """
 UPDATE {schema}.metadata SET value = '3' WHERE key = 'schema_version';
 """
+)
 
 #: the tables of a store, to tell an asched schema from someone else's
-_TABLES = ("metadata", "tasks", "schedules", "jobs", "job_results", "job_slots")
+_TABLES = (
+    "metadata",
+    "tasks",
+    "schedules",
+    "jobs",
+    "job_results",
+    "job_slots",
+    "schedule_writes",
+)
 
 
 def _give_back_slots(schema: str, deleted: str) -> str:
@@ -537,10 +569,12 @@ def _statements(schema: str) -> dict[str, str]:
             ), {_give_back_slots(schema, "returned")}
             SELECT id, task_id, schedule_id FROM returned ORDER BY created_at, id
             """,
-        # $1 now
+        # $1 now, $2 when the schedule write tokens to forget were written
         "cleanup": f"""
             WITH expired AS (
                 DELETE FROM {schema}.job_results WHERE expires_at <= $1
+            ), forgotten AS (
+                DELETE FROM {schema}.schedule_writes WHERE written_at < $2
             ), abandoned AS (
                 DELETE FROM {schema}.jobs
                 WHERE acquired_by IS NOT NULL AND acquired_until <= $1
@@ -1058,10 +1092,20 @@ class PostgreSQLDataStore(BaseExternalDataStore):
     async def update_schedule_definition(
         self, schedule: Schedule, *, rescheduled_from: Schedule | None = None
     ) -> Schedule | None:
-        """Rewrite a schedule read at ``schedule.revision``, in one statement; see the base."""
+        """Rewrite a schedule read at ``schedule.revision``, in one statement; see the base.
+
+        Each call has a token, random, the same for all its attempts, that the statement
+        records in ``schedule_writes`` when (and only when) it writes. An attempt whose reply
+        was lost may have committed, and other writers may have changed the schedule since:
+        its retry finds the token and takes the write for done (the stored schedule is
+        returned, and ``ScheduleUpdated`` published, by the retry) instead of reporting it
+        stale, which would make the caller write its change again over theirs. (A retry that
+        overtakes an attempt still running on the server, after a timeout, cannot see that
+        attempt's token yet: if that attempt commits, the retry reports it stale, as before.)
+        """
         # the id first (as in add_schedule: _slot_counting's $1 is the schedule's id), then
-        # every column but those of its progress, lease and revision: $1.. as _SAME_DEFINITION
-        # numbers them; then the revision read, then (rescheduling) the stored fire times
+        # every column but those of its progress, lease and revision; then the revision read,
+        # the token and the time of writing; then (rescheduling) the stored fire times
         # required and the progress to write
         record = dict(
             zip(_SCHEDULE_COLUMNS.split(", "), self._schedule_values(schedule), strict=True)
@@ -1072,8 +1116,8 @@ class PostgreSQLDataStore(BaseExternalDataStore):
             for index, column in enumerate(_DEFINITION_COLUMNS, start=1)
             if index > 1
         ]
-        revision = f"${len(values) + 1}"
-        values.append(schedule.revision)
+        revision, token, now = (f"${len(values) + offset}" for offset in (1, 2, 3))
+        values += [schedule.revision, uuid4(), self._now()]
         conditions = [f"id = $1 AND revision = {revision}"]
         if rescheduled_from is not None:
             first = len(values) + 1
@@ -1086,40 +1130,39 @@ class PostgreSQLDataStore(BaseExternalDataStore):
                 values.append(record[column])
                 assignments.append(f"{column} = ${len(values)}")
         limit = f"${_DEFINITION_COLUMNS.index('max_running_jobs') + 1}"
-        # Nothing written: 'stale' if the id exists (in the statement's snapshot), no row if
-        # not. 'ours' is a stored row at the revision this update makes, with its definition:
-        # what an earlier attempt whose reply was lost wrote (progress and lease may have
-        # moved on since, by a scheduler firing it: they are not compared).
+        # 'done': an earlier attempt of this call committed (its reply was lost); nothing is
+        # written again. A first attempt's new token is never found. Nothing written and not
+        # done: 'stale' if the id exists (in the statement's snapshot), no row if not (a
+        # schedule removed after an earlier attempt wrote it is gone too: None).
         statement = f"""
-            WITH written AS (
+            WITH done AS (
+                SELECT FROM {self._schema}.schedule_writes WHERE token = {token}::uuid
+            ), written AS (
                 UPDATE {self._schema}.schedules
                 SET {", ".join(assignments)}, revision = revision + 1,
                     acquired_by = NULL, acquired_until = NULL
-                WHERE {" AND ".join(conditions)}
+                WHERE {" AND ".join(conditions)} AND NOT EXISTS (SELECT FROM done)
                 RETURNING {_SCHEDULE_COLUMNS}
+            ), recorded AS (
+                INSERT INTO {self._schema}.schedule_writes (token, written_at)
+                SELECT {token}::uuid, {now}::timestamptz FROM written
             ), {self._slot_counting("schedule", "schedule_id", limit)}
             SELECT 'written' AS fate, {_SCHEDULE_COLUMNS} FROM written
             UNION ALL
-            SELECT CASE WHEN revision = {revision} + 1 AND {_SAME_DEFINITION}
-                        THEN 'ours' ELSE 'stale' END,
+            SELECT CASE WHEN EXISTS (SELECT FROM done) THEN 'done' ELSE 'stale' END,
                    {_SCHEDULE_COLUMNS}
             FROM {self._schema}.schedules
             WHERE id = $1 AND NOT EXISTS (SELECT FROM written)
             """
 
-        sent = False  # whether an attempt went out (and may have committed, its reply lost)
-
-        async def write() -> tuple[asyncpg.Record | None, bool]:
-            nonlocal sent
+        async def write() -> asyncpg.Record | None:
             async with self._connection() as connection:
-                retrying, sent = sent, True
-                return await connection.fetchrow(statement, *values), retrying
+                return await connection.fetchrow(statement, *values)
 
-        row, retried = await self._with_retries(write)
+        row = await self._with_retries(write)
         if row is None:
             return None
-        # 'ours' on a first attempt: another update of the same read made the same change
-        if row["fate"] == "stale" or (row["fate"] == "ours" and not retried):
+        if row["fate"] == "stale":
             raise StaleScheduleError(schedule.id)
         [updated] = await self._schedules_from_rows([row])
         await self._publish([schedule_written_event(updated)])
@@ -1447,12 +1490,18 @@ class PostgreSQLDataStore(BaseExternalDataStore):
                     )
 
     async def cleanup(self) -> None:
-        """Expire results, release abandoned and overdue jobs, in one statement; see the base."""
+        """Expire results, release abandoned and overdue jobs, in one statement; see the base.
+
+        Forgets the tokens of schedule writes older than an hour too (see
+        :meth:`update_schedule_definition`).
+        """
 
         async def clean() -> tuple[datetime, list[asyncpg.Record]]:
             async with self._connection() as connection:
                 now = self._now()
-                return now, await connection.fetch(self._sql["cleanup"], now)
+                return now, await connection.fetch(
+                    self._sql["cleanup"], now, now - _WRITE_TOKEN_LIFETIME
+                )
 
         now, rows = await self._with_retries(clean)
         events = cleanup_events(

@@ -6,8 +6,8 @@ import json
 import logging
 import pickle
 import random
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -201,6 +201,7 @@ async def test_version_1_schema_is_migrated_in_place(schema: str, clock: FakeClo
     assert "sequence" not in columns["jobs"]
     assert columns["job_slots"] == ["kind", "id", "taken"]
     assert columns["schedules"][-1] == "revision"  # on through version 2
+    assert columns["schedule_writes"] == ["token", "written_at"]
     connection = await asyncpg.connect(POSTGRESQL_URL)
     try:
         assert await connection.fetchval(
@@ -217,6 +218,7 @@ async def test_version_1_schema_is_migrated_in_place(schema: str, clock: FakeClo
     assert "(next_run_time, id)" in indexes["schedules_due"]
     assert "acquired_by IS NULL" in indexes["schedules_due"]
     assert "(created_at, id)" in indexes["jobs_queued"]
+    assert "(written_at)" in indexes["schedule_writes_age"]
 
 
 V2_SCHEMA = Path(__file__).with_name("postgresql_schema_v2.sql").read_text()
@@ -270,14 +272,25 @@ async def test_version_2_schema_is_migrated_in_place(schema: str, clock: FakeClo
         with pytest.raises(StaleScheduleError):
             await store.update_schedule_definition(attrs.evolve(released, name="stale"))
 
-    # one column added at the end; nothing else changed
+    # one column added at the end, one table (that the update above wrote to); nothing else
+    # changed
     after = await table_columns(schema)
-    assert after == {**before, "schedules": [*before["schedules"], "revision"]}
+    assert after == {
+        **before,
+        "schedules": [*before["schedules"], "revision"],
+        "schedule_writes": ["token", "written_at"],
+    }
     connection = await asyncpg.connect(POSTGRESQL_URL)
     try:
         assert await connection.fetchval(
             f"SELECT value FROM {quoted}.metadata WHERE key = 'schema_version'"
         ) == str(SCHEMA_VERSION)
+        assert await connection.fetchval(f"SELECT count(*) FROM {quoted}.schedule_writes") == 1
+        assert await connection.fetchval(
+            "SELECT indexdef FROM pg_indexes WHERE schemaname = $1 AND indexname = $2",
+            schema,
+            "schedule_writes_age",
+        )
     finally:
         await connection.close()
 
@@ -568,7 +581,7 @@ async def test_an_addition_whose_reply_was_lost_after_commit_is_not_a_conflict_o
 async def test_an_update_whose_reply_was_lost_after_commit_is_not_stale_on_retry(
     schema: str, clock: FakeClock, rescheduling: bool
 ) -> None:
-    """The retry finds the revision the lost attempt wrote: success, not StaleScheduleError.
+    """The retry finds the lost attempt's write (its token): success, not StaleScheduleError.
 
     A scheduler leases the schedule between the commit and the retry: progress and lease
     moving on do not make the committed update look like someone else's.
@@ -623,10 +636,108 @@ async def test_an_update_whose_reply_was_lost_after_commit_is_not_stale_on_retry
             await store.update_schedule_definition(attrs.evolve(read, name="again"))
 
 
+@pytest.mark.parametrize("rescheduling", [False, True], ids=["definition", "rescheduling"])
+async def test_an_update_whose_reply_was_lost_is_not_written_again_over_a_later_write(
+    schema: str, clock: FakeClock, monkeypatch: pytest.MonkeyPatch, rescheduling: bool
+) -> None:
+    """Another store writes over the lost attempt's update before the retry.
+
+    The retry recognizes its own committed write (by the operation's token, although the row
+    is at the read revision plus two by then): success, so its caller does not read again
+    and write its change a second time, over the other writer's acknowledged one.
+    """
+    recorder = EventRecorder()
+    async with AsyncExitStack() as stack:
+        proxy, proxied_url = await stack.enter_async_context(
+            reply_dropping_proxy(tagged_url(schema))
+        )
+        store = await started_store(
+            stack, proxied_url, clock, retry_settings=RetrySettings(attempts=3, wait_min=0.01)
+        )
+        other = await started_store(stack, tagged_url(schema), clock)
+        assert store._event_broker is not None
+        store._event_broker.subscribe(recorder)
+        await store.add_task(Task(id="task", job_executor="async"))
+        await store.add_schedule(due_schedule("s1", clock), ConflictPolicy.exception)
+        [read] = await store.get_schedules()
+        changed = attrs.evolve(read, args=(1,))
+        later = clock.now() + timedelta(minutes=1)
+        if rescheduling:
+            changed = attrs.evolve(changed, next_fire_time=later, next_run_time=later)
+        recorder.clear()
+
+        # the retry waits until the other store has read the lost attempt's write and
+        # written over it
+        overwritten = anyio.Event()
+        pooled = store._pooled
+
+        @asynccontextmanager
+        async def retry_after_the_other_write() -> AsyncIterator[asyncpg.Connection]:
+            if proxy.dropped:
+                await overwritten.wait()
+            async with pooled() as connection:
+                yield connection
+
+        monkeypatch.setattr(store, "_pooled", retry_after_the_other_write)
+
+        async def write_over_it_meanwhile() -> None:
+            with anyio.fail_after(10):
+                while not proxy.dropped:  # noqa: ASYNC110 - the proxy only counts
+                    await anyio.sleep(0.01)
+            [seen] = await other.get_schedules()
+            assert (seen.args, seen.revision) == ((1,), read.revision + 1)
+            assert await other.update_schedule_definition(attrs.evolve(seen, args=(2,)))
+            overwritten.set()
+
+        proxy.drop_reply_to(
+            lambda text: f'UPDATE "{schema}".schedules' in text and "revision + 1" in text
+        )
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(write_over_it_meanwhile)
+            updated = await store.update_schedule_definition(
+                changed, rescheduled_from=read if rescheduling else None
+            )
+
+        assert proxy.dropped == 1
+        [stored] = await store.get_schedules()
+        assert updated == stored  # as stored now: with the other write
+        assert (stored.args, stored.revision) == ((2,), read.revision + 2)
+        assert stored.next_fire_time == (later if rescheduling else read.next_fire_time)
+        # one event for this store's write (the retry's), none for the other store's
+        assert [event.schedule_id for event in recorder.of_type(ScheduleUpdated)] == ["s1"]
+
+
+async def test_a_stale_update_whose_reply_was_lost_is_still_stale_on_retry(
+    schema: str, clock: FakeClock
+) -> None:
+    """Only a write leaves the operation's token: a retry of a stale attempt is stale too."""
+    async with AsyncExitStack() as stack:
+        proxy, proxied_url = await stack.enter_async_context(
+            reply_dropping_proxy(tagged_url(schema))
+        )
+        store = await started_store(
+            stack, proxied_url, clock, retry_settings=RetrySettings(attempts=3, wait_min=0.01)
+        )
+        await store.add_task(Task(id="task", job_executor="async"))
+        await store.add_schedule(due_schedule("s1", clock), ConflictPolicy.exception)
+        [read] = await store.get_schedules()
+        assert await store.update_schedule_definition(attrs.evolve(read, name="first"))
+
+        proxy.drop_reply_to(
+            lambda text: f'UPDATE "{schema}".schedules' in text and "revision + 1" in text
+        )
+        with pytest.raises(StaleScheduleError):
+            await store.update_schedule_definition(attrs.evolve(read, name="stale"))
+
+        assert proxy.dropped == 1
+        [stored] = await store.get_schedules()
+        assert (stored.name, stored.revision) == ("first", 1)
+
+
 async def test_a_second_update_from_the_same_read_is_stale_even_if_it_changes_the_same(
     schema: str, clock: FakeClock
 ) -> None:
-    """Only a retry takes a stored row alike to what it writes for its own."""
+    """A stored row alike to what an update writes is not its own write: only its token is."""
     async with AsyncExitStack() as stack:
         store = await started_store(stack, tagged_url(schema), clock)
         await store.add_task(Task(id="task", job_executor="async"))
@@ -640,6 +751,44 @@ async def test_a_second_update_from_the_same_read_is_stale_even_if_it_changes_th
         with pytest.raises(StaleScheduleError):
             await store.update_schedule_definition(paused)
         assert (await store.get_schedules())[0].revision == 1
+
+
+async def test_cleanup_forgets_the_tokens_of_schedule_writes_after_an_hour(
+    schema: str, clock: FakeClock
+) -> None:
+    async def tokens() -> int:
+        connection = await asyncpg.connect(POSTGRESQL_URL)
+        try:
+            count: int = await connection.fetchval(
+                f'SELECT count(*) FROM "{schema}".schedule_writes'
+            )
+            return count
+        finally:
+            await connection.close()
+
+    async with AsyncExitStack() as stack:
+        store = await started_store(stack, tagged_url(schema), clock)
+        await store.add_task(Task(id="task", job_executor="async"))
+        await store.add_schedule(due_schedule("s1", clock), ConflictPolicy.exception)
+        [read] = await store.get_schedules()
+        first = await store.update_schedule_definition(attrs.evolve(read, name="first"))
+        assert first is not None
+        clock.advance(30 * 60)
+        assert await store.update_schedule_definition(attrs.evolve(first, name="second"))
+        with pytest.raises(StaleScheduleError):  # a stale update leaves no token
+            await store.update_schedule_definition(attrs.evolve(read, name="stale"))
+        assert await tokens() == 2
+
+        clock.advance(30 * 60)  # the first write is an hour old: kept up to then
+        await store.cleanup()
+        assert await tokens() == 2
+        clock.advance(1)
+        await store.cleanup()
+        assert await tokens() == 1
+        clock.advance(30 * 60)
+        await store.cleanup()
+        assert await tokens() == 0
+        assert [s.name for s in await store.get_schedules()] == ["second"]
 
 
 @pytest.mark.parametrize("what", ["jobs", "schedules"])
