@@ -1226,7 +1226,8 @@ class AsyncScheduler:
         ``id`` and ``conflict_policy`` (and ``func_or_task_id``: use ``task`` to point it at
         another task).
 
-        :return: the updated schedule
+        :return: the schedule as stored by this update (if its first reply was lost and the
+            retry found its write done, as stored now: with what any later writer changed)
         :raises ScheduleLookupError: if there is no such schedule
         :raises ValueError: on an invalid option, or a trigger without fire times
         :raises TypeError: on an unknown option, or a value of the wrong type
