@@ -111,8 +111,10 @@ class Worker:
             release_runners.set()
             await runners_finished.wait()
             with CancelScope(shield=True):
-                await self._release_pending_results()
-                await self._return_unstarted_jobs()
+                try:
+                    await self._release_pending_results()
+                finally:
+                    await self._return_unstarted_jobs()
             task_group.cancel_scope.cancel()
 
     async def _acquire_jobs_until_stopped(self) -> None:
@@ -219,6 +221,11 @@ class Worker:
         clock = self._clock
         try:
             func, executor = await self._resolve_job_runtime(job)
+        except get_cancelled_exc_class():
+            # a stop that cancels jobs, while the task was being looked up: the job has not
+            # started, so it goes back to the store with the other unstarted ones
+            self._queue.appendleft(job)
+            raise
         except Exception as exc:
             self._logger.error("Cannot run job %s (task %r): %s", job.id, job.task_id, exc)
             self._finish(

@@ -37,6 +37,7 @@ from asched import (
     SchedulerNotInitializedError,
     SchedulerRole,
     StaleScheduleError,
+    Task,
     current_job,
 )
 from asched._structures import ScheduleUpdate
@@ -1807,3 +1808,43 @@ async def test_an_update_outlasts_long_contention_then_takes_effect(clock: FakeC
 
     assert store.collisions == 0
     assert updated.args == (2,)
+
+
+class SlowTaskLookups(MemoryDataStore):
+    """Once ``blocking``, task lookups wait until cancelled (the worker looks a task up
+    before it starts a job of a task it has not seen)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocking = False
+        self.looking_up = anyio.Event()
+
+    async def get_task(self, task_id: str) -> Task:
+        if self.blocking:
+            self.looking_up.set()
+            await anyio.sleep_forever()
+        return await super().get_task(task_id)
+
+
+async def test_a_job_whose_task_was_being_looked_up_at_a_cancelling_stop_goes_back(
+    clock: FakeClock,
+) -> None:
+    store = SlowTaskLookups()
+    async with AsyncScheduler(store, clock=clock, role="scheduler") as adder:
+        job_id = await adder.add_job(jobs.async_echo, args=[5], result_expiration_time=60)
+
+    store.blocking = True
+    async with AsyncScheduler(store, clock=clock) as leaving:
+        await leaving.start_in_background()
+        with anyio.fail_after(5):
+            await store.looking_up.wait()  # acquired, not started
+            await leaving.stop(wait=False)
+            await leaving.wait_until_stopped()
+
+    [job] = await store.get_jobs()
+    assert (job.id, job.acquired_by) == (job_id, None)  # queued again, not left leased
+    store.blocking = False
+    async with AsyncScheduler(store, clock=clock) as staying:
+        await staying.start_in_background()
+        with anyio.fail_after(5):
+            assert (await staying.get_job_result(job_id)).return_value == 5

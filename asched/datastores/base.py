@@ -578,6 +578,28 @@ class BaseExternalDataStore(DataStore):
         self.retry_settings = retry_settings or RetrySettings()
         self._logger = getLogger(__name__)
 
+    async def _release_unreadable_jobs(
+        self, scheduler_id: str, now: datetime, unreadable: Sequence[UnreadableJob]
+    ) -> None:
+        """Release acquired jobs that cannot be restored, as errors; never raise.
+
+        See :func:`unreadable_job_results`. The acquisition that took them must not fail:
+        the jobs acquired with them must still reach the worker, or they would stay leased
+        until cleanup reported them abandoned. If the release fails, that is the fate of
+        the unreadable ones only.
+        """
+        if not unreadable:
+            return
+        try:
+            await self.release_jobs(scheduler_id, unreadable_job_results(now, unreadable))
+        except Exception as exc:
+            self._logger.error(
+                "Could not release %d jobs that cannot be restored (%s); cleanup will report "
+                "them abandoned once their leases run out",
+                len(unreadable),
+                describe_error(exc),
+            )
+
     @abstractmethod
     def _is_transient(self, exc: BaseException) -> bool:
         """Whether an operation that raised ``exc`` is worth retrying.

@@ -71,7 +71,6 @@ from .base import (
     marshal_job_result,
     schedule_release_events,
     schedule_written_event,
-    unreadable_job_results,
 )
 
 if TYPE_CHECKING:
@@ -1398,7 +1397,7 @@ class PostgreSQLDataStore(BaseExternalDataStore):
         jobs = await self._jobs_from_rows(acquired_rows, unreadable)
         missed = await self._jobs_from_rows(row for row in rows if row["fate"] == "missed")
         await self._publish(job_acquisition_events(scheduler_id, now, jobs, missed))
-        await self.release_jobs(scheduler_id, unreadable_job_results(now, unreadable))
+        await self._release_unreadable_jobs(scheduler_id, now, unreadable)
         return [attrs.evolve(job, acquired_by=None, acquired_until=None) for job in jobs]
 
     async def release_jobs(self, scheduler_id: str, results: Sequence[JobResult]) -> None:

@@ -87,7 +87,6 @@ from .base import (
     marshal_job_result,
     schedule_release_events,
     schedule_written_event,
-    unreadable_job_results,
 )
 
 #: what the store accepts as a client (a Redis Cluster works: all of a store's keys share a slot)
@@ -1615,9 +1614,9 @@ class RedisDataStore(BaseExternalDataStore):
                 for job in map(_released_job, missed)
             )
             await self._publish(events)
-            # jobs that cannot run here end now, as errors (should this fail, the next
-            # acquisition puts them back with the others, and they end then)
-            await self.release_jobs(scheduler_id, unreadable_job_results(now, unreadable))
+            # jobs that cannot run here end now, as errors (never raises: the others must
+            # reach the worker)
+            await self._release_unreadable_jobs(scheduler_id, now, unreadable)
         except BaseException:
             # the caller gets none of the jobs acquired: the next acquisition puts them back
             self._not_answered("acquire_jobs", scheduler_id, answered, ttl)

@@ -61,7 +61,6 @@ from .base import (
     marshal_job_result,
     schedule_release_events,
     schedule_written_event,
-    unreadable_job_results,
 )
 
 #: bumped whenever the tables change; a store migrates older files and refuses newer ones
@@ -844,7 +843,7 @@ class SQLiteDataStore(BaseExternalDataStore):
         missed = await self._jobs_from_rows(missed_rows)
         events = job_acquisition_events(scheduler_id, now, jobs, missed)
         await self._publish(events)
-        await self.release_jobs(scheduler_id, unreadable_job_results(now, unreadable))
+        await self._release_unreadable_jobs(scheduler_id, now, unreadable)
         return [attrs.evolve(job, acquired_by=None, acquired_until=None) for job in jobs]
 
     def _acquire_jobs(

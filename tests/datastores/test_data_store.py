@@ -1348,6 +1348,23 @@ async def test_returning_a_limited_tasks_job_frees_its_slot_for_it(
     assert await data_store.acquire_jobs("other", LEASE, 10) == []
 
 
+async def test_jobs_acquired_beside_an_unreadable_one_reach_the_worker_if_its_release_fails(
+    data_store: DataStore, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not isinstance(data_store, BaseExternalDataStore):
+        pytest.skip("the memory store keeps objects as they are: there is nothing to restore")
+    await data_store.add_task(make_task())
+    await add_jobs(data_store, clock, 1, args=(Unrestorable(),))
+    [fine] = await add_jobs(data_store, clock, 1)
+
+    async def failing_release(scheduler_id: str, results: Any) -> None:
+        raise ConnectionError("the server went away")
+
+    monkeypatch.setattr(data_store, "release_jobs", failing_release)
+    # the acquisition took (and leased) both: the one that can run must not be stranded
+    assert ids_of(await data_store.acquire_jobs("me", LEASE, 10)) == [fine.id]
+
+
 async def test_result_of_a_job_not_acquired_by_the_releaser_is_ignored(
     data_stores: list[DataStore], clock: FakeClock, recorder: EventRecorder
 ) -> None:
