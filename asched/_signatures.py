@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ._marshalling import callable_name
@@ -18,8 +18,6 @@ _callable_without_arguments: set[Callable[..., Any]] = set()
 
 
 def _signature(function: Callable[..., Any]) -> inspect.Signature | None:
-    if not isinstance(function, Hashable):
-        return _signature_of(function)
     try:
         return _signatures[function]
     except KeyError:
@@ -27,6 +25,8 @@ def _signature(function: Callable[..., Any]) -> inspect.Signature | None:
             _signatures.clear()
         signature = _signatures[function] = _signature_of(function)
         return signature
+    except TypeError:  # unhashable
+        return _signature_of(function)
 
 
 def _signature_of(function: Callable[..., Any]) -> inspect.Signature | None:

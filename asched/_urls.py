@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from collections.abc import Collection, Mapping
+from collections.abc import Collection
 from functools import cache
 from importlib import import_module
 from typing import Any
@@ -91,32 +91,6 @@ _LIBPQ_ONLY_OPTIONS = frozenset(
         "load_balance_hosts",
     }
 )
-
-
-def import_lazily(
-    package: str, name: str, submodules: Mapping[str, tuple[str, str | None]]
-) -> Any:
-    """Return ``name`` from its submodule of ``package`` (a package's ``__getattr__``).
-
-    :param submodules: public name -> (submodule, pip extra its dependencies come from)
-    :raises AttributeError: if ``name`` is none of ``submodules``
-    :raises ImportError: if the extra is not installed, saying how to install it
-    """
-    try:
-        submodule, extra = submodules[name]
-    except KeyError:
-        raise AttributeError(f"module {package!r} has no attribute {name!r}") from None
-    try:
-        module = import_module(f"{package}.{submodule}")
-    except ImportError as exc:
-        if extra is None or not exc.name or exc.name.startswith("asched"):
-            raise
-        missing = exc.name.partition(".")[0]
-        raise ImportError(
-            f'{name} needs {missing!r}, which is not installed: pip install "asched[{extra}]"',
-            name=missing,
-        ) from exc
-    return getattr(module, name)
 
 
 def _scheme(url: str, what: str) -> str:
@@ -277,8 +251,13 @@ def _instantiate(url: str, scheme: str, entry: tuple[str, str, bool], what: str)
         cls = getattr(import_module(package), class_name)
     except ImportError as exc:
         raise ImportError(f"cannot use {scheme}:// URLs: {exc}", name=exc.name) from exc
-    _check_url(url, scheme, what)
-    return cls(url) if takes_url else cls()
+    if not takes_url:
+        _check_url(url, scheme, what)  # a class given the URL checks it itself
+        return cls()
+    try:
+        return cls(url)
+    except ValueError as exc:  # named after the argument the URL was given as
+        raise ValueError(f"{what}: {exc}") from None
 
 
 def data_store_from_url(url: str) -> DataStore:

@@ -1848,3 +1848,23 @@ async def test_a_job_whose_task_was_being_looked_up_at_a_cancelling_stop_goes_ba
         await staying.start_in_background()
         with anyio.fail_after(5):
             assert (await staying.get_job_result(job_id)).return_value == 5
+
+
+class Unhashable:
+    """A callable object that cannot be hashed (its signature cannot be remembered)."""
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __call__(self, value: int) -> int:
+        return value
+
+
+async def test_arguments_for_a_callable_object_are_checked_too(
+    scheduler: AsyncScheduler,
+) -> None:
+    await scheduler.configure_task("object", func=Unhashable())
+    for _ in range(2):  # checked every time, not remembered
+        with pytest.raises(TypeError, match=r"Unhashable object .*\(value: 'int'\)"):
+            await scheduler.add_job("object")
+    await scheduler.add_job("object", args=[1])
+    assert len(await scheduler.get_jobs()) == 1

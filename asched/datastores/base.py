@@ -484,30 +484,11 @@ def cleanup_events(
 
 
 class UnreadableJob(NamedTuple):
-    """A job acquired whose record could not be restored (see :func:`unreadable_job_results`)."""
+    """An acquired job whose record could not be restored (see ``_release_unreadable_jobs``)."""
 
     job_id: UUID
     result_expiration_time: timedelta
     error: DeserializationError
-
-
-def unreadable_job_results(now: datetime, jobs: Iterable[UnreadableJob]) -> list[JobResult]:
-    """Return ``error`` results for acquired jobs that cannot be restored, to release them.
-
-    Such a job cannot run here; leased and never released, it would wait for its lease to
-    run out and come back as ``abandoned`` (or be acquired, and fail, again): released as an
-    error, its outcome and the reason are known at once.
-    """
-    return [
-        JobResult(
-            job_id=job.job_id,
-            outcome=JobOutcome.error,
-            exception=job.error,
-            finished_at=now,
-            expires_at=now + job.result_expiration_time,
-        )
-        for job in jobs
-    ]
 
 
 def marshal_job_result(
@@ -581,17 +562,28 @@ class BaseExternalDataStore(DataStore):
     async def _release_unreadable_jobs(
         self, scheduler_id: str, now: datetime, unreadable: Sequence[UnreadableJob]
     ) -> None:
-        """Release acquired jobs that cannot be restored, as errors; never raise.
+        """Release acquired jobs that cannot be restored as ``error`` results; never raise.
 
-        See :func:`unreadable_job_results`. The acquisition that took them must not fail:
-        the jobs acquired with them must still reach the worker, or they would stay leased
-        until cleanup reported them abandoned. If the release fails, that is the fate of
-        the unreadable ones only.
+        Such a job cannot run here; left leased, it would come back as ``abandoned`` once
+        its lease ran out: released now, its outcome and the reason are known at once. The
+        acquisition that took it must not fail over this: the jobs acquired with it must
+        still reach the worker. If the release fails, only the unreadable ones wait for
+        cleanup.
         """
         if not unreadable:
             return
+        results = [
+            JobResult(
+                job_id=job.job_id,
+                outcome=JobOutcome.error,
+                exception=job.error,
+                finished_at=now,
+                expires_at=now + job.result_expiration_time,
+            )
+            for job in unreadable
+        ]
         try:
-            await self.release_jobs(scheduler_id, unreadable_job_results(now, unreadable))
+            await self.release_jobs(scheduler_id, results)
         except Exception as exc:
             self._logger.error(
                 "Could not release %d jobs that cannot be restored (%s); cleanup will report "

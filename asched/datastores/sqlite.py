@@ -37,6 +37,7 @@ from .._exceptions import (
     TaskLookupError,
 )
 from .._structures import Job, JobResult, Schedule, ScheduleUpdate, Task
+from .._urls import check_url
 from ..eventbrokers.base import EventBroker
 from ..events import (
     Event,
@@ -249,6 +250,7 @@ class SQLiteDataStore(BaseExternalDataStore):
             )
         self.synchronous = synchronous.lower()
         if isinstance(path, str) and path.startswith("sqlite://"):
+            check_url(path, "SQLiteDataStore")
             path = path[len("sqlite:///") :] if path.startswith("sqlite:///") else ""
             if not path:
                 raise ValueError(

@@ -7,8 +7,9 @@ installed raises an :class:`ImportError` saying what to install.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from .._lazy import lazy_attributes
 from .base import BaseEventBroker, BaseExternalEventBroker, EventBroker
 from .local import LocalEventBroker
 
@@ -26,19 +27,12 @@ __all__ = [
 ]
 
 # name -> (submodule, pip extra its dependencies come from)
-_LAZY: dict[str, tuple[str, str | None]] = {
-    "PostgreSQLEventBroker": ("postgresql", "postgresql"),
-    "RedisEventBroker": ("redis", "redis"),
-}
-
-
-def __getattr__(name: str) -> Any:
-    from .._urls import import_lazily  # here: asched._urls imports this package
-
-    value = import_lazily(__name__, name, _LAZY)
-    globals()[name] = value  # found directly from now on
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_attributes(
+    __name__,
+    globals(),
+    __all__,
+    {
+        "PostgreSQLEventBroker": ("postgresql", "postgresql"),
+        "RedisEventBroker": ("redis", "redis"),
+    },
+)

@@ -506,12 +506,19 @@ async def test_a_retried_operation_leases_from_its_own_attempt(
     assert len(retries) == 3
 
 
+async def store_behind_a_proxy(
+    stack: AsyncExitStack, schema: str, clock: FakeClock, **options: Any
+) -> tuple[ReplyDroppingProxy, PostgreSQLDataStore]:
+    """A started store connected through a reply-dropping proxy."""
+    proxy, proxied_url = await stack.enter_async_context(reply_dropping_proxy(tagged_url(schema)))
+    return proxy, await started_store(stack, proxied_url, clock, **options)
+
+
 async def three_due_behind_a_proxy(
     stack: AsyncExitStack, schema: str, clock: FakeClock, retry_settings: RetrySettings
 ) -> tuple[ReplyDroppingProxy, PostgreSQLDataStore]:
     """A store connected through a reply-dropping proxy, with three due jobs and schedules."""
-    proxy, proxied_url = await stack.enter_async_context(reply_dropping_proxy(tagged_url(schema)))
-    store = await started_store(stack, proxied_url, clock, retry_settings=retry_settings)
+    proxy, store = await store_behind_a_proxy(stack, schema, clock, retry_settings=retry_settings)
     await store.add_task(Task(id="task", job_executor="async"))
     await store.add_jobs([Job(task_id="task", created_at=clock.now()) for _ in range(3)])
     for index in range(3):
@@ -555,11 +562,8 @@ async def test_an_addition_whose_reply_was_lost_after_commit_is_not_a_conflict_o
 ) -> None:
     recorder = EventRecorder()
     async with AsyncExitStack() as stack:
-        proxy, proxied_url = await stack.enter_async_context(
-            reply_dropping_proxy(tagged_url(schema))
-        )
-        store = await started_store(
-            stack, proxied_url, clock, retry_settings=RetrySettings(attempts=3, wait_min=0.01)
+        proxy, store = await store_behind_a_proxy(
+            stack, schema, clock, retry_settings=RetrySettings(attempts=3, wait_min=0.01)
         )
         assert store._event_broker is not None
         store._event_broker.subscribe(recorder)
@@ -588,11 +592,8 @@ async def test_an_update_whose_reply_was_lost_after_commit_is_not_stale_on_retry
     """
     recorder = EventRecorder()
     async with AsyncExitStack() as stack:
-        proxy, proxied_url = await stack.enter_async_context(
-            reply_dropping_proxy(tagged_url(schema))
-        )
-        store = await started_store(
-            stack, proxied_url, clock, retry_settings=RetrySettings(attempts=3, wait_min=0.5)
+        proxy, store = await store_behind_a_proxy(
+            stack, schema, clock, retry_settings=RetrySettings(attempts=3, wait_min=0.5)
         )
         other = await started_store(stack, tagged_url(schema), clock)
         assert store._event_broker is not None
@@ -648,11 +649,8 @@ async def test_an_update_whose_reply_was_lost_is_not_written_again_over_a_later_
     """
     recorder = EventRecorder()
     async with AsyncExitStack() as stack:
-        proxy, proxied_url = await stack.enter_async_context(
-            reply_dropping_proxy(tagged_url(schema))
-        )
-        store = await started_store(
-            stack, proxied_url, clock, retry_settings=RetrySettings(attempts=3, wait_min=0.01)
+        proxy, store = await store_behind_a_proxy(
+            stack, schema, clock, retry_settings=RetrySettings(attempts=3, wait_min=0.01)
         )
         other = await started_store(stack, tagged_url(schema), clock)
         assert store._event_broker is not None
@@ -712,11 +710,8 @@ async def test_a_stale_update_whose_reply_was_lost_is_still_stale_on_retry(
 ) -> None:
     """Only a write leaves the operation's token: a retry of a stale attempt is stale too."""
     async with AsyncExitStack() as stack:
-        proxy, proxied_url = await stack.enter_async_context(
-            reply_dropping_proxy(tagged_url(schema))
-        )
-        store = await started_store(
-            stack, proxied_url, clock, retry_settings=RetrySettings(attempts=3, wait_min=0.01)
+        proxy, store = await store_behind_a_proxy(
+            stack, schema, clock, retry_settings=RetrySettings(attempts=3, wait_min=0.01)
         )
         await store.add_task(Task(id="task", job_executor="async"))
         await store.add_schedule(due_schedule("s1", clock), ConflictPolicy.exception)
@@ -816,12 +811,9 @@ async def test_an_attempt_waiting_on_a_silent_connection_times_out_and_is_retrie
     schema: str, clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with AsyncExitStack() as stack:
-        proxy, proxied_url = await stack.enter_async_context(
-            reply_dropping_proxy(tagged_url(schema))
-        )
-        store = await started_store(
+        proxy, store = await store_behind_a_proxy(
             stack,
-            proxied_url,
+            schema,
             clock,
             timeout=0.5,
             retry_settings=RetrySettings(attempts=3, wait_min=0.01),
@@ -1238,11 +1230,8 @@ async def test_a_return_whose_reply_was_lost_after_commit_is_not_repeated_by_its
 ) -> None:
     recorder = EventRecorder()
     async with AsyncExitStack() as stack:
-        proxy, proxied_url = await stack.enter_async_context(
-            reply_dropping_proxy(tagged_url(schema))
-        )
-        store = await started_store(
-            stack, proxied_url, clock, retry_settings=RetrySettings(attempts=3, wait_min=0.01)
+        proxy, store = await store_behind_a_proxy(
+            stack, schema, clock, retry_settings=RetrySettings(attempts=3, wait_min=0.01)
         )
         assert store._event_broker is not None
         store._event_broker.subscribe(recorder)
