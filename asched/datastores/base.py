@@ -276,6 +276,10 @@ class DataStore(ABC):
         ``result_expiration_time`` is positive, ``JobReleased`` published). Publishes
         ``JobAcquired`` for each job returned. The lease is recorded in the store (and shown
         by :meth:`get_jobs`); the returned objects need not carry it.
+
+        Fewer than ``limit`` jobs come back only when no more can be handed out now: jobs held
+        back by a limit, past their deadline or unreadable take no places in ``limit`` from
+        the jobs queued behind them (a worker given fewer than it asked for waits for news).
         """
 
     @abstractmethod
@@ -558,6 +562,35 @@ class BaseExternalDataStore(DataStore):
         self.serializer: Serializer = serializer or PickleSerializer()
         self.retry_settings = retry_settings or RetrySettings()
         self._logger = getLogger(__name__)
+
+    async def acquire_jobs(
+        self, scheduler_id: str, lease_duration: timedelta, limit: int
+    ) -> list[Job]:
+        """Lease queued jobs, oldest first; see :meth:`DataStore.acquire_jobs`."""
+        jobs, unreadable_found = await self._lease_jobs(scheduler_id, lease_duration, limit)
+        # unreadable jobs took places in the limit (and went as errors): fill them. Each round
+        # ends the unreadable jobs it found, so this ends.
+        while unreadable_found and len(jobs) < limit:
+            try:
+                more, unreadable_found = await self._lease_jobs(
+                    scheduler_id, lease_duration, limit - len(jobs)
+                )
+            except Exception:
+                # what was acquired so far must still reach the worker
+                self._logger.warning("Could not acquire more jobs", exc_info=True)
+                break
+            jobs += more
+        return jobs
+
+    @abstractmethod
+    async def _lease_jobs(
+        self, scheduler_id: str, lease_duration: timedelta, limit: int
+    ) -> tuple[list[Job], bool]:
+        """One round of :meth:`acquire_jobs`.
+
+        :return: the jobs acquired, and whether unreadable ones were found (and released
+            with :meth:`_release_unreadable_jobs`) besides them
+        """
 
     async def _release_unreadable_jobs(
         self, scheduler_id: str, now: datetime, unreadable: Sequence[UnreadableJob]

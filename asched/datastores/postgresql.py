@@ -25,12 +25,12 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import datetime, timedelta, timezone
 from logging import Logger
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from uuid import UUID, uuid4
 
 import anyio
@@ -46,7 +46,7 @@ from .._exceptions import (
     TaskLookupError,
 )
 from .._structures import Job, JobResult, Schedule, ScheduleUpdate, Task
-from .._urls import check_url
+from .._urls import check_url, split_own_options
 from ..eventbrokers.base import EventBroker
 from ..events import (
     Event,
@@ -513,6 +513,12 @@ def _statements(schema: str) -> dict[str, str]:
                        $2 + make_interval(secs => result_expiration_time)
                 FROM missed WHERE result_expiration_time > 0
                 ON CONFLICT (job_id) DO NOTHING
+            ), more_behind AS (
+                -- the LIMIT was reached by candidates not all handed out (refused for a limit
+                -- or past their deadline): jobs queued behind them may be free to run
+                SELECT (SELECT count(*) FROM candidates) = $4 AND EXISTS (
+                    SELECT FROM candidates c WHERE c.id NOT IN (SELECT id FROM chosen)
+                ) AS value
             ), held_back AS (
                 -- a lane that was full already, a candidate refused for a limit, or a lane
                 -- this acquisition filled
@@ -533,6 +539,10 @@ def _statements(schema: str) -> dict[str, str]:
             SELECT 'held_back', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
                    NULL, NULL, NULL
             FROM held_back WHERE value
+            UNION ALL
+            SELECT 'more_behind', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+                   NULL, NULL, NULL
+            FROM more_behind WHERE value
             """,
         # $1 scheduler, $2 job ids, $3..$9 the kept results
         "release_jobs": f"""
@@ -607,18 +617,6 @@ def _quoted_identifier(name: str, field: str) -> str:
     return f'"{name}"'
 
 
-def split_dsn(url: str) -> tuple[str, dict[str, str]]:
-    """Split asched's own query parameters (``schema``, ``channel``) off a PostgreSQL URL.
-
-    asyncpg would otherwise send unknown parameters to the server as settings.
-    """
-    parts = urlsplit(url)
-    scheme = parts.scheme.split("+", 1)[0]
-    query = dict(parse_qsl(parts.query))
-    ours: dict[str, str] = {key: query.pop(key) for key in ("schema", "channel") if key in query}
-    return urlunsplit(parts._replace(scheme=scheme, query=urlencode(query))), ours
-
-
 class PostgreSQLDataStore(BaseExternalDataStore):
     """Keeps tasks, schedules, jobs and results in PostgreSQL (asyncpg).
 
@@ -655,7 +653,7 @@ class PostgreSQLDataStore(BaseExternalDataStore):
         self._dsn: str | None = None
         if isinstance(dsn_or_pool, str):
             check_url(dsn_or_pool, "PostgreSQLDataStore")
-            self._dsn, options = split_dsn(dsn_or_pool)
+            self._dsn, options = split_own_options(dsn_or_pool, "postgresql")
             if schema is None:
                 schema = options.get("schema")
         elif isinstance(dsn_or_pool, asyncpg.Pool):
@@ -1383,11 +1381,32 @@ class PostgreSQLDataStore(BaseExternalDataStore):
                         )
         return await self._jobs_from_rows(rows)
 
-    async def acquire_jobs(
+    async def _lease_jobs(
         self, scheduler_id: str, lease_duration: timedelta, limit: int
-    ) -> list[Job]:
-        """Lease queued jobs, oldest first, in one statement; see the base class."""
+    ) -> tuple[list[Job], bool]:
+        """Lease queued jobs, oldest first; see :meth:`DataStore.acquire_jobs`.
+
+        One statement, repeated only while the jobs it looked at filled the limit without all
+        being handed out (refused for a full lane, or past their start deadline): a backlog
+        of those must not keep a worker waiting, nor the jobs queued behind them.
+        """
         now, rows = await self._acquire_rows("jobs", scheduler_id, lease_duration, limit)
+        latest = rows
+        while True:
+            fates = Counter(row["fate"] for row in latest)
+            left = limit - sum(row["fate"] == "acquired" for row in rows)
+            # each repetition ends jobs past their deadline or fills a lane (which the next
+            # leaves out), so this ends; a round that did neither stops it
+            progressed = fates["acquired"] or fates["missed"]
+            if left <= 0 or not fates["more_behind"] or not progressed:
+                break
+            try:
+                _, latest = await self._acquire_rows("jobs", scheduler_id, lease_duration, left)
+            except Exception:
+                # what was acquired so far must still reach the worker
+                self._logger.warning("Could not acquire more jobs", exc_info=True)
+                break
+            rows += latest
         acquired_rows = sorted(
             (row for row in rows if row["fate"] == "acquired"),
             key=lambda row: (row["created_at"], row["id"]),
@@ -1398,7 +1417,9 @@ class PostgreSQLDataStore(BaseExternalDataStore):
         missed = await self._jobs_from_rows(row for row in rows if row["fate"] == "missed")
         await self._publish(job_acquisition_events(scheduler_id, now, jobs, missed))
         await self._release_unreadable_jobs(scheduler_id, now, unreadable)
-        return [attrs.evolve(job, acquired_by=None, acquired_until=None) for job in jobs]
+        return [attrs.evolve(job, acquired_by=None, acquired_until=None) for job in jobs], bool(
+            unreadable
+        )
 
     async def release_jobs(self, scheduler_id: str, results: Sequence[JobResult]) -> None:
         """Finish acquired jobs in one statement; see :meth:`DataStore.release_jobs`."""

@@ -62,8 +62,9 @@ from .._exceptions import (
     TaskLookupError,
 )
 from .._ids import random_uuid
+from .._redis_client import RedisClient
 from .._structures import Job, JobResult, Schedule, ScheduleUpdate, Task
-from .._urls import check_url
+from .._urls import check_url, split_own_options
 from ..eventbrokers.base import EventBroker
 from ..events import (
     Event,
@@ -88,9 +89,6 @@ from .base import (
     schedule_release_events,
     schedule_written_event,
 )
-
-#: what the store accepts as a client (a Redis Cluster works: all of a store's keys share a slot)
-RedisClient: TypeAlias = aioredis.Redis | aioredis.RedisCluster
 
 _T = TypeVar("_T")
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -1015,7 +1013,7 @@ class RedisDataStore(BaseExternalDataStore):
         channel: str | None = None
         if isinstance(url_or_client, str):
             check_url(url_or_client, "RedisDataStore")
-            self._url, options = split_url(url_or_client)
+            self._url, options = split_own_options(url_or_client, "redis")
             if prefix is None:
                 prefix = options.get("prefix")
             channel = options.get("channel")
@@ -1575,9 +1573,9 @@ class RedisDataStore(BaseExternalDataStore):
             for record, acquired_by, acquired_until, _ in found
         )
 
-    async def acquire_jobs(
+    async def _lease_jobs(
         self, scheduler_id: str, lease_duration: timedelta, limit: int
-    ) -> list[Job]:
+    ) -> tuple[list[Job], bool]:
         """Lease queued jobs, oldest first; see :meth:`DataStore.acquire_jobs`."""
         now = self._clock.now()
         args = (_to_db(now), _to_db(now + lease_duration))
@@ -1621,7 +1619,7 @@ class RedisDataStore(BaseExternalDataStore):
             # the caller gets none of the jobs acquired: the next acquisition puts them back
             self._not_answered("acquire_jobs", scheduler_id, answered, ttl)
             raise
-        return jobs
+        return jobs, bool(unreadable)
 
     def _ttl_ms(self, result: JobResult) -> int:
         return max(1, (result.expires_at - self._clock.now()) // timedelta(milliseconds=1))
@@ -1751,13 +1749,3 @@ def _hash_dict(raw: Any) -> dict[str, bytes]:
     if isinstance(raw, dict):
         return {key.decode(): value for key, value in raw.items()}
     return {raw[index].decode(): raw[index + 1] for index in range(0, len(raw), 2)}
-
-
-def split_url(url: str) -> tuple[str, dict[str, str]]:
-    """Split asched's own query parameters (``prefix``, ``channel``) off a Redis URL."""
-    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    query = dict(parse_qsl(parts.query))
-    ours: dict[str, str] = {key: query.pop(key) for key in ("prefix", "channel") if key in query}
-    return urlunsplit(parts._replace(query=urlencode(query))), ours

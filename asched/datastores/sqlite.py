@@ -825,9 +825,9 @@ class SQLiteDataStore(BaseExternalDataStore):
 
         return await self._jobs_from_rows(await self._run(operation))
 
-    async def acquire_jobs(
+    async def _lease_jobs(
         self, scheduler_id: str, lease_duration: timedelta, limit: int
-    ) -> list[Job]:
+    ) -> tuple[list[Job], bool]:
         """Lease queued jobs, oldest first; see :meth:`DataStore.acquire_jobs`."""
 
         def operation(
@@ -846,7 +846,9 @@ class SQLiteDataStore(BaseExternalDataStore):
         events = job_acquisition_events(scheduler_id, now, jobs, missed)
         await self._publish(events)
         await self._release_unreadable_jobs(scheduler_id, now, unreadable)
-        return [attrs.evolve(job, acquired_by=None, acquired_until=None) for job in jobs]
+        return [attrs.evolve(job, acquired_by=None, acquired_until=None) for job in jobs], bool(
+            unreadable
+        )
 
     def _acquire_jobs(
         self,
@@ -872,12 +874,12 @@ class SQLiteDataStore(BaseExternalDataStore):
                 "SELECT id, max_running_jobs FROM tasks WHERE max_running_jobs IS NOT NULL"
             )
         }
-        saturated_tasks = [
+        saturated_tasks = {
             task_id
             for task_id, task_limit in task_limits.items()
             if running_by_task.get(task_id, 0) >= task_limit
-        ]
-        saturated_schedules = [
+        }
+        saturated_schedules = {
             row[0]
             for row in connection.execute(
                 "SELECT id, max_running_jobs FROM schedules WHERE max_running_jobs IS NOT NULL "
@@ -885,50 +887,64 @@ class SQLiteDataStore(BaseExternalDataStore):
                 (json.dumps(list(running_by_schedule)),),
             )
             if running_by_schedule[row[0]] >= row[1]
-        ]
-
-        candidates = connection.execute(
-            """
-            SELECT j.id, j.task_id, j.schedule_id, j.start_deadline,
-                   s.max_running_jobs AS schedule_limit
-            FROM jobs j LEFT JOIN schedules s ON s.id = j.schedule_id
-            WHERE j.acquired_by IS NULL
-              AND j.task_id NOT IN (SELECT value FROM json_each(?))
-              AND (j.schedule_id IS NULL
-                   OR j.schedule_id NOT IN (SELECT value FROM json_each(?)))
-            ORDER BY j.sequence
-            LIMIT ?
-            """,
-            (json.dumps(saturated_tasks), json.dumps(saturated_schedules), limit * 4),
-        ).fetchall()
+        }
 
         chosen: list[str] = []
         missed: list[str] = []
         # saturated lanes may hold queued jobs back: a release must make workers look again
         held_back = bool(saturated_tasks or saturated_schedules)
-        for row in candidates:
-            if len(chosen) >= limit:
+        # Pages of the queue, oldest first, leaving out the lanes known to be full (those
+        # this acquisition fills included): a backlog that cannot run now, or that missed
+        # its deadline, must not keep the jobs behind it waiting
+        page_size = limit * 4
+        after = -1
+        while len(chosen) < limit:
+            page = connection.execute(
+                """
+                SELECT j.id, j.task_id, j.schedule_id, j.start_deadline, j.sequence,
+                       s.max_running_jobs AS schedule_limit
+                FROM jobs j LEFT JOIN schedules s ON s.id = j.schedule_id
+                WHERE j.acquired_by IS NULL AND j.sequence > ?
+                  AND j.task_id NOT IN (SELECT value FROM json_each(?))
+                  AND (j.schedule_id IS NULL
+                       OR j.schedule_id NOT IN (SELECT value FROM json_each(?)))
+                ORDER BY j.sequence
+                LIMIT ?
+                """,
+                (
+                    after,
+                    json.dumps(list(saturated_tasks)),
+                    json.dumps(list(saturated_schedules)),
+                    page_size,
+                ),
+            ).fetchall()
+            for row in page:
+                if len(chosen) >= limit:
+                    break
+                after = row["sequence"]
+                if row["start_deadline"] is not None and row["start_deadline"] < now:
+                    missed.append(row["id"])
+                    continue
+                task_id, schedule_id = row["task_id"], row["schedule_id"]
+                if task_id in saturated_tasks or schedule_id in saturated_schedules:
+                    continue  # filled on this page
+                task_limit = task_limits.get(task_id)
+                schedule_limit = row["schedule_limit"]
+                running_by_task[task_id] = running_by_task.get(task_id, 0) + 1
+                if task_limit is not None and running_by_task[task_id] >= task_limit:
+                    saturated_tasks.add(task_id)
+                    held_back = True
+                if schedule_id is not None:
+                    running_by_schedule[schedule_id] = running_by_schedule.get(schedule_id, 0) + 1
+                    if (
+                        schedule_limit is not None
+                        and running_by_schedule[schedule_id] >= schedule_limit
+                    ):
+                        saturated_schedules.add(schedule_id)
+                        held_back = True
+                chosen.append(row["id"])
+            if len(page) < page_size:
                 break
-            if row["start_deadline"] is not None and row["start_deadline"] < now:
-                missed.append(row["id"])
-                continue
-            task_id, schedule_id = row["task_id"], row["schedule_id"]
-            task_limit = task_limits.get(task_id)
-            if task_limit is not None and running_by_task.get(task_id, 0) >= task_limit:
-                held_back = True
-                continue
-            schedule_limit = row["schedule_limit"]
-            if (
-                schedule_id is not None
-                and schedule_limit is not None
-                and running_by_schedule.get(schedule_id, 0) >= schedule_limit
-            ):
-                held_back = True
-                continue
-            running_by_task[task_id] = running_by_task.get(task_id, 0) + 1
-            if schedule_id is not None:
-                running_by_schedule[schedule_id] = running_by_schedule.get(schedule_id, 0) + 1
-            chosen.append(row["id"])
 
         columns = ", ".join(_JOB_COLUMNS)
         acquired = connection.execute(

@@ -981,7 +981,7 @@ async def test_batch_operations_are_one_statement_each(schema: str, clock: FakeC
     try:
         async with AsyncExitStack() as stack:
             store = await started_store(stack, pool, clock, schema=schema)
-            await store.add_task(Task(id="limited", job_executor="async", max_running_jobs=3))
+            await store.add_task(Task(id="limited", job_executor="async", max_running_jobs=5))
             await store.add_schedule(due_schedule("s1", clock), ConflictPolicy.exception)
             await store.add_jobs(
                 [Job(task_id="limited", created_at=clock.now()) for _ in range(5)]
@@ -994,7 +994,7 @@ async def test_batch_operations_are_one_statement_each(schema: str, clock: FakeC
                 counts[name] = len(sent)
                 return result
 
-            jobs = await count("acquire_jobs", store.acquire_jobs("me", timedelta(minutes=1), 5))
+            jobs = await count("acquire_jobs", store.acquire_jobs("me", timedelta(minutes=1), 3))
             assert len(jobs) == 3
             results = [
                 JobResult.for_job(job, JobOutcome.success, finished_at=clock.now()) for job in jobs
