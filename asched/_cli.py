@@ -14,6 +14,7 @@ import anyio
 from ._converters import as_timezone
 from ._listing import job_lines, schedule_lines
 from ._structures import Job, Schedule
+from ._urls import split_own_options
 from .datastores.base import BaseExternalDataStore, DataStore, RetrySettings
 from .datastores.memory import MemoryDataStore
 from .events import JobDeserializationFailed, ScheduleDeserializationFailed
@@ -136,14 +137,14 @@ def _innermost(exc: BaseException) -> BaseException:
 async def _postgresql_schema_exists(url: str, store: DataStore) -> bool:
     """Tell whether a PostgreSQL store's schema exists (listing must not create it)."""
     try:
-        from .datastores.postgresql import PostgreSQLDataStore, split_dsn
+        from .datastores.postgresql import PostgreSQLDataStore
     except ImportError:  # no asyncpg: the store is not a PostgreSQL one
         return True
     if not isinstance(store, PostgreSQLDataStore):
         return True
     import asyncpg
 
-    connection = await asyncpg.connect(split_dsn(url)[0])
+    connection = await asyncpg.connect(split_own_options(url, "postgresql")[0])
     try:
         found = await connection.fetchval(
             "SELECT count(*) FROM pg_namespace WHERE nspname = $1", store.schema

@@ -56,6 +56,7 @@ from ._urls import data_store_from_url, event_broker_from_url
 from ._wakeup import Wakeup
 from ._worker import MAX_IDLE_SECONDS, Worker, backoff_delay
 from .datastores.base import DataStore
+from .datastores.memory import MemoryDataStore
 from .eventbrokers.base import EventBroker
 from .eventbrokers.local import LocalEventBroker
 from .events import (
@@ -91,6 +92,9 @@ UNSET: Any = _Unset()
 _ZERO = timedelta(0)
 #: how long add_job keeps results by default, so that get_job_result() finds them
 DEFAULT_RESULT_EXPIRATION_TIME = timedelta(minutes=15)
+DEFAULT_MAX_CONCURRENT_JOBS = 100
+DEFAULT_LEASE_DURATION = timedelta(seconds=30)
+DEFAULT_CLEANUP_INTERVAL = timedelta(minutes=15)
 _SCHEDULE_BATCH_SIZE = 100
 #: how long an update goes on reading a schedule again after finding it changed meanwhile,
 #: and the longest pause between two attempts (a random one, doubling from 2 ms: writers
@@ -304,7 +308,7 @@ class AsyncScheduler:
     :param lease_duration: how long a schedule or job stays claimed by this scheduler
         without it showing signs of life (timedelta or seconds)
     :param cleanup_interval: how often to run data store housekeeping (expired results,
-        abandoned jobs); ``None`` disables it
+        abandoned jobs), in the roles ``scheduler`` and ``both`` only; ``None`` disables it
     :param timezone: zone for crontab strings given as triggers (default: local zone)
     :param logger: where to log (default: the ``asched._scheduler`` logger)
     :param clock: the time source; tests pass a controllable one
@@ -320,9 +324,9 @@ class AsyncScheduler:
         role: SchedulerRole | str = SchedulerRole.both,
         job_executors: Mapping[str, JobExecutor] | None = None,
         default_job_executor: str | None = None,
-        max_concurrent_jobs: int = 100,
-        lease_duration: timedelta | float = timedelta(seconds=30),
-        cleanup_interval: timedelta | float | None = timedelta(minutes=15),
+        max_concurrent_jobs: int = DEFAULT_MAX_CONCURRENT_JOBS,
+        lease_duration: timedelta | float = DEFAULT_LEASE_DURATION,
+        cleanup_interval: timedelta | float | None = DEFAULT_CLEANUP_INTERVAL,
         timezone: str | tzinfo | None = None,
         logger: Logger | None = None,
         clock: Clock | None = None,
@@ -1493,10 +1497,25 @@ class AsyncScheduler:
                 # Look again now and then: an external broker may lose an event
                 with move_on_after(MAX_IDLE_SECONDS):
                     await released.wait()
-                if not released.is_set() and not await self.data_store.get_jobs([job_id]):
+                if released.is_set():
+                    continue
+                if not await self.data_store.get_jobs([job_id]):
                     result = await self.data_store.get_job_result(job_id)
                     if result is None:
                         raise JobLookupError(job_id, "the job finished but its result is gone")
+                elif not self._can_run_jobs_of_the_memory_store():
+                    self.logger.warning(
+                        "Still waiting for the result of job %s, which nothing runs: a job on "
+                        "the memory store runs only in its own scheduler, and that is not "
+                        "running jobs (start it with start_in_background() or "
+                        "run_until_stopped(), role 'worker' or 'both', not paused)",
+                        job_id,
+                    )
+
+    def _can_run_jobs_of_the_memory_store(self) -> bool:
+        return not isinstance(self.data_store, MemoryDataStore) or (
+            self.state is RunState.started and self._worker is not None and not self._paused
+        )
 
     async def run_job(
         self,

@@ -400,6 +400,9 @@ class JobResult:
 class RemoteJobError(Exception):
     """Stands in for an exception that could not be serialized into the data store.
 
+    Not an :class:`ASchedError` on purpose: it is the job's own failure (``run_job`` raises
+    it where the job raised), not asched's, so ``except ASchedError`` does not catch it.
+
     :ivar exception_type: qualified name of the original exception's class
     :ivar message: ``str()`` of the original exception
     :ivar traceback_text: the original traceback, formatted

@@ -11,21 +11,33 @@ from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from contextlib import ExitStack, contextmanager, suppress
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, tzinfo
 from functools import partial
+from logging import Logger
 from types import FrameType, TracebackType
 from typing import Any, TypeVar
 from uuid import UUID
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
+from ._clock import Clock
 from ._coroutines import is_coroutine_callable
-from ._enums import CoalescePolicy, ConflictPolicy, RunState
+from ._enums import CoalescePolicy, ConflictPolicy, RunState, SchedulerRole
 from ._event_thread import EventThread, ThreadedCallback
-from ._scheduler import DEFAULT_RESULT_EXPIRATION_TIME, UNSET, AsyncScheduler
+from ._scheduler import (
+    DEFAULT_CLEANUP_INTERVAL,
+    DEFAULT_LEASE_DURATION,
+    DEFAULT_MAX_CONCURRENT_JOBS,
+    DEFAULT_RESULT_EXPIRATION_TIME,
+    UNSET,
+    AsyncScheduler,
+)
 from ._structures import Job, JobResult, Schedule, Task
+from .datastores.base import DataStore
 from .datastores.memory import MemoryDataStore
+from .eventbrokers.base import EventBroker
 from .events import Event, Subscription
+from .executors.base import JobExecutor
 from .triggers.base import Trigger
 
 _T = TypeVar("_T")
@@ -235,11 +247,34 @@ class Scheduler:
 
     def __init__(
         self,
-        data_store: Any = None,
-        event_broker: Any = None,
-        **options: Any,
+        data_store: DataStore | str | None = None,
+        event_broker: EventBroker | str | None = None,
+        *,
+        identity: str | None = None,
+        role: SchedulerRole | str = SchedulerRole.both,
+        job_executors: Mapping[str, JobExecutor] | None = None,
+        default_job_executor: str | None = None,
+        max_concurrent_jobs: int = DEFAULT_MAX_CONCURRENT_JOBS,
+        lease_duration: timedelta | float = DEFAULT_LEASE_DURATION,
+        cleanup_interval: timedelta | float | None = DEFAULT_CLEANUP_INTERVAL,
+        timezone: str | tzinfo | None = None,
+        logger: Logger | None = None,
+        clock: Clock | None = None,
     ):
-        self.async_scheduler = AsyncScheduler(data_store, event_broker, **options)
+        self.async_scheduler = AsyncScheduler(
+            data_store,
+            event_broker,
+            identity=identity,
+            role=role,
+            job_executors=job_executors,
+            default_job_executor=default_job_executor,
+            max_concurrent_jobs=max_concurrent_jobs,
+            lease_duration=lease_duration,
+            cleanup_interval=cleanup_interval,
+            timezone=timezone,
+            logger=logger,
+            clock=clock,
+        )
         self._lock = threading.RLock()
         self._exit_stack: ExitStack | None = None
         self._portal: BlockingPortal | None = None

@@ -12,7 +12,7 @@ from collections.abc import Collection
 from functools import cache
 from importlib import import_module
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .datastores.base import DataStore
 from .eventbrokers.base import EventBroker
@@ -37,8 +37,8 @@ _EVENT_BROKERS = {
     "rediss": ("asched.eventbrokers", "RedisEventBroker", True),
 }
 
-# Query options asched itself reads, per kind of URL (the stores' and brokers' split_dsn /
-# split_url); the other backend's are refused with a pointer to the right one
+# Query options asched itself reads, per kind of URL (see split_own_options); the other
+# backend's are refused with a pointer to the right one
 _ASCHED_OPTIONS = {"postgresql": ("schema", "channel"), "redis": ("prefix", "channel")}
 
 # What asyncpg takes from a DSN's query (asyncpg/connect_utils.py,
@@ -295,3 +295,18 @@ def event_broker_from_url(url: str) -> EventBroker:
         raise ValueError(f"event_broker: unknown URL scheme in {url!r} (known: {known})") from None
     broker: EventBroker = _instantiate(url, scheme, entry, "event_broker")
     return broker
+
+
+def split_own_options(url: str, kind: str) -> tuple[str, dict[str, str]]:
+    """Split asched's own query options off a ``postgresql`` or ``redis`` URL.
+
+    :return: the URL for the client library (a PostgreSQL scheme's ``+driver`` suffix
+        dropped, as asyncpg wants), and asched's options (``schema``, ``prefix``,
+        ``channel``): asyncpg would send them to the server as settings
+    """
+    parts = urlsplit(url)
+    if kind == "postgresql":
+        parts = parts._replace(scheme=parts.scheme.split("+", 1)[0])
+    query = dict(parse_qsl(parts.query))
+    ours = {key: query.pop(key) for key in _ASCHED_OPTIONS[kind] if key in query}
+    return urlunsplit(parts._replace(query=urlencode(query))), ours

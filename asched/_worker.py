@@ -21,8 +21,12 @@ from ._wakeup import Wakeup
 from .datastores.base import DataStore
 from .executors.base import JobExecutor
 
-#: the job being run by the current task (or thread, for the thread pool executor)
 current_job: ContextVar[Job | None] = ContextVar("asched_current_job", default=None)
+"""The job being run by the current task (or thread, for the thread pool executor).
+
+``current_job.get()`` inside a job function returns its :class:`Job` (its id, schedule id,
+scheduled fire time...); outside a job, ``None``. Not set in process pool workers.
+"""
 
 #: the longest the worker sleeps without asking the data store for jobs (lost events)
 MAX_IDLE_SECONDS = 10.0

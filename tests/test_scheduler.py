@@ -979,6 +979,38 @@ async def test_unfinished_job_result_without_waiting_is_not_ready(
         await scheduler.get_job_result(uuid4())
 
 
+async def test_waiting_for_a_result_nothing_will_produce_says_so_then_gets_it(
+    scheduler: AsyncScheduler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the memory store's job runs only in its own scheduler, which has not been started: the
+    # wait would be silent forever
+    monkeypatch.setattr("asched._scheduler.MAX_IDLE_SECONDS", 0.01)
+    warned = anyio.Event()
+
+    class Warned(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "which nothing runs" in record.getMessage():
+                warned.set()
+
+    handler = Warned()
+    scheduler.logger.addHandler(handler)
+    job_id = await scheduler.add_job(jobs.async_echo, args=[1])
+    try:
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as task_group:
+                results: list[Any] = []
+
+                async def wait_for_result() -> None:
+                    results.append(await scheduler.get_job_result(job_id))
+
+                task_group.start_soon(wait_for_result)
+                await warned.wait()
+                await scheduler.start_in_background()
+    finally:
+        scheduler.logger.removeHandler(handler)
+    assert [result.return_value for result in results] == [1]
+
+
 async def test_job_whose_worker_vanished_is_released_as_abandoned(
     clock: FakeClock, recorder: EventRecorder
 ) -> None:

@@ -19,8 +19,7 @@ import anyio
 import asyncpg
 
 from .._exceptions import describe_error
-from .._urls import check_url
-from ..datastores.postgresql import split_dsn
+from .._urls import check_url, split_own_options
 from .base import RECONNECT_DELAYS, BaseExternalEventBroker
 
 _CHANNEL = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
@@ -48,7 +47,7 @@ class PostgreSQLEventBroker(BaseExternalEventBroker):
         if not isinstance(dsn, str):
             raise TypeError(f"PostgreSQLEventBroker: expected a postgresql:// URL, got {dsn!r}")
         check_url(dsn, "PostgreSQLEventBroker")
-        self._dsn, options = split_dsn(dsn)
+        self._dsn, options = split_own_options(dsn, "postgresql")
         self.channel = channel or options.get("channel") or options.get("schema") or "asched"
         if not isinstance(self.channel, str) or not _CHANNEL.fullmatch(self.channel):
             raise ValueError(

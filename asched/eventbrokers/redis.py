@@ -21,8 +21,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._exceptions import describe_error
-from .._urls import check_url
-from ..datastores.redis import RedisClient, split_url
+from .._redis_client import RedisClient
+from .._urls import check_url, split_own_options
 from .base import RECONNECT_DELAYS, BaseExternalEventBroker
 
 
@@ -45,7 +45,7 @@ class RedisEventBroker(BaseExternalEventBroker):
         options: dict[str, str] = {}
         if isinstance(url_or_client, str):
             check_url(url_or_client, "RedisEventBroker")
-            self._url, options = split_url(url_or_client)
+            self._url, options = split_own_options(url_or_client, "redis")
         elif isinstance(url_or_client, (aioredis.Redis, aioredis.RedisCluster)):
             self._given = url_or_client
         else:

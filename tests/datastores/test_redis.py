@@ -34,9 +34,10 @@ from asched import (
     StaleScheduleError,
 )
 from asched._enums import ConflictPolicy
+from asched._redis_client import RedisClient
 from asched._structures import Job, Schedule, ScheduleUpdate, Task
 from asched.datastores.base import RetrySettings
-from asched.datastores.redis import LuaScript, RedisClient, RedisDataStore
+from asched.datastores.redis import LuaScript, RedisDataStore
 from asched.eventbrokers import LocalEventBroker
 from asched.eventbrokers.redis import RedisEventBroker
 from asched.events import (
