@@ -12,6 +12,7 @@ from datetime import date, datetime, time, timedelta, timezone, tzinfo
 from enum import Enum
 from functools import lru_cache
 from typing import Any, TypeVar
+from uuid import UUID
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from tzlocal import get_localzone
@@ -259,3 +260,19 @@ def as_enum(enum_class: type[_EnumT], value: Any, *, field: str) -> _EnumT:
         if value.lower() in (member.value, member.name):
             return member
     raise ValueError(f"{field}: expected one of {choices}, got {value!r}")
+
+
+def as_uuid(value: UUID | str, *, field: str) -> UUID:
+    """Return ``value`` as a UUID; its text form (as a web API hands it back) will do.
+
+    :raises TypeError: if it is neither a UUID nor a string
+    :raises ValueError: if the string is not a UUID
+    """
+    if isinstance(value, UUID):
+        return value
+    if not isinstance(value, str):
+        raise TypeError(f"{field}: expected a UUID or its text, got {value!r}")
+    try:
+        return UUID(value)
+    except ValueError:
+        raise ValueError(f"{field}: not a UUID: {value!r}") from None

@@ -32,12 +32,14 @@ from ._converters import (
     as_enum,
     as_timedelta,
     as_timezone,
+    as_uuid,
     positive_int_or_none,
 )
 from ._coroutines import is_coroutine_callable
 from ._enums import CoalescePolicy, ConflictPolicy, JobOutcome, RunState, SchedulerRole
 from ._exceptions import (
     CallableLookupError,
+    DeserializationError,
     JobAbandoned,
     JobCancelled,
     JobDeadlineMissed,
@@ -65,6 +67,7 @@ from .events import (
     JobAdded,
     JobReleased,
     ScheduleAdded,
+    ScheduleDeserializationFailed,
     SchedulerStarted,
     SchedulerStopped,
     ScheduleUpdated,
@@ -356,6 +359,10 @@ class AsyncScheduler:
             )
 
         self.role = as_enum(SchedulerRole, role, field="role")
+        if identity is not None and not isinstance(identity, str):
+            raise TypeError(f"identity: expected a non-empty string or None, got {identity!r}")
+        if identity == "":  # leases are held in its name
+            raise ValueError("identity: expected a non-empty string or None, got ''")
         self._identity_given = identity is not None
         self.identity = identity or self._make_identity()
         self.job_executors: dict[str, JobExecutor] = {
@@ -363,7 +370,13 @@ class AsyncScheduler:
             "threadpool": ThreadPoolJobExecutor(),
             "processpool": ProcessPoolJobExecutor(),
         }
-        self.job_executors.update(job_executors or {})
+        for name, executor in (job_executors or {}).items():
+            if not isinstance(name, str) or not isinstance(executor, JobExecutor):
+                raise TypeError(
+                    f"job_executors[{name!r}]: expected a JobExecutor under a str name, got "
+                    f"{executor!r}"
+                )
+            self.job_executors[name] = executor
         if default_job_executor is not None:
             self._check_executor_name(default_job_executor, "default_job_executor")
         self.default_job_executor = default_job_executor
@@ -1200,12 +1213,38 @@ class AsyncScheduler:
         """Return the schedule with the given id.
 
         :raises ScheduleLookupError: if there is no such schedule
+        :raises DeserializationError: if it exists but cannot be restored here (its
+            trigger, arguments or function reference are unreadable in this process):
+            :meth:`remove_schedule` still removes it, and :meth:`add_schedule` with
+            ``conflict_policy="replace"`` overwrites it
         """
         self._ensure_initialized()
-        schedules = await self.data_store.get_schedules([id])
-        if not schedules:
-            raise ScheduleLookupError(id)
-        return schedules[0]
+        schedule, unreadable = await self._read_schedule(id)
+        if schedule is not None:
+            return schedule
+        if unreadable is not None:
+            raise DeserializationError(
+                f"Schedule {id!r} exists but cannot be restored here ({unreadable}); "
+                f"remove_schedule({id!r}) removes it, and add_schedule(..., id={id!r}, "
+                f"conflict_policy='replace') overwrites it"
+            )
+        raise ScheduleLookupError(id)
+
+    async def _read_schedule(self, id: str) -> tuple[Schedule | None, str | None]:
+        """Return the schedule, or why it exists but cannot be read (None, None: no such)."""
+        errors: list[str] = []
+
+        def on_unreadable(event: ScheduleDeserializationFailed) -> None:
+            if event.schedule_id == id:
+                errors.append(event.error)
+
+        # the store leaves an unreadable schedule out and reports it with this event, which
+        # reaches this process's subscribers before get_schedules returns
+        with self.event_broker.subscribe(on_unreadable, {ScheduleDeserializationFailed}):
+            schedules = await self.data_store.get_schedules([id])
+        if schedules:
+            return schedules[0], None
+        return None, errors[0] if errors else None
 
     async def get_schedules(self) -> list[Schedule]:
         """Return all schedules, sorted by id."""
@@ -1215,9 +1254,15 @@ class AsyncScheduler:
     async def remove_schedule(self, id: str) -> None:
         """Remove a schedule; jobs it already created still run.
 
+        Also removes a schedule that cannot be restored in this process (see
+        :meth:`get_schedule`).
+
         :raises ScheduleLookupError: if there is no such schedule
         """
-        await self.get_schedule(id)
+        self._ensure_initialized()
+        schedule, unreadable = await self._read_schedule(id)
+        if schedule is None and unreadable is None:
+            raise ScheduleLookupError(id)
         await self.data_store.remove_schedules([id])
 
     async def update_schedule(self, id: str, **changes: Any) -> Schedule:
@@ -1454,14 +1499,17 @@ class AsyncScheduler:
         self._ensure_initialized()
         return await self.data_store.get_jobs()
 
-    async def get_job_result(self, job_id: UUID, *, wait: bool = True) -> JobResult:
+    async def get_job_result(self, job_id: UUID | str, *, wait: bool = True) -> JobResult:
         """Return the result of a job, waiting for it to finish if ``wait`` is true.
 
+        :param job_id: the id :meth:`add_job` returned, or its text form
         :raises JobLookupError: if there is no such job and no kept result for it (results
             are kept only when the job has a positive ``result_expiration_time``)
         :raises JobResultNotReady: with ``wait=False``, if the job has not finished
+        :raises ValueError: if ``job_id`` is text that is not a UUID
         """
         self._ensure_initialized()
+        job_id = as_uuid(job_id, field="job_id")
         result = await self.data_store.get_job_result(job_id)
         if result is not None:
             return result
@@ -1494,8 +1542,11 @@ class AsyncScheduler:
                 result = await self.data_store.get_job_result(job_id)
                 if result is not None:
                     return result
-                # Look again now and then: an external broker may lose an event
-                with move_on_after(MAX_IDLE_SECONDS):
+                # Look again now and then: an external broker may lose an event, and a local
+                # one on a shared SQLite file hears nothing from other processes
+                with move_on_after(
+                    min(MAX_IDLE_SECONDS, self.data_store.polling_interval or MAX_IDLE_SECONDS)
+                ):
                     await released.wait()
                 if released.is_set():
                     continue

@@ -60,8 +60,26 @@ def check_arguments(
             name = callable_name(function)
         except TypeError:  # a partial or a callable instance
             name = repr(function)
-        raise TypeError(f"args/kwargs do not fit {name}{signature}: {exc}") from None
+        reason = str(exc)
+        unknown = _unknown_keywords(signature, kwargs)
+        if unknown and "unexpected keyword" not in reason:
+            # bind() names only the first problem it meets, often a missing argument that
+            # the misspelled keyword was meant to be
+            reason += f"; no parameter is named {', '.join(map(repr, unknown))}"
+        raise TypeError(f"args/kwargs do not fit {name}{signature}: {reason}") from None
     if without_arguments:
         if len(_callable_without_arguments) >= _MAX_REMEMBERED:
             _callable_without_arguments.clear()
         _callable_without_arguments.add(function)
+
+
+def _unknown_keywords(signature: inspect.Signature, kwargs: Mapping[str, Any]) -> list[str]:
+    parameters = signature.parameters.values()
+    if any(parameter.kind is parameter.VAR_KEYWORD for parameter in parameters):
+        return []
+    accepted = {
+        parameter.name
+        for parameter in parameters
+        if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
+    }
+    return [name for name in kwargs if name not in accepted]

@@ -600,7 +600,7 @@ class Scheduler:
         jobs: list[Job] = self._call(self.async_scheduler.get_jobs)
         return jobs
 
-    def get_job_result(self, job_id: UUID, *, wait: bool = True) -> JobResult:
+    def get_job_result(self, job_id: UUID | str, *, wait: bool = True) -> JobResult:
         """Return a job's result, blocking until it finishes if ``wait``.
 
         See :meth:`AsyncScheduler.get_job_result`.

@@ -979,6 +979,20 @@ async def test_unfinished_job_result_without_waiting_is_not_ready(
         await scheduler.get_job_result(uuid4())
 
 
+async def test_job_results_are_found_by_the_text_of_the_id_too(
+    scheduler: AsyncScheduler,
+) -> None:
+    # a web API hands the id to its client as text, and gets it back as text
+    await scheduler.start_in_background()
+    job_id = await scheduler.add_job(jobs.async_echo, args=[7])
+
+    assert (await scheduler.get_job_result(str(job_id))).return_value == 7
+    with pytest.raises(ValueError, match="job_id: not a UUID: 'zzz'"):
+        await scheduler.get_job_result("zzz")
+    with pytest.raises(TypeError, match="job_id: expected a UUID or its text, got 5"):
+        await scheduler.get_job_result(5)  # type: ignore[arg-type]
+
+
 async def test_waiting_for_a_result_nothing_will_produce_says_so_then_gets_it(
     scheduler: AsyncScheduler, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1616,6 +1630,13 @@ SCHEDULE_VALUE_ERRORS = [
         ({"role": "wizard"}, ValueError, "role: expected one of 'scheduler', 'worker', 'both'"),
         ({"role": 1}, TypeError, "role: expected a SchedulerRole or one of"),
         ({"timezone": "Mars/Olympus"}, ValueError, "unknown time zone 'Mars/Olympus'"),
+        ({"identity": ""}, ValueError, "identity: expected a non-empty string or None, got ''"),
+        ({"identity": 7}, TypeError, "identity: expected a non-empty string or None, got 7"),
+        (
+            {"job_executors": {"gpu": object()}},
+            TypeError,
+            r"job_executors\['gpu'\]: expected a JobExecutor under a str name, got <object",
+        ),
     ],
 )
 def test_invalid_scheduler_options_are_refused(
@@ -1637,6 +1658,8 @@ def test_invalid_scheduler_options_are_refused(
         ({"conflict_policy": "overwrite"}, ValueError, "conflict_policy: expected one of"),
         ({"args": [1, 2, 3]}, TypeError, r"args/kwargs do not fit tests.jobs:add\(a: 'int'"),
         ({"kwargs": {"c": 1}}, TypeError, "got an unexpected keyword argument 'c'"),
+        # a misspelled keyword, which bind() would report as the argument it stood for
+        ({"args": [], "kwargs": {"aa": 1}}, TypeError, "'a'; no parameter is named 'aa'"),
         ({"id": ""}, ValueError, "id: expected a non-empty string"),
         ({"trigger": "not a trigger"}, ValueError, "crontab"),
         ({"trigger": 5}, TypeError, "trigger: expected a Trigger or a crontab string"),

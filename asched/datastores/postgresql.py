@@ -37,6 +37,7 @@ import anyio
 import asyncpg
 import attrs
 
+from .._asyncio_only import require_asyncio
 from .._clock import Clock
 from .._enums import ConflictPolicy, JobOutcome
 from .._exceptions import (
@@ -727,8 +728,9 @@ class PostgreSQLDataStore(BaseExternalDataStore):
         """Open the pool, create or migrate the schema; see :meth:`DataStore.start`.
 
         :raises RuntimeError: if the schema holds tables of a newer asched version, or tables
-            that are not asched's
+            that are not asched's, or if the event loop is not asyncio's
         """
+        require_asyncio("PostgreSQLDataStore", "asyncpg")
         self._event_broker = event_broker
         self._logger = logger
         self._clock = clock

@@ -53,6 +53,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from tenacity import AsyncRetrying, stop_after_attempt, stop_before_delay
 
+from .._asyncio_only import require_asyncio
 from .._clock import Clock
 from .._enums import ConflictPolicy, JobOutcome
 from .._exceptions import (
@@ -1110,7 +1111,11 @@ class RedisDataStore(BaseExternalDataStore):
         logger: Logger,
         clock: Clock,
     ) -> None:
-        """Connect, and move jobs queued by an earlier version into lanes; see the base class."""
+        """Connect, and move jobs queued by an earlier version into lanes; see the base class.
+
+        :raises RuntimeError: if the event loop is not asyncio's (redis-py runs on nothing else)
+        """
+        require_asyncio("RedisDataStore", "redis-py's asyncio client")
         self._event_broker = event_broker
         self._logger = logger
         self._clock = clock

@@ -24,6 +24,7 @@ from anyio import Event as Event_
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from .._asyncio_only import require_asyncio
 from .._coroutines import is_coroutine_callable
 from .._exceptions import describe_error
 from ..events import BrokerReconnected, Event, Subscription, event_from_dict
@@ -202,6 +203,9 @@ class BaseExternalEventBroker(BaseEventBroker):
     its own messages are skipped, unparsed, when they come back from the server.
     """
 
+    #: the client library, for a broker whose library runs on asyncio only (else None)
+    asyncio_only_library: str | None = None
+
     def __init__(self) -> None:
         super().__init__()
         self._origin = uuid4().hex
@@ -224,7 +228,11 @@ class BaseExternalEventBroker(BaseEventBroker):
         the last one.
 
         :raises TimeoutError: if the listener cannot start listening within 30 s
+        :raises RuntimeError: if the broker's client library needs asyncio and the event loop
+            is another one
         """
+        if self.asyncio_only_library is not None:
+            require_asyncio(type(self).__name__, self.asyncio_only_library)
         await super().start(exit_stack, logger)
         send, receive = create_memory_object_stream[Event](_RELAY_QUEUE_SIZE)
         self._relay = send

@@ -42,6 +42,8 @@ class PostgreSQLEventBroker(BaseExternalEventBroker):
     :raises ValueError: on a channel name that is not a plain identifier
     """
 
+    asyncio_only_library = "asyncpg"
+
     def __init__(self, dsn: str, *, channel: str | None = None) -> None:
         super().__init__()
         if not isinstance(dsn, str):

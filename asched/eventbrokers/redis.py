@@ -38,6 +38,8 @@ class RedisEventBroker(BaseExternalEventBroker):
     :raises TypeError: if ``url_or_client`` is neither a URL nor a client
     """
 
+    asyncio_only_library = "redis-py's asyncio client"
+
     def __init__(self, url_or_client: str | RedisClient, *, channel: str | None = None) -> None:
         super().__init__()
         self._url: str | None = None

@@ -10,7 +10,7 @@ from typing import Any
 import anyio
 import pytest
 
-from asched import AsyncScheduler, ScheduleLookupError, SchedulerRole
+from asched import AsyncScheduler, DeserializationError, ScheduleLookupError, SchedulerRole
 from asched.events import JobAcquired, JobReleased
 from asched.triggers import IntervalTrigger
 
@@ -180,3 +180,40 @@ async def test_jobs_a_worker_stopping_at_once_had_not_started_run_elsewhere(
             with anyio.fail_after(20):
                 results = [await staying.get_job_result(job_id) for job_id in job_ids]
     assert [result.return_value for result in results] == [0, 1, 2]
+
+
+def _gone_from_this_deploy() -> None:
+    raise RuntimeError("this class is gone from the deployed code")
+
+
+class _Unrestorable:
+    """Stored fine, but restoring it fails (as a class missing in another deploy would)."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _gone_from_this_deploy, ()
+
+
+async def test_a_schedule_that_cannot_be_restored_says_so_and_can_still_be_removed(
+    store_backend: ModuleType, namespace: str
+) -> None:
+    if store_backend.__name__.endswith("memory"):
+        pytest.skip("the memory store keeps objects as they are: there is nothing to restore")
+    async with (
+        store_backend.open_data_stores(namespace, 1) as (store,),
+        AsyncScheduler(store) as scheduler,
+    ):
+        await scheduler.add_schedule(
+            step, IntervalTrigger(hours=1), id="broken", args=[_Unrestorable()]
+        )
+
+        # not "no such schedule": it is there, and the error says how to get rid of it
+        with pytest.raises(DeserializationError, match="'broken' exists but cannot be restored"):
+            await scheduler.get_schedule("broken")
+        with pytest.raises(DeserializationError, match="remove_schedule"):
+            await scheduler.pause_schedule("broken")
+
+        await scheduler.remove_schedule("broken")
+        with pytest.raises(ScheduleLookupError):
+            await scheduler.get_schedule("broken")
+        with pytest.raises(ScheduleLookupError):
+            await scheduler.remove_schedule("broken")

@@ -105,6 +105,26 @@ async def test_everything_survives_a_restart(tmp_path: Path, clock: FakeClock) -
         assert result.return_value == 42
 
 
+async def double(value: int) -> int:
+    return value * 2
+
+
+async def test_a_result_from_another_process_is_seen_at_the_next_poll(tmp_path: Path) -> None:
+    # two schedulers on one file, each with its own local broker: no event crosses between
+    # them, so the one waiting for the result must look again at the store's 1 s poll, not
+    # only after the 10 s it waits where a broker should have told it
+    url = f"sqlite:///{tmp_path / 'jobs.sqlite'}"
+    async with (
+        AsyncScheduler(url, role=SchedulerRole.scheduler) as producer,
+        AsyncScheduler(url, role=SchedulerRole.worker) as worker,
+    ):
+        await worker.start_in_background()
+        job_id = await producer.add_job(double, args=[21])
+        with anyio.fail_after(5):
+            result = await producer.get_job_result(job_id)
+    assert result.return_value == 42
+
+
 async def test_a_job_returned_through_one_connection_is_taken_by_another_in_its_place(
     tmp_path: Path, clock: FakeClock
 ) -> None:
