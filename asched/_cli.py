@@ -69,6 +69,10 @@ def _preview(args: argparse.Namespace) -> int:
     fire_times = list(islice(trigger, args.count))
     for fire_time in fire_times:
         print(fire_time.strftime("%a %Y-%m-%d %H:%M:%S %Z (UTC%z)"))
+    if not fire_times:
+        # a typo more often than an intent ("0 0 30 2 *"): say so, and fail a script using it
+        print("(no fire times from now on: the expression never matches again)")
+        return 1
     if len(fire_times) < args.count:
         print("(no more fire times)")
     return 0

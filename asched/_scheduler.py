@@ -423,6 +423,14 @@ class AsyncScheduler:
         """Whether the scheduler is stopped, starting, started or stopping."""
         return self._state
 
+    @property
+    def paused(self) -> bool:
+        """Whether :meth:`pause` (or ``start_in_background(paused=True)``) holds it.
+
+        A paused scheduler's :attr:`state` stays what it was: it runs, taking no new work.
+        """
+        return self._paused
+
     #
     # Life cycle
     #

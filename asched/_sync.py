@@ -296,6 +296,11 @@ class Scheduler:
         """Whether the scheduler is stopped, starting, started or stopping."""
         return self.async_scheduler.state
 
+    @property
+    def paused(self) -> bool:
+        """Whether :meth:`pause` (or ``start_in_background(paused=True)``) holds it."""
+        return self.async_scheduler.paused
+
     #
     # Life cycle
     #

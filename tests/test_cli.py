@@ -38,9 +38,20 @@ def test_preview_keyword_fields(capsys: pytest.CaptureFixture[str]) -> None:
     assert [line.split()[2][:5] for line in output[1:]] == ["17:00", "17:05", "17:10"]
 
 
-def test_preview_of_an_exhausted_expression(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["preview", "--cron", "year=2020", "--timezone", "UTC"]) == 0
+def test_preview_of_an_expression_that_runs_out(capsys: pytest.CaptureFixture[str]) -> None:
+    next_year = datetime.now(timezone.utc).year + 1
+    assert (
+        main(["preview", "--cron", f"year={next_year},month=1,day=1,hour=0", "--count", "3"]) == 0
+    )
     assert capsys.readouterr().out.splitlines()[-1] == "(no more fire times)"
+
+
+@pytest.mark.parametrize("argv", [["--cron", "year=2020"], ["0 0 30 2 *"]], ids=["past", "feb30"])
+def test_preview_of_an_expression_that_never_matches_fails(
+    capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    assert main(["preview", *argv, "--timezone", "UTC"]) == 1
+    assert "never matches again" in capsys.readouterr().out.splitlines()[-1]
 
 
 @pytest.mark.parametrize(

@@ -353,6 +353,7 @@ async def test_paused_scheduler_takes_no_work_until_resumed(
     calls = Calls()
     await scheduler.add_schedule(calls.record, every(clock, 10, first_in=5))
     await scheduler.start_in_background(paused=True)
+    assert (scheduler.state, scheduler.paused) == (RunState.started, True)
     await scheduler.add_job(calls.record)
 
     clock.advance(5)
@@ -360,8 +361,10 @@ async def test_paused_scheduler_takes_no_work_until_resumed(
     assert calls.calls == []
 
     await scheduler.resume()
+    assert not scheduler.paused
     await calls.wait(2)
     await scheduler.pause()
+    assert scheduler.paused
     clock.advance(10)
     await idle()
     assert len(calls.calls) == 2

@@ -290,6 +290,7 @@ def test_a_blocking_call_from_the_event_loop_thread_fails_clearly() -> None:
 def test_jobs_added_from_many_threads_all_reach_the_store_in_each_threads_order() -> None:
     with Scheduler() as scheduler:
         scheduler.start_in_background(paused=True)
+        assert scheduler.paused
         scheduler.configure_task(jobs.add)
         added: dict[int, list[UUID]] = {}
 
