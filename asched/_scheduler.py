@@ -306,7 +306,9 @@ class AsyncScheduler:
     :param job_executors: extra or replacement executors by name; ``async``,
         ``threadpool`` and ``processpool`` are built in
     :param default_job_executor: executor for tasks that do not name one (default:
-        ``async`` for coroutine functions, ``threadpool`` for plain functions)
+        ``async`` for coroutine functions, ``threadpool`` for plain functions); coroutine
+        functions stay on ``async`` when it names a thread or process pool, which cannot
+        run them
     :param max_concurrent_jobs: the most jobs this worker runs at once
     :param lease_duration: how long a schedule or job stays claimed by this scheduler
         without it showing signs of life (timedelta or seconds)
@@ -767,9 +769,15 @@ class AsyncScheduler:
             self.job_executors[job_executor].check_function(function, task.func_ref)
 
     def _default_executor_for(self, func: Callable[..., Any]) -> str:
-        if self.default_job_executor is not None:
-            return self.default_job_executor
-        return "async" if is_coroutine_callable(func) else "threadpool"
+        by_kind = "async" if is_coroutine_callable(func) else "threadpool"
+        default = self.default_job_executor
+        if default is None:
+            return by_kind
+        if by_kind == "async" and isinstance(
+            self.job_executors[default], (ThreadPoolJobExecutor, ProcessPoolJobExecutor)
+        ):
+            return "async"  # a default for plain functions cannot run coroutine functions
+        return default
 
     async def configure_task(
         self,

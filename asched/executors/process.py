@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from typing import Any
 
-from anyio import CapacityLimiter, to_process
+from anyio.lowlevel import EventLoopToken, current_token
 
 from .._coroutines import is_coroutine_callable
 from .._structures import Job
+from ._process_pool import ProcessPool
 from .base import JobExecutor
-
-
-def _call(func: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
-    return func(*args, **kwargs)
 
 
 class ProcessPoolJobExecutor(JobExecutor):
@@ -27,7 +24,12 @@ class ProcessPoolJobExecutor(JobExecutor):
 
     Cancelling a job (``stop(wait=False)``, or leaving the scheduler's ``async with`` on an
     exception) kills the worker process running it with SIGKILL; the pool starts a new one
-    for the next job.
+    for the next job. A worker process that dies while running a job (``os._exit()``, a
+    crash, the out-of-memory killer) fails that job with :exc:`anyio.BrokenWorkerProcess`
+    saying so, with the process's exit code or signal; it is replaced likewise.
+
+    What a job prints in a worker process goes to the scheduler process's standard error.
+    The bound holds per event loop, as for :class:`ThreadPoolJobExecutor`.
 
     :param max_workers: the most processes running jobs at once (default: CPU count)
     :raises ValueError: if ``max_workers`` is less than 1
@@ -38,27 +40,41 @@ class ProcessPoolJobExecutor(JobExecutor):
         if max_workers < 1:
             raise ValueError(f"max_workers must be at least 1, got {max_workers}")
         self.max_workers = max_workers
-        self._limiter: CapacityLimiter | None = None
+        # One pool per event loop (with the number of schedulers using it there): a process's
+        # pipes belong to the loop that started it
+        self._pools: dict[EventLoopToken, tuple[ProcessPool, int]] = {}
 
     async def start(self, exit_stack: AsyncExitStack) -> None:
-        """Create the capacity limiter bounding the processes."""
-        self._limiter = CapacityLimiter(self.max_workers)
+        """Create this event loop's pool; its processes are stopped when the stack unwinds."""
+        token = current_token()
+        pool, users = self._pools.get(token) or (ProcessPool(self.max_workers), 0)
+        self._pools[token] = (pool, users + 1)
+        exit_stack.push_async_callback(self._release_pool, token)
+
+    async def _release_pool(self, token: EventLoopToken) -> None:
+        pool, users = self._pools[token]
+        if users > 1:
+            self._pools[token] = (pool, users - 1)
+        else:
+            del self._pools[token]
+            await pool.aclose()
 
     async def run_job(self, func: Callable[..., Any], job: Job) -> Any:
         """Run the function in a worker process and return its result.
 
         Cancelled, it kills the worker process (the function cannot clean up).
+
+        :raises anyio.BrokenWorkerProcess: if the worker process died while running the job
         """
-        return await to_process.run_sync(
-            _call, func, job.args, dict(job.kwargs), cancellable=True, limiter=self._limiter
-        )
+        pool, _ = self._pools[current_token()]
+        return await pool.run(func, job.args, job.kwargs, f"job {job.id} (task {job.task_id!r})")
 
     def check_function(self, func: Callable[..., Any], reference: str | None) -> None:
         """Refuse coroutine functions, and functions that a worker process cannot import."""
         if is_coroutine_callable(func):
             raise TypeError(
                 f"the processpool executor runs plain functions, and {func!r} is a coroutine "
-                "function: run it with the async executor (the default for coroutine functions)"
+                "function: run it with the async executor (job_executor='async')"
             )
         if reference is None:
             raise TypeError(

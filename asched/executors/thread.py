@@ -7,10 +7,12 @@ from collections.abc import Callable
 from contextlib import AsyncExitStack
 from contextvars import copy_context
 from functools import partial
+from inspect import iscoroutine
 from typing import Any
 
 from anyio import CapacityLimiter, to_thread
 
+from .._coroutines import is_coroutine_callable
 from .._structures import Job
 from ._thread_pool import LoopThreadPool, as_job_error
 from .base import JobExecutor
@@ -24,9 +26,22 @@ def _on_asyncio() -> bool:
     return True
 
 
+def _refuse_coroutine(func: Callable[..., Any], result: Any) -> Any:
+    # A plain function wrapping a coroutine function gets past check_function: its coroutine
+    # would be the job's "return value", never run
+    if iscoroutine(result):
+        result.close()
+        raise TypeError(
+            f"{func!r} returned a coroutine, which the threadpool executor cannot await: "
+            "run it with the async executor (job_executor='async')"
+        )
+    return result
+
+
 def _call_in_thread(func: Callable[..., Any], args: tuple[Any, ...]) -> Any:
     try:
-        return func(*args)
+        # checked here: trio refuses a coroutine coming back from a thread, with its own error
+        return _refuse_coroutine(func, func(*args))
     except BaseException as exc:
         error = as_job_error(exc)
         if error is exc:
@@ -82,15 +97,25 @@ class ThreadPoolJobExecutor(JobExecutor):
             pool.shutdown()
 
     async def run_job(self, func: Callable[..., Any], job: Job) -> Any:
-        """Run the function in a thread and return its result."""
-        if job.kwargs:
-            func = partial(func, **job.kwargs)
+        """Run the function in a thread and return its result.
+
+        :raises TypeError: if the function returns a coroutine, which a thread cannot await
+        """
+        call = partial(func, **job.kwargs) if job.kwargs else func
         if self._pools:
             pool, _ = self._pools[asyncio.get_running_loop()]
-            return await pool.submit(copy_context(), func, *job.args)
+            return _refuse_coroutine(func, await pool.submit(copy_context(), call, *job.args))
         return await to_thread.run_sync(
-            _call_in_thread, func, job.args, abandon_on_cancel=True, limiter=self._limiter
+            _call_in_thread, call, job.args, abandon_on_cancel=True, limiter=self._limiter
         )
+
+    def check_function(self, func: Callable[..., Any], reference: str | None) -> None:
+        """Refuse coroutine functions: a thread would only create their coroutine."""
+        if is_coroutine_callable(func):
+            raise TypeError(
+                f"the threadpool executor runs plain functions, and {func!r} is a coroutine "
+                "function: run it with the async executor (job_executor='async')"
+            )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(max_workers={self.max_workers})"
