@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Coroutine
 from functools import partial
 from typing import Any
@@ -165,3 +167,48 @@ async def test_process_pool_job_raising_system_exit_fails_without_stopping_anyth
 @pytest.fixture(autouse=True)
 def _log_warnings(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="asyncio")
+
+
+SCRIPT_FUNCTIONS = """
+import anyio
+from asched import AsyncScheduler
+
+
+def square(x):
+    return x * x
+
+
+async def main():
+    async with AsyncScheduler() as scheduler:
+        await scheduler.start_in_background()
+        try:
+            print("result", await scheduler.run_job(square, args=[7], job_executor="processpool"))
+        except Exception as exc:
+            print("error", exc)
+"""
+
+
+@pytest.mark.parametrize("guarded", [True, False], ids=["guarded", "unguarded"])
+def test_a_scripts_functions_run_in_worker_processes_if_its_scheduler_is_guarded(
+    tmp_path: Any, guarded: bool
+) -> None:
+    # worker processes load the script again, as __mp_main__: a scheduler started at its top
+    # level runs in each of them too, and must not start worker processes of its own in turn
+    # (each would load the script again): its process-pool jobs fail, saying why
+    start = 'if __name__ == "__main__":\n    anyio.run(main)\n' if guarded else "anyio.run(main)\n"
+    script = tmp_path / "script.py"
+    script.write_text(SCRIPT_FUNCTIONS + start)
+    completed = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.splitlines() == ["result 49"]
+    hint = 'keep that under `if __name__ == "__main__":`'
+    # (what the worker process prints goes to standard error)
+    assert (f"{hint}\nerror a process-pool worker process" in completed.stderr) is not guarded

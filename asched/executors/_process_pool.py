@@ -173,6 +173,13 @@ class ProcessPool:
         return None
 
     async def _start_worker(self) -> _Worker:
+        if protocol.loading_main_module:
+            raise RuntimeError(
+                "a process-pool worker process, loading the script of the process that "
+                "started it, was asked to start worker processes of its own: the script "
+                "starts its scheduler at its top level; keep that under `if __name__ == "
+                '"__main__":`'
+            )
         process = await open_process(
             [sys.executable, "-u", "-c", _BOOTSTRAP],
             stdin=subprocess.PIPE,
@@ -197,7 +204,8 @@ class ProcessPool:
             await worker.kill()
             error = pickle.loads(payload)
             raise BrokenWorkerProcess(
-                f"a worker process could not load the main module {main_module_path!r}: {error!r}"
+                f"a worker process could not load the main module {main_module_path!r} "
+                f"({type(error).__name__}: {error})"
             ) from error
         return worker
 

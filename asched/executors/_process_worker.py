@@ -40,12 +40,21 @@ def _as_job_error(exc: BaseException) -> BaseException:
     return RuntimeError(f"the function raised {type(exc).__name__}: {exc!r}")
 
 
+#: true while this worker process runs the parent's script: a process pool the script starts
+#: at its top level then refuses to start processes (they would load the script in turn)
+loading_main_module = False
+
+
 def _load_main_module(path: str | None) -> None:
     # Functions of a script's __main__ are pickled as __main__.name: load the script under
     # another name, as multiprocessing does, so its `if __name__ == "__main__"` part stays out
-    del sys.modules["__main__"]
+    global loading_main_module
     if path and os.path.isfile(path):
-        namespace = runpy.run_path(path, run_name="__mp_main__")
+        loading_main_module = True
+        try:
+            namespace = runpy.run_path(path, run_name="__mp_main__")
+        finally:
+            loading_main_module = False
         main = ModuleType("__mp_main__")
         main.__dict__.update(namespace)
         sys.modules["__main__"] = sys.modules["__mp_main__"] = main
