@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import re
 from collections.abc import Collection
 from functools import cache
 from importlib import import_module
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote_plus, urlencode, urlsplit, urlunsplit
 
 from .datastores.base import DataStore
 from .eventbrokers.base import EventBroker
@@ -110,7 +111,11 @@ def _scheme(url: str, what: str) -> str:
 
 
 def _query_options(url: str, scheme: str, what: str) -> dict[str, str]:
-    """Return the query options of ``url`` (the last value of each); refuse malformed ones."""
+    """Return the query options of ``url`` (names decoded); refuse malformed or repeated ones.
+
+    A repeated option is refused, not resolved: asched and asyncpg would take its last
+    value, redis-py its first.
+    """
     try:
         query = urlsplit(url).query
     except ValueError as exc:
@@ -120,10 +125,18 @@ def _query_options(url: str, scheme: str, what: str) -> dict[str, str]:
         if not field:
             continue  # "a=1&&b=2", a trailing "&": nothing lost
         name, sep, value = field.partition("=")
+        name = unquote_plus(name)  # as parse_qsl, and so split_own_options, reads it
         if not sep:
             raise ValueError(f"{what}: option {name!r} of the {scheme}:// URL has no '=value'")
+        if name in options:
+            raise ValueError(f"{what}: {_repeated(scheme, name)}")
         options[name] = value
     return options
+
+
+def _repeated(scheme: str, name: str) -> str:
+    # the values are left out: one may be a password
+    return f"option {name!r} appears more than once in the {scheme}:// URL; give it once"
 
 
 def _unknown(what: str, scheme: str, name: str, known: Collection[str], hint: str) -> ValueError:
@@ -157,10 +170,35 @@ def _redis_client_options(scheme: str) -> frozenset[str]:
     return frozenset(names)
 
 
+def _check_redis_database(url: str, scheme: str, what: str, options: dict[str, str]) -> None:
+    """Refuse a database that redis-py would ignore (a path such as ``/abc``) or refuse late."""
+    # redis-py takes int() of the path with its slashes removed, and silently uses database
+    # 0 when that fails; a "db" option overrides the path (as documented), and one that is
+    # not a number fails only when the client is made, at start()
+    path = urlsplit(url).path
+    if path not in ("", "/") and not re.fullmatch(r"/[0-9]+", path):
+        if "@" in path:  # an unencoded "/" in the password: the rest of it is in the path
+            raise ValueError(
+                f"{what}: the path of the {scheme}:// URL is not a database number; "
+                "a '/', '?' or '#' in the password must be percent-encoded"
+            )
+        raise ValueError(
+            f"{what}: the path {path!r} of the {scheme}:// URL is not a database number "
+            "(expected none, or one such as '/0')"
+        )
+    db = unquote_plus(options.get("db", "0"))
+    if not re.fullmatch(r"[0-9]+", db):
+        raise ValueError(
+            f"{what}: option 'db' of the {scheme}:// URL must be a database number, got {db!r}"
+        )
+
+
 def _check_redis_url(url: str, scheme: str, what: str) -> None:
     ours = _ASCHED_OPTIONS["redis"]
     client = _redis_client_options(scheme)
-    for name, value in _query_options(url, scheme, what).items():
+    options = _query_options(url, scheme, what)
+    _check_redis_database(url, scheme, what, options)
+    for name, value in options.items():
         if name in ours and not value:
             raise ValueError(f"{what}: option {name!r} of the {scheme}:// URL has no value")
         if name in ours or name in client:
@@ -307,6 +345,15 @@ def split_own_options(url: str, kind: str) -> tuple[str, dict[str, str]]:
     parts = urlsplit(url)
     if kind == "postgresql":
         parts = parts._replace(scheme=parts.scheme.split("+", 1)[0])
-    query = dict(parse_qsl(parts.query))
-    ours = {key: query.pop(key) for key in _ASCHED_OPTIONS[kind] if key in query}
-    return urlunsplit(parts._replace(query=urlencode(query))), ours
+    own_names = _ASCHED_OPTIONS[kind]
+    theirs: list[tuple[str, str]] = []
+    ours: dict[str, str] = {}
+    for name, value in parse_qsl(parts.query):
+        if name not in own_names:
+            theirs.append((name, value))
+        elif name in ours:
+            # check_url refuses this first; callers that skip it must not get one at random
+            raise ValueError(_repeated(parts.scheme, name))
+        else:
+            ours[name] = value
+    return urlunsplit(parts._replace(query=urlencode(theirs))), ours

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -13,6 +14,7 @@ import pytest
 import asched.datastores
 import asched.eventbrokers
 from asched import AsyncScheduler, Scheduler
+from asched._urls import split_own_options
 from asched.datastores import (
     MemoryDataStore,
     PostgreSQLDataStore,
@@ -145,6 +147,19 @@ def test_a_missing_optional_dependency_names_the_extra_to_install(
         ("postgresql://u@h/db?schema", r"option 'schema' of the postgresql:// URL has no '="),
         ("postgresql://u@h/db?schema=", r"option 'schema' of the postgresql:// URL has no value"),
         ("postgresql://u@[::1/db", r"malformed postgresql:// URL"),
+        ("redis://h:6379/abc", r"the path '/abc' of the redis:// URL is not a database number"),
+        ("redis://h:6379/-1", r"the path '/-1' of the redis:// URL is not a database number"),
+        ("redis://h:6379/0/", r"the path '/0/' of the redis:// URL is not a database number"),
+        ("redis://h:6379/db1", r"path '/db1' .* \(expected none, or one such as '/0'\)"),
+        ("rediss://h:6380/x", r"the path '/x' of the rediss:// URL is not a database number"),
+        ("redis://h:6379?db=abc", r"option 'db' of the redis:// URL must be a database number"),
+        ("redis://h:6379?db=-1", r"option 'db' of the redis:// URL must be a database number"),
+        ("redis://h/0?prefix=a&prefix=b", r"option 'prefix' appears more than once in the redis"),
+        ("redis://h/0?channel=a&channel=b", r"option 'channel' appears more than once"),
+        ("redis://h/0?db=1&db=2", r"option 'db' appears more than once in the redis:// URL"),
+        ("postgresql://u@h/db?schema=a&schema=b", r"option 'schema' appears more than once"),
+        ("postgres://u@h/db?channel=a&channel=b", r"option 'channel' appears more than once"),
+        ("postgresql://u@h/db?schema=a&sch%65ma=b", r"option 'schema' appears more than once"),
     ],
 )
 def test_a_store_url_the_store_would_misread_is_refused_at_construction(
@@ -166,6 +181,99 @@ def test_the_error_for_a_url_option_does_not_repeat_the_password() -> None:
     with pytest.raises(ValueError, match="prefx") as caught:
         AsyncScheduler("redis://:s3cret@h:6379/0?prefx=x")
     assert "s3cret" not in str(caught.value)
+
+
+def test_the_error_for_a_repeated_option_does_not_repeat_its_values() -> None:
+    with pytest.raises(ValueError, match="'password' appears more than once") as caught:
+        AsyncScheduler("redis://h:6379/0?password=s3cret&password=0ther")
+    assert "s3cret" not in str(caught.value)
+    assert "0ther" not in str(caught.value)
+
+
+def test_a_slash_in_a_redis_password_is_refused_without_quoting_the_password() -> None:
+    # unencoded, the "/" ends the host part: the rest of the password is read as the path
+    with pytest.raises(ValueError, match="password must be percent-encoded") as caught:
+        AsyncScheduler("redis://:s3/cret@h:6379/0")
+    assert "cret" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("cls", "url", "match"),
+    [
+        (RedisDataStore, "redis://127.0.0.1:6379/abc", r"^RedisDataStore: the path '/abc'"),
+        (RedisEventBroker, "redis://127.0.0.1:6379/abc", r"^RedisEventBroker: the path '/abc'"),
+        (RedisDataStore, "redis://h/0?prefix=a&prefix=b", r"^RedisDataStore: option 'prefix'"),
+        (
+            RedisEventBroker,
+            "redis://h/0?channel=a&channel=b",
+            r"^RedisEventBroker: option 'channel' appears more than once",
+        ),
+        (
+            PostgreSQLDataStore,
+            "postgresql://u@h/db?schema=a&schema=b",
+            r"^PostgreSQLDataStore: option 'schema' appears more than once",
+        ),
+        (
+            PostgreSQLEventBroker,
+            "postgresql://u@h/db?channel=a&channel=b",
+            r"^PostgreSQLEventBroker: option 'channel' appears more than once",
+        ),
+    ],
+)
+def test_a_bad_redis_database_or_a_repeated_option_is_refused_by_the_constructor(
+    cls: type[object], url: str, match: str
+) -> None:
+    with pytest.raises(ValueError, match=match):
+        cls(url)  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize("kind", ["postgresql", "redis"])
+def test_splitting_off_a_repeated_option_of_ascheds_refuses_to_pick_one(kind: str) -> None:
+    # check_url refuses it first; split_own_options must not pick one without it either
+    name = "channel"
+    with pytest.raises(ValueError, match=f"option '{name}' appears more than once"):
+        split_own_options(f"{kind}://h/0?{name}=a&{name}=b", kind)
+
+
+@pytest.mark.anyio
+async def test_a_missing_folder_of_a_relative_sqlite_path_hints_at_four_slashes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # sqlite:///tmp/... is the relative tmp/...: from a working directory without it, the
+    # folder is missing though the absolute one exists
+    folder = tmp_path / "qa"
+    folder.mkdir()
+    working_directory = tmp_path / "elsewhere"
+    working_directory.mkdir()
+    monkeypatch.chdir(working_directory)
+    relative = folder.relative_to(folder.anchor) / "jobs.sqlite"
+    url = f"sqlite:///{relative.as_posix()}"
+    message = (
+        f"the folder {relative.parent} of jobs.sqlite does not exist (create it first; "
+        f"{relative.parent} is relative to the working directory: for /{relative.as_posix()}, "
+        f"write sqlite:////{relative.as_posix()}, with four slashes)"
+    )
+    with pytest.raises(RuntimeError, match=re.escape(message)):
+        async with AsyncScheduler(url):
+            pass
+    assert not relative.parent.exists()  # nothing made up in the working directory
+    assert not (folder / "jobs.sqlite").exists()
+
+
+@pytest.mark.anyio
+async def test_a_missing_folder_of_a_relative_sqlite_path_says_it_is_relative(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    missing = tmp_path / "no-such-folder"
+    message = (
+        "the folder no-such-folder of jobs.sqlite does not exist (create it first; "
+        "no-such-folder is relative to the working directory)"
+    )
+    with pytest.raises(RuntimeError, match=re.escape(message)):
+        async with AsyncScheduler("sqlite:///no-such-folder/jobs.sqlite"):
+            pass
+    assert not missing.exists()
 
 
 @pytest.mark.parametrize(
@@ -223,6 +331,15 @@ def test_redis_urls_take_ascheds_options_and_redis_pys(query: str) -> None:
     scheduler = AsyncScheduler(f"redis://h:6379/0?{query}")
     assert isinstance(scheduler.data_store, RedisDataStore)
     assert isinstance(scheduler.event_broker, RedisEventBroker)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["redis://h:6379", "redis://h:6379/", "redis://h:6379/15", "redis://h?db=2", "rediss://h/3"],
+)
+def test_redis_urls_take_a_database_number_or_none(url: str) -> None:
+    scheduler = AsyncScheduler(url)
+    assert isinstance(scheduler.data_store, RedisDataStore)
 
 
 def test_rediss_urls_take_tls_options() -> None:

@@ -333,9 +333,19 @@ class SQLiteDataStore(BaseExternalDataStore):
         # as sqlite3 itself: no folder is made up, so a typo or a volume that was not mounted
         # is an error rather than a new, empty database somewhere else
         if not self.path.parent.is_dir():
+            hint = ""
+            if not self.path.is_absolute():
+                # sqlite:///tmp/x.sqlite is tmp/x.sqlite: the URL for /tmp/x.sqlite has four
+                # slashes, an easy one to miss
+                hint = f"; {self.path.parent} is relative to the working directory"
+                if ".." not in self.path.parts and (Path("/") / self.path.parent).is_dir():
+                    hint += (
+                        f": for /{self.path.as_posix()}, write "
+                        f"sqlite:////{self.path.as_posix()}, with four slashes"
+                    )
             raise RuntimeError(
                 f"SQLiteDataStore: the folder {self.path.parent} of {self.path.name} does not "
-                "exist (create it first)"
+                f"exist (create it first{hint})"
             )
         connection = sqlite3.connect(
             self.path,

@@ -356,6 +356,43 @@ class TestCrontab:
         with pytest.raises(TypeError, match="crontab: expected a string"):
             CronTrigger.from_crontab(5)  # type: ignore[arg-type]
 
+    @pytest.mark.parametrize(
+        ("expression", "message"),
+        [
+            (
+                "0 9 L * *",
+                r"^CronTrigger: invalid value 'L' for field 'day' \('L' is not a number; for "
+                r"the last day of the month, write 'last'\)$",
+            ),
+            ("0 9 1-X * *", r"invalid value '1-X' for field 'day' \('X' is not a number\)$"),
+            ("0 9 * JANX *", r"invalid value 'JANX' for field 'month' \('JANX' is not a number"),
+            (
+                "0 9 * * fri#3",
+                r"^crontab: invalid day of week 'fri#3' \(cannot parse 'fri#3'; '#' is not "
+                r"supported: the day field takes the nth weekday of the month, as in "
+                r"CronTrigger\(day='3rd fri'\); days are 0-7 \(0 and 7 are Sunday\) or sun-sat\)$",
+            ),
+            ("0 9 * * Friday#2", r"cannot parse 'Friday#2'; .* CronTrigger\(day='2nd fri'\)"),
+            ("0 9 * * MON-Funday", r"day of week 'MON-Funday' \('Funday' is not a number or a"),
+            ("0 9 * * FRI-MON", r"day of week 'FRI-MON' \(the range 'FRI-MON' ends before it"),
+        ],
+    )
+    def test_errors_quote_the_line_as_written(self, expression: str, message: str) -> None:
+        with pytest.raises(ValueError, match=message):
+            CronTrigger.from_crontab(expression)
+
+    @pytest.mark.parametrize("expression", ["0 9 * * 0sun", "0 9 * * */mon"])
+    def test_a_weekday_name_is_a_whole_number_or_range_end(self, expression: str) -> None:
+        # names were once replaced by numbers inside the text: "0sun" read as "00", Sunday
+        with pytest.raises(ValueError, match="crontab: invalid day of week"):
+            CronTrigger.from_crontab(expression)
+
+    def test_names_in_any_case_give_the_same_trigger(self) -> None:
+        upper = CronTrigger.from_crontab("0 9 LAST JAN-MAR MON-FRI", start_time="2026-01-01")
+        lower = CronTrigger.from_crontab("0 9 last jan-mar mon-fri", start_time="2026-01-01")
+        assert upper == lower
+        assert upper._matcher is lower._matcher
+
 
 class TestDaylightSaving:
     """Wall-clock semantics: gaps shift forward by their length, overlaps fire once."""
@@ -626,6 +663,32 @@ class TestErrors:
         ],
     )
     def test_bad_fields(self, fields: dict[str, object], message: str) -> None:
+        with pytest.raises(ValueError, match=message):
+            CronTrigger(**fields)  # type: ignore[arg-type]
+
+    @pytest.mark.parametrize(
+        ("fields", "message"),
+        [
+            ({"day": "L"}, r"^CronTrigger: invalid value 'L' for field 'day' \('L' is not a"),
+            ({"day": "3RD Funday"}, r"invalid value '3RD Funday' .* \('Funday' is not a weekday"),
+            ({"day": "6TH fri"}, r"invalid value '6TH fri' .* \('6TH' is not an ordinal"),
+            ({"day": "Last Fri-Sat"}, r"\('Last Fri-Sat': an ordinal takes one weekday name"),
+            ({"day_of_week": "LAST"}, r"invalid value 'LAST' .* \('LAST' is only allowed on"),
+            ({"day_of_week": "Mon-Funday"}, r"invalid value 'Mon-Funday' .* \('Funday' is not"),
+            (
+                {"day_of_week": "Fri#3"},
+                r"invalid value 'Fri#3' for field 'day_of_week' \(cannot parse 'Fri#3'; '#' is "
+                r"not supported: .* as in CronTrigger\(day='3rd fri'\)\)$",
+            ),
+            ({"month": "JANX"}, r"invalid value 'JANX' for field 'month' \('JANX' is not a"),
+            ({"hour": " 1 - 2/X "}, r"invalid value '1 - 2/X' .* \(the step 'X' must be a"),
+            ({"hour": "²"}, r"invalid value '²' for field 'hour' \('²' is not a number\)$"),
+            ({"minute": "*/²"}, r"\(the step '²' must be a positive integer\)$"),
+        ],
+    )
+    def test_errors_quote_the_value_as_written(
+        self, fields: dict[str, object], message: str
+    ) -> None:
         with pytest.raises(ValueError, match=message):
             CronTrigger(**fields)  # type: ignore[arg-type]
 

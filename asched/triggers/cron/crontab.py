@@ -7,15 +7,13 @@ resulting trigger reads the same whatever numbering the user had in mind.
 
 from __future__ import annotations
 
-import re
-
 from .fields import (
     WEEKDAY_NAMES,
     WEEKDAYS_BY_NAME,
     CronFieldError,
     ReversedRangeError,
-    normalize_expression,
     range_values,
+    tidy_expression,
 )
 
 SHORTCUTS = {
@@ -30,26 +28,23 @@ SHORTCUTS = {
 
 _FIVE_FIELDS = ("minute", "hour", "day", "month", "day_of_week")
 
+# Weekday names (lower case) to crontab numbers: 0 = Sunday
+_CRONTAB_WEEKDAYS = {name: (number + 1) % 7 for name, number in WEEKDAYS_BY_NAME.items()}
+
 
 def _crontab_weekdays(expression: str) -> str:
-    """Translate a crontab ``day_of_week`` expression (0/7 = Sunday) to weekday names."""
+    """Translate a crontab ``day_of_week`` expression (0/7 = Sunday) to weekday names.
+
+    :param expression: the field as the user wrote it (errors quote it so)
+    """
     if expression == "*":
         return "*"
 
     weekdays: set[int] = set()
     for part in expression.split(","):
         # Evaluate in crontab numbering (0-7), with names mapped to crontab numbers
-        text = re.sub(
-            r"[a-z]+",
-            lambda name: (
-                str((WEEKDAYS_BY_NAME[name[0]] + 1) % 7)
-                if name[0] in WEEKDAYS_BY_NAME
-                else name[0]
-            ),
-            part,
-        )
         try:
-            values = range_values("day_of_week", expression, text, (0, 7))
+            values = range_values("day_of_week", expression, part, (0, 7), _CRONTAB_WEEKDAYS)
         except CronFieldError as exc:
             if isinstance(exc, ReversedRangeError):
                 reason = (
@@ -84,8 +79,9 @@ def crontab_fields(line: str) -> tuple[dict[str, str], bool]:
     """
     if not isinstance(line, str):
         raise TypeError(f"crontab: expected a string, got {line!r}")
-    text = line.strip().lower()
-    text = SHORTCUTS.get(text, text)
+    # The case is kept: the fields ignore it, and their errors quote the user's text
+    text = line.strip()
+    text = SHORTCUTS.get(text.lower(), text)
     if text.startswith("@"):
         known = ", ".join(SHORTCUTS)
         raise ValueError(f"crontab: unknown shortcut {line.strip()!r} (known: {known})")
@@ -106,7 +102,7 @@ def crontab_fields(line: str) -> tuple[dict[str, str], bool]:
     match_either_day = not fields["day"].startswith("*") and not fields["day_of_week"].startswith(
         "*"
     )
-    fields["day_of_week"] = _crontab_weekdays(normalize_expression("day_of_week", parts[-1]))
+    fields["day_of_week"] = _crontab_weekdays(tidy_expression("day_of_week", parts[-1]))
     fields.setdefault("second", "0")
     # "*" on a field coarser than a given one is the default anyway; leaving it out keeps
     # str() short: "0 9 * * 1-5" -> cron[day_of_week='mon-fri', hour='9', minute='0', ...].

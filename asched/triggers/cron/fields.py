@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import calendar
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import date
 
 import attrs
@@ -76,8 +76,14 @@ _NAMES: dict[str, dict[str, int]] = {
 WEEKDAYS_BY_NAME = _NAMES["day_of_week"]
 
 _RANGE = re.compile(r"^(?P<first>\*|\w+)(?:-(?P<last>\w+))?(?:/(?P<step>\w+))?$")
-_ORDINAL_WEEKDAY = re.compile(r"^(?P<ordinal>1st|2nd|3rd|4th|5th|last)\s+(?P<weekday>\w+)$")
+_ORDINAL_WEEKDAY = re.compile(
+    r"^(?P<ordinal>1st|2nd|3rd|4th|5th|last)\s+(?P<weekday>\w+)$", re.IGNORECASE
+)
+_ORDINAL_START = re.compile(r"^(\d+(?:st|nd|rd|th)|last)\s", re.IGNORECASE)
+# Quartz's "nth weekday of the month" (fri#3), which asched writes as day="3rd fri"
+_HASH_WEEKDAY = re.compile(r"^(?P<weekday>\w+)#(?P<nth>[1-5])$")
 _ORDINALS = {"1st": 1, "2nd": 2, "3rd": 3, "4th": 4, "5th": 5}
+_ORDINAL_NAMES = {number: text for text, number in _ORDINALS.items()}
 
 
 class CronFieldError(ValueError):
@@ -96,8 +102,11 @@ class ReversedRangeError(CronFieldError):
     """A range ``a-b`` whose end comes before its start."""
 
 
-def normalize_expression(field: str, value: object) -> str:
+def tidy_expression(field: str, value: object) -> str:
     """Return a field value given by the user (an int or a string) as expression text.
+
+    Spaces are tidied, the case is kept: parsing ignores it, and error messages quote the
+    user's own text.
 
     :raises TypeError: if the value is neither an int nor a string
     """
@@ -105,19 +114,57 @@ def normalize_expression(field: str, value: object) -> str:
         raise TypeError(
             f"CronTrigger: field {field!r} must be an int or an expression string, got {value!r}"
         )
-    text = str(value).strip().lower()
+    text = str(value).strip()
     # "mon - fri" and "1, 2" read naturally; the grammar has no spaces except in "3rd fri"
     text = re.sub(r"\s*([,/-])\s*", r"\1", text)
     return re.sub(r"\s+", " ", text)
 
 
-def _number(field: str, expression: str, token: str, bounds: tuple[int, int]) -> int:
-    names = _NAMES.get(field, {})
-    if token in names:
-        return names[token]
-    if not token.isdigit():
+def normalize_expression(field: str, value: object) -> str:
+    """Return a field value given by the user as the expression text a trigger keeps.
+
+    That is :func:`tidy_expression` in lower case.
+
+    :raises TypeError: if the value is neither an int nor a string
+    """
+    return tidy_expression(field, value).lower()
+
+
+def error_as_given(error: CronFieldError, value: object) -> CronFieldError:
+    """Return ``error``, raised on a normalized expression, as it reads for the given value.
+
+    Normalizing lowers the case; the error returned quotes ``value`` as the user wrote it
+    (leading and trailing spaces aside), and the parts of it at fault in their case.
+    """
+    field = error.field
+    text = tidy_expression(field, value)
+    try:
+        if field == "day":
+            DaySpec.parse(text)
+        else:
+            parse_values(field, text)
+    except CronFieldError as as_given:
+        return type(as_given)(field, str(value).strip(), as_given.reason)
+    return error  # parsing ignores case: unreachable unless the two disagree
+
+
+def _number(
+    field: str,
+    expression: str,
+    token: str,
+    bounds: tuple[int, int],
+    names: Mapping[str, int],
+) -> int:
+    folded = token.lower()
+    if folded in names:
+        return names[folded]
+    # isdecimal(), not isdigit(): int() refuses digits such as "²"
+    if not token.isdecimal():
         expected = "a number" if not names else "a number or a name such as " + next(iter(names))
-        raise CronFieldError(field, expression, f"{token!r} is not {expected}")
+        hint = ""
+        if field == "day" and folded == "l":
+            hint = "; for the last day of the month, write 'last'"
+        raise CronFieldError(field, expression, f"{token!r} is not {expected}{hint}")
     value = int(token)
     low, high = bounds
     if not low <= value <= high:
@@ -125,17 +172,41 @@ def _number(field: str, expression: str, token: str, bounds: tuple[int, int]) ->
     return value
 
 
+def _hash_weekday_hint(part: str) -> str:
+    """Return how to write a Quartz-style ``fri#3`` in asched, or ``""`` for other parts."""
+    match = _HASH_WEEKDAY.match(part)
+    if match is None:
+        return ""
+    ordinal = _ORDINAL_NAMES[int(match.group("nth"))]
+    weekday = _NAMES["day_of_week"].get(match.group("weekday").lower())
+    example = f"{ordinal} {WEEKDAY_NAMES[weekday] if weekday is not None else 'fri'}"
+    return (
+        "; '#' is not supported: the day field takes the nth weekday of the month, as in "
+        f"CronTrigger(day={example!r})"
+    )
+
+
 def range_values(
-    field: str, expression: str, part: str, bounds: tuple[int, int] | None = None
+    field: str,
+    expression: str,
+    part: str,
+    bounds: tuple[int, int] | None = None,
+    names: Mapping[str, int] | None = None,
 ) -> range:
     """Return the values of one comma-separated part (``*``, ``a``, ``a-b``, ``a-b/c``, ...).
 
+    :param expression: the whole expression, for error messages
     :param bounds: the allowed (minimum, maximum), by default the field's own
+    :param names: the names allowed in place of numbers (lower case), by default the
+        field's own
     :raises CronFieldError: naming the field and the expression
     """
+    if names is None:
+        names = _NAMES.get(field, {})
     match = _RANGE.match(part)
     if match is None:
-        raise CronFieldError(field, expression, f"cannot parse {part!r}")
+        hint = _hash_weekday_hint(part) if field == "day_of_week" else ""
+        raise CronFieldError(field, expression, f"cannot parse {part!r}{hint}")
 
     low, high = bounds = bounds or FIELD_RANGES[field]
     first_text, last_text, step_text = match.group("first", "last", "step")
@@ -144,9 +215,9 @@ def range_values(
             raise CronFieldError(field, expression, "'*' cannot start a range")
         first, last = low, high
     else:
-        first = _number(field, expression, first_text, bounds)
+        first = _number(field, expression, first_text, bounds, names)
         if last_text is not None:
-            last = _number(field, expression, last_text, bounds)
+            last = _number(field, expression, last_text, bounds, names)
         else:
             # "5/15" means from 5 to the end in steps of 15; a plain "5" is just 5
             last = high if step_text is not None else first
@@ -157,7 +228,7 @@ def range_values(
 
     step = 1
     if step_text is not None:
-        if not step_text.isdigit() or int(step_text) == 0:
+        if not step_text.isdecimal() or int(step_text) == 0:
             raise CronFieldError(
                 field, expression, f"the step {step_text!r} must be a positive integer"
             )
@@ -174,7 +245,7 @@ def parse_values(field: str, expression: str) -> tuple[int, ...]:
         raise CronFieldError(field, expression, "empty expression")
     values: set[int] = set()
     for part in expression.split(","):
-        if part == "last" or _ORDINAL_WEEKDAY.match(part):
+        if part.lower() == "last" or _ORDINAL_WEEKDAY.match(part):
             raise CronFieldError(field, expression, f"{part!r} is only allowed on the 'day' field")
         values.update(range_values(field, expression, part))
     return tuple(sorted(values))
@@ -203,24 +274,24 @@ class DaySpec:
         last_day = False
         ordinals: list[tuple[int, int]] = []
         for part in expression.split(","):
-            if part == "last":
+            if part.lower() == "last":
                 last_day = True
                 continue
             match = _ORDINAL_WEEKDAY.match(part)
             if match is not None:
                 weekday_text = match.group("weekday")
-                weekday = _NAMES["day_of_week"].get(weekday_text)
+                weekday = _NAMES["day_of_week"].get(weekday_text.lower())
                 if weekday is None:
                     raise CronFieldError(
                         "day", expression, f"{weekday_text!r} is not a weekday name (mon-sun)"
                     )
-                ordinal_text = match.group("ordinal")
+                ordinal_text = match.group("ordinal").lower()
                 ordinals.append((_ORDINALS.get(ordinal_text, -1), weekday))
                 continue
-            ordinal_start = re.match(r"^(\d+(?:st|nd|rd|th)|last)\s", part)
+            ordinal_start = _ORDINAL_START.match(part)
             if ordinal_start is not None:
                 ordinal_text = ordinal_start.group(1)
-                if ordinal_text != "last" and ordinal_text not in _ORDINALS:
+                if ordinal_text.lower() not in ("last", *_ORDINALS):
                     raise CronFieldError(
                         "day", expression, f"{ordinal_text!r} is not an ordinal from 1st to 5th"
                     )

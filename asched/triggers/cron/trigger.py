@@ -17,7 +17,13 @@ from ..._converters import (
 )
 from .._descriptions import build, checked_description
 from ..base import Trigger
-from .fields import FIELD_MINIMUMS, FIELD_NAMES, normalize_expression
+from .fields import (
+    FIELD_MINIMUMS,
+    FIELD_NAMES,
+    CronFieldError,
+    error_as_given,
+    normalize_expression,
+)
 from .matcher import CronMatcher, compile_matcher
 
 _ONE_SECOND = timedelta(seconds=1)
@@ -111,12 +117,17 @@ class CronTrigger(Trigger):
         match_either_day: bool = False,
     ) -> None:
         values = (year, month, day, week, day_of_week, hour, minute, second)
-        given = {
-            name: normalize_expression(name, value)
+        given_values = {
+            name: value
             for name, value in zip(FIELD_NAMES, values, strict=True)
             if value is not None
         }
-        matcher = compile_matcher(_full_expressions(given), bool(match_either_day))
+        given = {name: normalize_expression(name, value) for name, value in given_values.items()}
+        try:
+            matcher = compile_matcher(_full_expressions(given), bool(match_either_day))
+        except CronFieldError as exc:
+            # the matcher parses the normalized (lower case) text: quote the user's instead
+            raise error_as_given(exc, given_values[exc.field]) from None
 
         if timezone is None and isinstance(start_time, datetime) and start_time.tzinfo is not None:
             tz = start_time.tzinfo
