@@ -4,7 +4,6 @@ import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 from zoneinfo import ZoneInfo
 
 import anyio
@@ -15,9 +14,10 @@ from asched import AsyncScheduler
 from asched._cli import main
 from asched.eventbrokers import LocalEventBroker
 from asched.triggers import DateTrigger
-from tests import jobs
+from tests import jobs, unrestorable
 from tests.backends import backend
 from tests.services import POSTGRESQL_URL, require_postgresql
+from tests.unrestorable import Unrestorable
 
 
 def test_preview_crontab_line(capsys: pytest.CaptureFixture[str]) -> None:
@@ -196,17 +196,6 @@ def test_list_reports_an_unreachable_server(capsys: pytest.CaptureFixture[str]) 
     assert "connecting to 127.0.0.1:1" in errors
 
 
-def _gone() -> None:
-    raise RuntimeError("this class is gone from the code")
-
-
-class Unrestorable:
-    """Stored fine; restoring it fails, as a class since removed from the code would."""
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return _gone, ()
-
-
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 @pytest.mark.anyio
 async def test_list_reports_what_it_cannot_restore_instead_of_leaving_it_out(
@@ -225,4 +214,4 @@ async def test_list_reports_what_it_cannot_restore_instead_of_leaving_it_out(
     assert out.splitlines()[0] == "1 schedule(s), 0 job(s) queued or running"
     assert "1 more that this process cannot restore:" in out
     assert "  schedule broken: " in out
-    assert "this class is gone from the code" in out
+    assert unrestorable.MESSAGE in out

@@ -51,6 +51,7 @@ from asched.events import (
 from asched.triggers import IntervalTrigger
 from tests.clock import FakeClock
 from tests.conftest import EventRecorder, ids_of
+from tests.unrestorable import Unrestorable
 
 pytestmark = pytest.mark.anyio
 
@@ -1273,17 +1274,6 @@ async def test_an_exception_that_cannot_be_restored_still_leaves_a_readable_resu
     assert isinstance(result.exception, (TwoPartError, RemoteJobError))
     assert "1/2" in str(result.exception)
     assert "TwoPartError" in repr(result.exception) + str(result.exception)
-
-
-def _cannot_rebuild() -> None:
-    raise RuntimeError("this class is gone from the deployed code")
-
-
-class Unrestorable:
-    """Stored fine, but restoring it fails (as a class missing in a worker's deploy would)."""
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return _cannot_rebuild, ()
 
 
 async def test_an_acquired_job_that_cannot_be_restored_is_released_as_an_error(

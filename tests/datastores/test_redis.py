@@ -53,11 +53,13 @@ from asched.events import (
     TaskUpdated,
 )
 from asched.triggers import DateTrigger
+from tests import unrestorable
 from tests.backends.redis import delete_keys, kill_connections, url_for
 from tests.clock import FakeClock
 from tests.conftest import EventRecorder, ids_of
 from tests.datastores import due_schedule
 from tests.services import REDIS_URL, require_redis
+from tests.unrestorable import Unrestorable
 
 pytestmark = pytest.mark.anyio
 
@@ -1356,17 +1358,6 @@ async def test_a_client_that_retries_commands_itself_is_warned_about(
             assert "RedisDataStore" not in caplog.text
 
 
-def _refuse_to_come_back() -> None:
-    raise RuntimeError("cannot be restored")
-
-
-class Unrestorable:
-    """Pickles, but unpickling it raises (as a class renamed since it was stored would)."""
-
-    def __reduce__(self) -> tuple[Callable[[], None], tuple[()]]:
-        return _refuse_to_come_back, ()
-
-
 async def test_a_job_that_cannot_be_restored_is_left_out_and_reported(
     namespace: str, clock: FakeClock, recorder: EventRecorder
 ) -> None:
@@ -1384,7 +1375,7 @@ async def test_a_job_that_cannot_be_restored_is_left_out_and_reported(
         assert await store.get_jobs([broken.id]) == []
         failed = recorder.of_type(JobDeserializationFailed)
         assert [event.job_id for event in failed] == [broken.id, broken.id]
-        assert "cannot be restored" in failed[0].error
+        assert unrestorable.MESSAGE in failed[0].error
         assert await store.get_job_result(broken.id) is None  # it has not ended
 
         # no worker can run it: its acquisition ends it as an error, with the reason

@@ -13,6 +13,7 @@ import pytest
 from asched import AsyncScheduler, DeserializationError, ScheduleLookupError, SchedulerRole
 from asched.events import JobAcquired, JobReleased
 from asched.triggers import IntervalTrigger
+from tests.unrestorable import Unrestorable
 
 pytestmark = pytest.mark.anyio
 
@@ -182,17 +183,6 @@ async def test_jobs_a_worker_stopping_at_once_had_not_started_run_elsewhere(
     assert [result.return_value for result in results] == [0, 1, 2]
 
 
-def _gone_from_this_deploy() -> None:
-    raise RuntimeError("this class is gone from the deployed code")
-
-
-class _Unrestorable:
-    """Stored fine, but restoring it fails (as a class missing in another deploy would)."""
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return _gone_from_this_deploy, ()
-
-
 async def test_a_schedule_that_cannot_be_restored_says_so_and_can_still_be_removed(
     store_backend: ModuleType, namespace: str
 ) -> None:
@@ -203,7 +193,7 @@ async def test_a_schedule_that_cannot_be_restored_says_so_and_can_still_be_remov
         AsyncScheduler(store) as scheduler,
     ):
         await scheduler.add_schedule(
-            step, IntervalTrigger(hours=1), id="broken", args=[_Unrestorable()]
+            step, IntervalTrigger(hours=1), id="broken", args=[Unrestorable()]
         )
 
         # not "no such schedule": it is there, and the error says how to get rid of it
