@@ -820,7 +820,7 @@ class AsyncScheduler:
             misfire_grace_time=misfire_grace_time,
             metadata=metadata,
         )
-        await self.data_store.add_task(task)
+        await self._store_task(task)
         self._tasks[task.id] = task
         self._task_functions[task.id] = function
         return task
@@ -904,11 +904,21 @@ class AsyncScheduler:
             return _ResolvedTask(task, function, unstored=True)
         return _ResolvedTask(task, function, unstored=False)
 
+    async def _store_task(self, task: Task) -> None:
+        await self.data_store.add_task(task)
+        if task.func_ref is None and not isinstance(self.data_store, MemoryDataStore):
+            self.logger.warning(
+                "Task %r: its function cannot be imported (a lambda, a nested function or a "
+                "bound method?), so on this store, which other processes share, only this "
+                "process can run its jobs; elsewhere they fail with CallableLookupError",
+                task.id,
+            )
+
     async def _register_task(self, resolved: _ResolvedTask) -> Task:
         """Store a resolved task if it is new, and remember it and its function."""
         task = resolved.task
         if resolved.unstored:
-            await self.data_store.add_task(task)
+            await self._store_task(task)
         self._tasks[task.id] = task
         if resolved.function is not None:
             self._task_functions[task.id] = resolved.function
@@ -1058,7 +1068,7 @@ class AsyncScheduler:
             except TaskLookupError:
                 stored = None
             if stored != task:  # the code's declaration wins, as with scheduled_job
-                await self.data_store.add_task(task)
+                await self._store_task(task)
             self._tasks[task.id] = task
             self._task_functions[task.id] = func
 

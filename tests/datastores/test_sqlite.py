@@ -679,3 +679,16 @@ async def test_a_file_in_a_folder_that_does_not_exist_is_refused_and_nothing_mad
         async with AsyncScheduler(f"sqlite:///{missing}"):
             pass
     assert not missing.parent.exists()
+
+
+async def test_a_function_other_processes_cannot_import_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # a lambda on a store other processes share: their workers would fail its jobs
+    async with AsyncScheduler(f"sqlite:///{tmp_path / 'jobs.sqlite'}") as scheduler:
+        with caplog.at_level(logging.WARNING, logger="asched"):
+            await scheduler.add_job(lambda: None)
+            await scheduler.configure_task(double)  # importable: no warning
+    [record] = [record for record in caplog.records if "cannot be imported" in record.message]
+    assert "<lambda>" in record.message
+    assert "only this process can run its jobs" in record.message
