@@ -11,7 +11,7 @@ from typing import Any
 from uuid import UUID
 
 import anyio
-from anyio import CancelScope, create_task_group, get_cancelled_exc_class
+from anyio import CancelScope, CapacityLimiter, create_task_group, get_cancelled_exc_class
 from anyio.abc import TaskGroup, TaskStatus
 
 from ._clock import Clock
@@ -33,6 +33,13 @@ MAX_IDLE_SECONDS = 10.0
 MAX_BACKOFF_SECONDS = 30.0
 
 JobRuntimeResolver = Callable[[Job], Awaitable[tuple[Callable[..., Any], JobExecutor]]]
+
+
+_NO_LIMIT: Any = object()  # not looked up yet (None: no limit)
+
+
+def _limiter_for(executor: JobExecutor) -> CapacityLimiter | None:
+    return None if executor.max_workers is None else CapacityLimiter(executor.max_workers)
 
 
 def backoff_delay(failures: int) -> float:
@@ -84,6 +91,8 @@ class Worker:
         self._pending_runners = 0  # spawned or woken, not yet running
         self._active_runners = 0
         self._idle_runners: deque[anyio.Event] = deque()
+        # per executor with a bounded pool: as many of its jobs start at once as it can run
+        self._executor_limiters: dict[JobExecutor, CapacityLimiter | None] = {}
         self._runners_released = False
         self._runner_task_group: TaskGroup | None = None
         self._pending_results: list[JobResult] = []
@@ -222,7 +231,6 @@ class Worker:
         self._idle_runners.popleft().set()
 
     async def _run_job(self, job: Job) -> None:
-        clock = self._clock
         try:
             func, executor = await self._resolve_job_runtime(job)
         except get_cancelled_exc_class():
@@ -233,10 +241,36 @@ class Worker:
         except Exception as exc:
             self._logger.error("Cannot run job %s (task %r): %s", job.id, job.task_id, exc)
             self._finish(
-                JobResult.for_job(job, JobOutcome.error, finished_at=clock.now(), exception=exc)
+                JobResult.for_job(
+                    job, JobOutcome.error, finished_at=self._clock.now(), exception=exc
+                )
             )
             return
 
+        limiter = self._executor_limiters.get(executor, _NO_LIMIT)
+        if limiter is _NO_LIMIT:
+            limiter = self._executor_limiters[executor] = _limiter_for(executor)
+        if limiter is None:
+            await self._start_job(job, func, executor)
+            return
+
+        # A job waiting for one of its executor's threads or processes has not started: its
+        # start (the deadline check, started_at) is when it gets one
+        try:
+            limiter.acquire_nowait()
+        except anyio.WouldBlock:
+            try:
+                await limiter.acquire()
+            except get_cancelled_exc_class():
+                self._queue.appendleft(job)  # never started: back to the store
+                raise
+        try:
+            await self._start_job(job, func, executor)
+        finally:
+            limiter.release()
+
+    async def _start_job(self, job: Job, func: Callable[..., Any], executor: JobExecutor) -> None:
+        clock = self._clock
         started_at = clock.now()
         if job.start_deadline is not None and started_at > job.start_deadline:
             self._logger.warning(

@@ -13,6 +13,12 @@ from .._structures import Job
 class JobExecutor(ABC):
     """Runs job functions: in the event loop, in a thread pool or in a process pool."""
 
+    #: how many jobs it runs at once, for an executor with a bounded pool (``None``: no
+    #: bound). A worker hands it no more jobs than that at a time, so that a job starts
+    #: (its start deadline checked, its ``started_at`` taken) when it can really start,
+    #: not when it begins waiting for a thread or process
+    max_workers: int | None = None
+
     async def start(self, exit_stack: AsyncExitStack) -> None:  # noqa: B027 - optional hook
         """Prepare to run jobs; resources opened are released when ``exit_stack`` unwinds."""
 

@@ -63,6 +63,8 @@ class ThreadPoolJobExecutor(JobExecutor):
     :raises ValueError: if ``max_workers`` is less than 1
     """
 
+    max_workers: int
+
     def __init__(self, max_workers: int = 40):
         if max_workers < 1:
             raise ValueError(f"max_workers must be at least 1, got {max_workers}")

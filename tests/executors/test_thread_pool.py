@@ -5,12 +5,15 @@ from __future__ import annotations
 import sys
 import threading
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import anyio
 import pytest
 
 from asched import AsyncScheduler, JobOutcome, Scheduler
+from asched.events import JobAdded, JobReleased
 from asched.executors import ThreadPoolJobExecutor
+from asched.triggers import DateTrigger
 from tests.clock import FakeClock
 
 pytestmark = pytest.mark.anyio
@@ -119,9 +122,10 @@ async def test_a_function_raising_stop_iteration_fails_its_job(scheduler: AsyncS
     assert isinstance(result.exception.__cause__, StopIteration)
 
 
-async def test_jobs_still_queued_for_a_thread_are_cancelled_when_the_scheduler_stops(
+async def test_jobs_still_waiting_for_a_thread_go_back_to_the_store_when_it_stops(
     clock: FakeClock,
 ) -> None:
+    # they never started: like jobs acquired but not started, another worker may run them
     occupancy = Occupancy()
     executor = ThreadPoolJobExecutor(max_workers=1)
     async with AsyncScheduler(clock=clock, job_executors={"threadpool": executor}) as scheduler:
@@ -131,12 +135,58 @@ async def test_jobs_still_queued_for_a_thread_are_cancelled_when_the_scheduler_s
         await scheduler.stop(wait=False)
         with anyio.fail_after(10):
             await scheduler.wait_until_stopped()
-        results = [await scheduler.get_job_result(job_id, wait=False) for job_id in job_ids]
+        first = await scheduler.get_job_result(job_ids[0], wait=False)
+        queued = await scheduler.get_jobs()
     occupancy.release.set()
     await anyio.to_thread.run_sync(join_job_threads)
 
-    assert [result.outcome for result in results] == [JobOutcome.cancelled] * 3
+    assert first.outcome is JobOutcome.cancelled
+    assert [job.id for job in queued] == job_ids[1:]
+    assert [job.acquired_by for job in queued] == [None, None]
     assert occupancy.started == 1  # the queued two never ran
+
+
+async def test_a_job_starts_when_it_gets_a_thread_and_misses_its_deadline_waiting(
+    clock: FakeClock,
+) -> None:
+    # the deadline holds until the job really starts, and started_at says when that was
+    occupancy = Occupancy()
+    executor = ThreadPoolJobExecutor(max_workers=1)
+    released: list[JobReleased] = []
+    both_released = anyio.Event()
+
+    def on_release(event: JobReleased) -> None:
+        released.append(event)
+        if len(released) == 3:
+            both_released.set()
+
+    async with AsyncScheduler(clock=clock, job_executors={"threadpool": executor}) as scheduler:
+        scheduler.subscribe(on_release, JobReleased)
+        await scheduler.start_in_background()
+        first = await scheduler.add_job(occupancy.hold)
+        second = await scheduler.add_job(occupancy.hold)  # no deadline: it waits, then runs
+        await occupancy.wait_until_started(1)
+        # a fire with 5 s of grace, queued behind them
+        queued = anyio.Event()
+        scheduler.subscribe(lambda event: queued.set(), JobAdded, one_shot=True)
+        await scheduler.add_schedule(
+            occupancy.hold, DateTrigger(clock.now()), id="late", misfire_grace_time=5
+        )
+        with anyio.fail_after(10):
+            await queued.wait()
+        clock.advance(10)
+        occupancy.release.set()
+        with anyio.fail_after(10):
+            await both_released.wait()
+            first_result = await scheduler.get_job_result(first)
+            second_result = await scheduler.get_job_result(second)
+    await anyio.to_thread.run_sync(join_job_threads)
+
+    assert first_result.started_at == clock.now() - timedelta(seconds=10)
+    assert second_result.started_at == clock.now()  # when it got the thread
+    [late] = [event for event in released if event.schedule_id == "late"]
+    assert late.outcome is JobOutcome.missed_start_deadline
+    assert occupancy.started == 2
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
