@@ -542,6 +542,10 @@ class RetrySettings:
         return min(self.wait_max, self.wait_min * 2.0 ** min(failed_attempts - 1, 64))
 
 
+#: how long a process leaves alone a schedule it could not restore (others may read it)
+UNREADABLE_SCHEDULE_PAUSE = timedelta(minutes=1)
+
+
 class BaseExternalDataStore(DataStore):
     """Base class of data stores that keep their data outside the process.
 
@@ -562,6 +566,63 @@ class BaseExternalDataStore(DataStore):
         self.serializer: Serializer = serializer or PickleSerializer()
         self.retry_settings = retry_settings or RetrySettings()
         self._logger = getLogger(__name__)
+        self._clock = Clock()  # the scheduler's, from start()
+        # schedules this process found unreadable, left to other processes until then
+        self._unreadable_schedules: dict[str, datetime] = {}
+
+    async def acquire_schedules(
+        self, scheduler_id: str, lease_duration: timedelta, limit: int
+    ) -> list[Schedule]:
+        """Lease due schedules; see :meth:`DataStore.acquire_schedules`.
+
+        A schedule this process cannot restore (an argument of a class only another
+        version of the code has, say: a rolling deploy) is given back at once and left
+        alone for :data:`UNREADABLE_SCHEDULE_PAUSE`: held here, it would not fire anywhere,
+        even in processes that can read it.
+        """
+        schedules, unreadable = await self._lease_schedules(
+            scheduler_id, lease_duration, limit, self._schedules_left_alone()
+        )
+        if unreadable:
+            until = self._clock.now() + UNREADABLE_SCHEDULE_PAUSE
+            self._unreadable_schedules.update(dict.fromkeys(unreadable, until))
+            try:
+                await self._unlease_schedules(scheduler_id, unreadable)
+            except Exception as exc:
+                self._logger.error(
+                    "Could not give back %d schedules this process cannot restore (%s); they "
+                    "wait for their leases to run out",
+                    len(unreadable),
+                    describe_error(exc),
+                )
+        return schedules
+
+    def _schedules_left_alone(self) -> list[str]:
+        """Return the ids of the schedules this process leaves to others for now (see above)."""
+        if not self._unreadable_schedules:
+            return []
+        now = self._clock.now()
+        for schedule_id, until in list(self._unreadable_schedules.items()):
+            if until <= now:
+                del self._unreadable_schedules[schedule_id]
+        return list(self._unreadable_schedules)
+
+    def _schedule_written(self, schedule_id: str) -> None:
+        """Forget that the schedule was unreadable: this process just wrote it."""
+        self._unreadable_schedules.pop(schedule_id, None)
+
+    @abstractmethod
+    async def _lease_schedules(
+        self, scheduler_id: str, lease_duration: timedelta, limit: int, skip: Sequence[str]
+    ) -> tuple[list[Schedule], list[str]]:
+        """Lease due schedules, except those in ``skip``.
+
+        :return: the schedules restored, and the ids of those leased that could not be
+        """
+
+    @abstractmethod
+    async def _unlease_schedules(self, scheduler_id: str, ids: Sequence[str]) -> None:
+        """Give back leases ``scheduler_id`` holds on schedules, leaving them unchanged."""
 
     async def acquire_jobs(
         self, scheduler_id: str, lease_duration: timedelta, limit: int

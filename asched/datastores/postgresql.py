@@ -337,13 +337,14 @@ def _statements(schema: str) -> dict[str, str]:
             WITH unleased AS (
                 SELECT id, next_run_time FROM {schema}.schedules
                 WHERE NOT paused AND acquired_by IS NULL AND next_run_time <= $2
+                  AND id <> ALL($5::text[])
                 ORDER BY next_run_time, id
                 LIMIT $4
                 FOR UPDATE SKIP LOCKED
             ), expired AS (
                 SELECT id, next_run_time FROM {schema}.schedules
                 WHERE NOT paused AND acquired_by IS NOT NULL AND acquired_until <= $2
-                  AND next_run_time <= $2
+                  AND next_run_time <= $2 AND id <> ALL($5::text[])
                 ORDER BY acquired_until
                 LIMIT $4
                 FOR UPDATE SKIP LOCKED
@@ -378,6 +379,22 @@ def _statements(schema: str) -> dict[str, str]:
                 (SELECT min(acquired_until) FROM {schema}.schedules
                  WHERE acquired_by IS NOT NULL AND NOT paused)
             )
+            """,
+        # $1 the ids of schedules this process leaves alone (see _schedules_left_alone): a
+        # statement of its own, as the filter costs the usual one its index-only scans
+        "next_schedule_run_time_skipping": f"""
+            SELECT least(
+                (SELECT min(next_run_time) FROM {schema}.schedules
+                 WHERE NOT paused AND acquired_by IS NULL AND next_run_time IS NOT NULL
+                   AND id <> ALL($1::text[])),
+                (SELECT min(acquired_until) FROM {schema}.schedules
+                 WHERE acquired_by IS NOT NULL AND NOT paused AND id <> ALL($1::text[]))
+            )
+            """,
+        # $1 scheduler, $2 ids
+        "unlease_schedules": f"""
+            UPDATE {schema}.schedules SET acquired_by = NULL, acquired_until = NULL
+            WHERE id = ANY($2::text[]) AND acquired_by = $1
             """,
         # $1 scheduler, $2..$5 updates (id, next fire, next run, last fire), $6..$19 jobs
         # (13 columns and the schedule of the update), $20..$27 missed results likewise
@@ -1040,6 +1057,7 @@ class PostgreSQLDataStore(BaseExternalDataStore):
 
     async def add_schedule(self, schedule: Schedule, conflict_policy: ConflictPolicy) -> None:
         """Add a schedule; see :meth:`DataStore.add_schedule`."""
+        self._schedule_written(schedule.id)
         # a new schedule starts at revision 0; a replaced one moves on from the stored one
         values = self._schedule_values(
             attrs.evolve(schedule, acquired_by=None, acquired_until=None, revision=0)
@@ -1102,6 +1120,7 @@ class PostgreSQLDataStore(BaseExternalDataStore):
         overtakes an attempt still running on the server, after a timeout, cannot see that
         attempt's token yet: if that attempt commits, the retry reports it stale, as before.)
         """
+        self._schedule_written(schedule.id)
         # the id first (as in add_schedule: _slot_counting's $1 is the schedule's id), then
         # every column but those of its progress, lease and revision; then the revision read,
         # the token and the time of writing; then (rescheduling) the stored fire times
@@ -1210,7 +1229,7 @@ class PostgreSQLDataStore(BaseExternalDataStore):
         return await self._schedules_from_rows(rows)
 
     async def _acquire_rows(
-        self, kind: str, scheduler_id: str, lease_duration: timedelta, limit: int
+        self, kind: str, scheduler_id: str, lease_duration: timedelta, limit: int, *extra: Any
     ) -> tuple[datetime, list[asyncpg.Record]]:
         """Run ``acquire_{kind}`` (after ``reclaim_{kind}`` when needed: see _LeaseAttempts).
 
@@ -1235,6 +1254,7 @@ class PostgreSQLDataStore(BaseExternalDataStore):
                     now,
                     lease_end,
                     limit - len(reclaimed),
+                    *extra,
                 )
                 return now, reclaimed + rows
 
@@ -1244,14 +1264,24 @@ class PostgreSQLDataStore(BaseExternalDataStore):
             attempts.not_answered()
             raise
 
-    async def acquire_schedules(
-        self, scheduler_id: str, lease_duration: timedelta, limit: int
-    ) -> list[Schedule]:
-        """Lease due schedules; see :meth:`DataStore.acquire_schedules`."""
-        _, rows = await self._acquire_rows("schedules", scheduler_id, lease_duration, limit)
+    async def _lease_schedules(
+        self, scheduler_id: str, lease_duration: timedelta, limit: int, skip: Sequence[str]
+    ) -> tuple[list[Schedule], list[str]]:
+        """Lease due schedules in one statement; see :meth:`acquire_schedules`."""
+        _, rows = await self._acquire_rows(
+            "schedules", scheduler_id, lease_duration, limit, list(skip)
+        )
         schedules = await self._schedules_from_rows(rows)
         schedules.sort(key=lambda schedule: (schedule.next_run_time, schedule.id))
-        return schedules
+        restored = {schedule.id for schedule in schedules}
+        return schedules, [row["id"] for row in rows if row["id"] not in restored]
+
+    async def _unlease_schedules(self, scheduler_id: str, ids: Sequence[str]) -> None:
+        async def unlease() -> None:
+            async with self._connection() as connection:
+                await connection.execute(self._sql["unlease_schedules"], scheduler_id, list(ids))
+
+        await self._with_retries(unlease)
 
     async def release_schedules(
         self, scheduler_id: str, updates: Sequence[ScheduleUpdate]
@@ -1309,12 +1339,17 @@ class PostgreSQLDataStore(BaseExternalDataStore):
 
     async def get_next_schedule_run_time(self) -> datetime | None:
         """Return the earliest time a schedule may be acquired; see the base class."""
+        skip = self._schedules_left_alone()
 
         async def read() -> datetime | None:
             async with self._connection() as connection:
-                value: datetime | None = await connection.fetchval(
-                    self._sql["next_schedule_run_time"]
-                )
+                value: datetime | None
+                if skip:
+                    value = await connection.fetchval(
+                        self._sql["next_schedule_run_time_skipping"], skip
+                    )
+                else:
+                    value = await connection.fetchval(self._sql["next_schedule_run_time"])
                 return value
 
         return await self._with_retries(read)

@@ -164,6 +164,18 @@ def decode_record(text: bytes | str) -> dict[str, Any]:
 # {prefix}:blocked) until a job of that task or schedule ends or the limit changes. An
 # acquisition so never walks past the backlog of a saturated task.
 _LUA_HELPERS = {
+    # a leased schedule back among the due ones (unless paused), as it was
+    "unlease": """
+local function unlease(id)
+  local key = p..':schedule:'..id
+  redis.call('ZREM', p..':leased', id)
+  redis.call('HDEL', key, 'acquired_by', 'acquired_until')
+  local nrt = redis.call('HGET', key, 'next_run_time')
+  if nrt and nrt ~= '' and redis.call('HGET', key, 'paused') == '0' then
+    redis.call('ZADD', p..':due', nrt, id)
+  end
+end
+""",
     "lane_of": """
 local function lane_of(task_id, schedule_id)
   return #task_id .. ':' .. task_id .. ':' .. schedule_id
@@ -365,25 +377,17 @@ _LUA_SAME_REPLY = """
 local function replay(kept) return kept end
 """
 
-# ARGV: token, TTL, now, lease expiry, limit, scheduler id, then the tokens of this
-# scheduler's acquisitions that got no answer. Returns (record, hash fields) of each schedule
-# acquired
+# ARGV: token, TTL, now, lease expiry, limit, the JSON list of the ids this process leaves
+# alone, scheduler id, then the tokens of this scheduler's acquisitions that got no answer.
+# Returns (record, hash fields) of each schedule acquired
 _ACQUIRE_SCHEDULES = """
-local now, untl, limit, sid = tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5]), ARGV[6]
+local now, untl, limit, sid = tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5]), ARGV[7]
+local skip, skipped = {}, 0
+for _, id in ipairs(cjson.decode(ARGV[6])) do skip[id] = true; skipped = skipped + 1 end
 
 local function schedule_reply(id)
   local record = redis.call('GET', p..':schedule_record:'..id)
   return {record, redis.call('HGETALL', p..':schedule:'..id)}
-end
-
-local function unlease(id)
-  local key = p..':schedule:'..id
-  redis.call('ZREM', p..':leased', id)
-  redis.call('HDEL', key, 'acquired_by', 'acquired_until')
-  local nrt = redis.call('HGET', key, 'next_run_time')
-  if nrt and nrt ~= '' and redis.call('HGET', key, 'paused') == '0' then
-    redis.call('ZADD', p..':due', nrt, id)
-  end
 end
 
 -- An acquisition whose caller never saw the reply: its schedules are due again at once. Its
@@ -404,18 +408,22 @@ local function give_back(token)
 end
 
 local function run()
-  for i = 7, #ARGV do give_back(ARGV[i]) end
+  for i = 8, #ARGV do give_back(ARGV[i]) end
   -- expired leases: as many as this call may take (the rest wait for the next call)
   for _, id in ipairs(redis.call('ZRANGEBYSCORE', p..':leased', '-inf', now, 'LIMIT', 0, limit)) do
     unlease(id)
   end
   local result, ids = {}, {}
-  for _, id in ipairs(redis.call('ZRANGEBYSCORE', p..':due', '-inf', now, 'LIMIT', 0, limit)) do
-    redis.call('ZREM', p..':due', id)
-    redis.call('ZADD', p..':leased', untl, id)
-    redis.call('HSET', p..':schedule:'..id, 'acquired_by', sid, 'acquired_until', untl)
-    table.insert(result, schedule_reply(id))
-    table.insert(ids, id)
+  local due = redis.call('ZRANGEBYSCORE', p..':due', '-inf', now, 'LIMIT', 0, limit + skipped)
+  for _, id in ipairs(due) do
+    if #ids == limit then break end
+    if not skip[id] then
+      redis.call('ZREM', p..':due', id)
+      redis.call('ZADD', p..':leased', untl, id)
+      redis.call('HSET', p..':schedule:'..id, 'acquired_by', sid, 'acquired_until', untl)
+      table.insert(result, schedule_reply(id))
+      table.insert(ids, id)
+    end
   end
   if #ids == 0 then return {result}, nil end
   return {result}, {ids}
@@ -896,9 +904,20 @@ for _, id in ipairs(redis.call('ZRANGE', p..':running', 0, -1)) do table.insert(
 return ids
 """
 
+# ARGV: scheduler id, then schedule ids: the leases it holds on them are given back
+_UNLEASE_SCHEDULES = """
+for i = 2, #ARGV do
+  if redis.call('HGET', p..':schedule:'..ARGV[i], 'acquired_by') == ARGV[1] then
+    unlease(ARGV[i])
+  end
+end
+return 0
+"""
+
 _SCRIPTS: dict[str, tuple[str, Repeat, tuple[str, ...]]] = {
     # name: (source, how it takes a repeat, the helpers it calls)
-    "acquire_schedules": (_ACQUIRE_SCHEDULES, "replay", ()),
+    "acquire_schedules": (_ACQUIRE_SCHEDULES, "replay", ("unlease",)),
+    "unlease_schedules": (_UNLEASE_SCHEDULES, "harmless", ("unlease",)),
     "add_schedule": (_ADD_SCHEDULE, "replay", ("unblock", "integer", "stored_revision")),
     "update_schedule_definition": (
         _UPDATE_SCHEDULE_DEFINITION,
@@ -1281,8 +1300,13 @@ class RedisDataStore(BaseExternalDataStore):
             fields += [name, _to_arg(value)]
         return fields
 
-    async def _schedules_from_replies(self, replies: Iterable[Any]) -> list[Schedule]:
-        """Restore schedules from (record, hash fields) pairs; missing ones are skipped."""
+    async def _schedules_from_replies(
+        self, replies: Iterable[Any], unreadable: list[str] | None = None
+    ) -> list[Schedule]:
+        """Restore schedules from (record, hash fields) pairs; missing ones are skipped.
+
+        :param unreadable: where to add the ids of those that cannot be restored
+        """
         schedules: list[Schedule] = []
         events: list[Event] = []
         for raw_record, raw_fields in replies:
@@ -1307,11 +1331,14 @@ class RedisDataStore(BaseExternalDataStore):
                 events.append(
                     ScheduleDeserializationFailed(schedule_id=record["id"], error=str(exc))
                 )
+                if unreadable is not None:
+                    unreadable.append(record["id"])
         await self._publish(events)
         return schedules
 
     async def add_schedule(self, schedule: Schedule, conflict_policy: ConflictPolicy) -> None:
         """Add a schedule; see :meth:`DataStore.add_schedule`."""
+        self._schedule_written(schedule.id)
         schedule = attrs.evolve(schedule, acquired_by=None, acquired_until=None)
         fields = self._schedule_fields(schedule)
         outcome = await self._call(
@@ -1337,6 +1364,7 @@ class RedisDataStore(BaseExternalDataStore):
 
         See :meth:`DataStore.update_schedule_definition`.
         """
+        self._schedule_written(schedule.id)
         record = self._schedule_fields(schedule)[0]
         args: list[Any] = [
             schedule.id,
@@ -1403,12 +1431,13 @@ class RedisDataStore(BaseExternalDataStore):
                     replies = await pipeline.execute()
         return await self._schedules_from_replies(zip(replies[::2], replies[1::2], strict=True))
 
-    async def acquire_schedules(
-        self, scheduler_id: str, lease_duration: timedelta, limit: int
-    ) -> list[Schedule]:
-        """Lease due schedules; see :meth:`DataStore.acquire_schedules`."""
+    async def _lease_schedules(
+        self, scheduler_id: str, lease_duration: timedelta, limit: int, skip: Sequence[str]
+    ) -> tuple[list[Schedule], list[str]]:
+        """Lease due schedules, except ``skip``; see :meth:`acquire_schedules`."""
         now = self._clock.now()
         args = (_to_db(now), _to_db(now + lease_duration))
+        skipped = json.dumps(list(skip))
         ttl = self._acquisition_ttl(lease_duration)
         replies: list[Any] = []
         answered: list[str] = []
@@ -1418,7 +1447,7 @@ class RedisDataStore(BaseExternalDataStore):
                 token = _new_token()
                 try:
                     (acquired,) = await self._acquire(
-                        "acquire_schedules", scheduler_id, token, ttl, *args, batch
+                        "acquire_schedules", scheduler_id, token, ttl, *args, batch, skipped
                     )
                 except Exception:
                     if not replies:
@@ -1429,7 +1458,9 @@ class RedisDataStore(BaseExternalDataStore):
                 replies += acquired
                 if len(acquired) < batch:
                     break
-            return await self._schedules_from_replies(replies)
+            unreadable: list[str] = []
+            schedules = await self._schedules_from_replies(replies, unreadable)
+            return schedules, unreadable
         except BaseException:
             # the caller gets none of the schedules acquired: the next acquisition puts them back
             self._not_answered("acquire_schedules", scheduler_id, answered, ttl)
@@ -1492,18 +1523,27 @@ class RedisDataStore(BaseExternalDataStore):
             )
         await self._publish(events)
 
+    async def _unlease_schedules(self, scheduler_id: str, ids: Sequence[str]) -> None:
+        await self._call("unlease_schedules", scheduler_id, *ids)
+
     async def get_next_schedule_run_time(self) -> datetime | None:
         """Return the earliest time a schedule may be acquired; see the base class."""
+        skip = set(self._schedules_left_alone())
+        last = len(skip)  # the first entry not left alone is among the first len(skip) + 1
 
         async def read() -> list[Any]:
             async with self._redis.pipeline(transaction=False) as pipeline:
-                pipeline.zrange(self._key("due"), 0, 0, withscores=True)
-                pipeline.zrange(self._key("leased"), 0, 0, withscores=True)
+                pipeline.zrange(self._key("due"), 0, last, withscores=True)
+                pipeline.zrange(self._key("leased"), 0, last, withscores=True)
                 replies: list[Any] = await pipeline.execute()
                 return replies
 
-        due, leased = await self._with_retries(read)
-        scores = [int(entries[0][1]) for entries in (due, leased) if entries]
+        scores: list[int] = []
+        for entries in await self._with_retries(read):
+            for member, score in entries:
+                if not skip or member.decode() not in skip:
+                    scores.append(int(score))
+                    break
         return _from_db(min(scores)) if scores else None
 
     #

@@ -581,6 +581,7 @@ class SQLiteDataStore(BaseExternalDataStore):
 
     async def add_schedule(self, schedule: Schedule, conflict_policy: ConflictPolicy) -> None:
         """Add a schedule; see :meth:`DataStore.add_schedule`."""
+        self._schedule_written(schedule.id)
         record = self._schedule_record(
             attrs.evolve(schedule, acquired_by=None, acquired_until=None)
         )
@@ -611,6 +612,7 @@ class SQLiteDataStore(BaseExternalDataStore):
         self, schedule: Schedule, *, rescheduled_from: Schedule | None = None
     ) -> Schedule | None:
         """Rewrite a schedule unless it changed since it was read; see the base class."""
+        self._schedule_written(schedule.id)
         record = self._schedule_record(schedule)  # serialized before the write lock is taken
         written = [
             name
@@ -691,11 +693,12 @@ class SQLiteDataStore(BaseExternalDataStore):
 
         return await self._schedules_from_rows(await self._run(operation))
 
-    async def acquire_schedules(
-        self, scheduler_id: str, lease_duration: timedelta, limit: int
-    ) -> list[Schedule]:
-        """Lease due schedules; see :meth:`DataStore.acquire_schedules`."""
+    async def _lease_schedules(
+        self, scheduler_id: str, lease_duration: timedelta, limit: int, skip: Sequence[str]
+    ) -> tuple[list[Schedule], list[str]]:
+        """Lease due schedules, except ``skip``; see :meth:`acquire_schedules`."""
         columns = ", ".join(_SCHEDULE_COLUMNS)
+        skipped = json.dumps(list(skip))
 
         def operation(connection: sqlite3.Connection) -> list[sqlite3.Row]:
             # "now" once this attempt holds the write lock: a wait for the lock must not
@@ -709,16 +712,29 @@ class SQLiteDataStore(BaseExternalDataStore):
                     SELECT id FROM schedules
                     WHERE NOT paused AND next_run_time <= ?
                       AND (acquired_until IS NULL OR acquired_until <= ?)
+                      AND id NOT IN (SELECT value FROM json_each(?))
                     ORDER BY next_run_time, id LIMIT ?
                 )
                 RETURNING {columns}
                 """,
-                (scheduler_id, until, _to_db(now), _to_db(now), limit),
+                (scheduler_id, until, _to_db(now), _to_db(now), skipped, limit),
             ).fetchall()
 
-        schedules = await self._schedules_from_rows(await self._run(operation))
+        rows = await self._run(operation)
+        schedules = await self._schedules_from_rows(rows)
         schedules.sort(key=lambda schedule: (schedule.next_run_time, schedule.id))
-        return schedules
+        restored = {schedule.id for schedule in schedules}
+        return schedules, [row["id"] for row in rows if row["id"] not in restored]
+
+    async def _unlease_schedules(self, scheduler_id: str, ids: Sequence[str]) -> None:
+        def operation(connection: sqlite3.Connection) -> None:
+            connection.execute(
+                "UPDATE schedules SET acquired_by = NULL, acquired_until = NULL "
+                "WHERE id IN (SELECT value FROM json_each(?)) AND acquired_by = ?",
+                (json.dumps(list(ids)), scheduler_id),
+            )
+
+        await self._run(operation)
 
     async def release_schedules(
         self, scheduler_id: str, updates: Sequence[ScheduleUpdate]
@@ -782,16 +798,20 @@ class SQLiteDataStore(BaseExternalDataStore):
 
     async def get_next_schedule_run_time(self) -> datetime | None:
         """Return the earliest time a schedule may be acquired; see the base class."""
+        skipped = json.dumps(self._schedules_left_alone())
 
         def operation(connection: sqlite3.Connection) -> int | None:
             row = connection.execute(
                 """
                 SELECT
                     (SELECT min(next_run_time) FROM schedules
-                     WHERE NOT paused AND next_run_time IS NOT NULL AND acquired_by IS NULL),
+                     WHERE NOT paused AND next_run_time IS NOT NULL AND acquired_by IS NULL
+                       AND id NOT IN (SELECT value FROM json_each(?1))),
                     (SELECT min(acquired_until) FROM schedules
-                     WHERE acquired_by IS NOT NULL AND NOT paused)
-                """
+                     WHERE acquired_by IS NOT NULL AND NOT paused
+                       AND id NOT IN (SELECT value FROM json_each(?1)))
+                """,
+                (skipped,),
             ).fetchone()
             values = [value for value in row if value is not None]
             return min(values) if values else None

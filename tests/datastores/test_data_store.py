@@ -36,12 +36,14 @@ from asched import (
     TaskLookupError,
 )
 from asched.datastores import BaseExternalDataStore, DataStore
+from asched.datastores.base import UNREADABLE_SCHEDULE_PAUSE
 from asched.events import (
     JobAcquired,
     JobAdded,
     JobDeserializationFailed,
     JobReleased,
     ScheduleAdded,
+    ScheduleDeserializationFailed,
     ScheduleRemoved,
     ScheduleUpdated,
     TaskAdded,
@@ -539,6 +541,37 @@ async def test_schedule_with_expired_lease_can_be_acquired_by_another_scheduler(
     clock.advance(2)
     [schedule] = await store_b.acquire_schedules("b", LEASE, 10)
     assert schedule.acquired_by == "b"
+
+
+async def test_a_schedule_one_process_cannot_restore_is_left_to_the_others(
+    data_stores: list[DataStore], clock: FakeClock, recorder: EventRecorder
+) -> None:
+    # a rolling deploy: held by a process that cannot read it, it would fire nowhere
+    store_a, store_b, _ = data_stores
+    if not isinstance(store_a, BaseExternalDataStore):
+        pytest.skip("the memory store keeps objects as they are: there is nothing to restore")
+    await store_a.add_task(make_task())
+    await store_a.add_schedule(
+        make_schedule(clock, "broken", args=(Unrestorable(),)), ConflictPolicy.exception
+    )
+    await store_a.add_schedule(make_schedule(clock, "later", due_in=600), ConflictPolicy.exception)
+
+    def failures() -> list[str]:
+        return [event.schedule_id for event in recorder.of_type(ScheduleDeserializationFailed)]
+
+    assert await store_a.acquire_schedules("a", LEASE, 10) == []
+    assert failures() == ["broken"]
+    # given back at once: another process takes it (this one cannot read it either)
+    assert await store_b.acquire_schedules("b", LEASE, 10) == []
+    assert failures() == ["broken"] * 2
+    # the first leaves it alone for a while: it neither takes it nor wakes up for it
+    assert await store_a.acquire_schedules("a", LEASE, 10) == []
+    assert failures() == ["broken"] * 2
+    assert await store_a.get_next_schedule_run_time() == clock.now() + timedelta(seconds=600)
+    clock.advance(UNREADABLE_SCHEDULE_PAUSE.total_seconds())
+    assert await store_a.get_next_schedule_run_time() == clock.now() - UNREADABLE_SCHEDULE_PAUSE
+    assert await store_a.acquire_schedules("a", LEASE, 10) == []
+    assert failures() == ["broken"] * 3
 
 
 async def test_concurrent_acquirers_never_get_the_same_schedule(

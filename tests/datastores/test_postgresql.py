@@ -926,7 +926,7 @@ async def test_next_lookups_read_one_partial_index_each(schema: str, clock: Fake
         await connection.execute("SET plan_cache_mode = force_generic_plan")
         types = {
             "next_schedule_run_time": "",
-            "acquire_schedules": "text, timestamptz, timestamptz, bigint",
+            "acquire_schedules": "text, timestamptz, timestamptz, bigint, text[]",
             "acquire_jobs": "text, timestamptz, timestamptz, bigint",
         }
 
@@ -950,7 +950,7 @@ async def test_next_lookups_read_one_partial_index_each(schema: str, clock: Fake
         # acquisitions lock the rows they take, so they read the heap, but only for the rows
         # they return: an ordered range scan of the partial index, no sort, no other scan
         for name, table, index, args in [
-            ("acquire_schedules", "schedules", "schedules_due", ("me", soon, soon, 100)),
+            ("acquire_schedules", "schedules", "schedules_due", ("me", soon, soon, 100, "{}")),
             ("acquire_jobs", "jobs", "jobs_queued", ("me", soon, soon, 100)),
         ]:
             nodes = await plan(name, *args)
