@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from datetime import timedelta
+from datetime import datetime, timedelta
 from logging import Logger
 from typing import Any
 from uuid import UUID
 
 import anyio
-from anyio import CancelScope, CapacityLimiter, create_task_group, get_cancelled_exc_class
+from anyio import CancelScope, create_task_group, get_cancelled_exc_class
 from anyio.abc import TaskGroup, TaskStatus
 
 from ._clock import Clock
@@ -19,7 +20,7 @@ from ._enums import JobOutcome
 from ._structures import Job, JobResult
 from ._wakeup import Wakeup
 from .datastores.base import DataStore
-from .executors.base import JobExecutor
+from .executors.base import JobExecutor, job_starting
 
 current_job: ContextVar[Job | None] = ContextVar("asched_current_job", default=None)
 """The job being run by the current task (or thread, for the thread pool executor).
@@ -35,11 +36,43 @@ MAX_BACKOFF_SECONDS = 30.0
 JobRuntimeResolver = Callable[[Job], Awaitable[tuple[Callable[..., Any], JobExecutor]]]
 
 
-_NO_LIMIT: Any = object()  # not looked up yet (None: no limit)
+class _StartDeadlineMissed(Exception):
+    """Raised by a job's start hook: the job got its thread too late, and did not run."""
 
 
-def _limiter_for(executor: JobExecutor) -> CapacityLimiter | None:
-    return None if executor.max_workers is None else CapacityLimiter(executor.max_workers)
+class _NotStarted(Exception):
+    """Raised by a job's start hook: the worker stopped waiting for it before it started."""
+
+
+class _Start:
+    """A job's start hook (:data:`asched.executors.base.job_starting`) and what it saw.
+
+    Called by a pool executor in whatever thread the job starts in; the lock settles the
+    race with a stop that gives the job up in the meantime.
+    """
+
+    __slots__ = ("_clock", "_deadline", "_lock", "abandoned", "started_at")
+
+    def __init__(self, clock: Clock, deadline: datetime | None):
+        self._clock = clock
+        self._deadline = deadline
+        self._lock = threading.Lock()
+        self.started_at: datetime | None = None
+        self.abandoned = False
+
+    def __call__(self) -> None:
+        with self._lock:
+            if self.abandoned:
+                raise _NotStarted
+            self.started_at = now = self._clock.now()
+        if self._deadline is not None and now > self._deadline:
+            raise _StartDeadlineMissed
+
+    def abandon(self) -> bool:
+        """Give the job up unless it has started; return whether it had not."""
+        with self._lock:
+            self.abandoned = self.started_at is None
+            return self.abandoned
 
 
 def backoff_delay(failures: int) -> float:
@@ -91,8 +124,6 @@ class Worker:
         self._pending_runners = 0  # spawned or woken, not yet running
         self._active_runners = 0
         self._idle_runners: deque[anyio.Event] = deque()
-        # per executor with a bounded pool: as many of its jobs start at once as it can run
-        self._executor_limiters: dict[JobExecutor, CapacityLimiter | None] = {}
         self._runners_released = False
         self._runner_task_group: TaskGroup | None = None
         self._pending_results: list[JobResult] = []
@@ -247,27 +278,7 @@ class Worker:
             )
             return
 
-        limiter = self._executor_limiters.get(executor, _NO_LIMIT)
-        if limiter is _NO_LIMIT:
-            limiter = self._executor_limiters[executor] = _limiter_for(executor)
-        if limiter is None:
-            await self._start_job(job, func, executor)
-            return
-
-        # A job waiting for one of its executor's threads or processes has not started: its
-        # start (the deadline check, started_at) is when it gets one
-        try:
-            limiter.acquire_nowait()
-        except anyio.WouldBlock:
-            try:
-                await limiter.acquire()
-            except get_cancelled_exc_class():
-                self._queue.appendleft(job)  # never started: back to the store
-                raise
-        try:
-            await self._start_job(job, func, executor)
-        finally:
-            limiter.release()
+        await self._start_job(job, func, executor)
 
     async def _start_job(self, job: Job, func: Callable[..., Any], executor: JobExecutor) -> None:
         clock = self._clock
@@ -284,18 +295,43 @@ class Worker:
             )
             return
 
+        # A pool may keep the job waiting for a thread or process: it calls this hook when
+        # the job really starts (see job_starting)
+        start = _Start(clock, job.start_deadline) if executor.reports_job_start else None
         token = current_job.set(job)
+        start_token = job_starting.set(start)
         try:
             return_value = await executor.run_job(func, job)
         except get_cancelled_exc_class():
+            if start is not None and start.abandon():
+                self._queue.appendleft(job)  # never started: back to the store
+                raise
+            if start is not None and start.started_at is not None:
+                started_at = start.started_at
             self._finish(
                 JobResult.for_job(
                     job, JobOutcome.cancelled, started_at=started_at, finished_at=clock.now()
                 )
             )
             raise
+        except _StartDeadlineMissed:
+            got_one_at = start.started_at if start is not None else None
+            assert got_one_at is not None
+            assert job.start_deadline is not None
+            self._logger.warning(
+                "Job %s (task %r) missed its start deadline by %s, waiting for a thread or "
+                "process",
+                job.id,
+                job.task_id,
+                got_one_at - job.start_deadline,
+            )
+            result = JobResult.for_job(
+                job, JobOutcome.missed_start_deadline, finished_at=got_one_at
+            )
         except Exception as exc:
             self._logger.exception("Job %s (task %r) raised an exception", job.id, job.task_id)
+            if start is not None and start.started_at is not None:
+                started_at = start.started_at
             result = JobResult.for_job(
                 job,
                 JobOutcome.error,
@@ -304,6 +340,8 @@ class Worker:
                 exception=exc,
             )
         else:
+            if start is not None and start.started_at is not None:
+                started_at = start.started_at
             result = JobResult.for_job(
                 job,
                 JobOutcome.success,
@@ -313,6 +351,7 @@ class Worker:
             )
             self._logger.debug("Job %s (task %r) succeeded", job.id, job.task_id)
         finally:
+            job_starting.reset(start_token)
             current_job.reset(token)
 
         self._finish(result)

@@ -5,19 +5,28 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from contextlib import AsyncExitStack
+from contextvars import ContextVar
 from typing import Any
 
 from .._structures import Job
+
+#: Set while a worker hands a job to an executor that reports job starts
+#: (:attr:`JobExecutor.reports_job_start`): the executor calls it, in any thread, when the
+#: job really starts (a thread or process is free for it), and does not run the job if it
+#: raises. The worker learns when the job started, checks its start deadline then, and gives
+#: the job back to the store if a stop came first.
+job_starting: ContextVar[Callable[[], None] | None] = ContextVar(
+    "asched_job_starting", default=None
+)
 
 
 class JobExecutor(ABC):
     """Runs job functions: in the event loop, in a thread pool or in a process pool."""
 
-    #: how many jobs it runs at once, for an executor with a bounded pool (``None``: no
-    #: bound). A worker hands it no more jobs than that at a time, so that a job starts
-    #: (its start deadline checked, its ``started_at`` taken) when it can really start,
-    #: not when it begins waiting for a thread or process
-    max_workers: int | None = None
+    #: whether it calls :data:`job_starting` when a job really starts (an executor whose
+    #: jobs may wait for a thread or process should); otherwise a job counts as started when
+    #: it is handed over
+    reports_job_start = False
 
     async def start(self, exit_stack: AsyncExitStack) -> None:  # noqa: B027 - optional hook
         """Prepare to run jobs; resources opened are released when ``exit_stack`` unwinds."""

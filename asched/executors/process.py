@@ -35,8 +35,6 @@ class ProcessPoolJobExecutor(JobExecutor):
     :raises ValueError: if ``max_workers`` is less than 1
     """
 
-    max_workers: int
-
     def __init__(self, max_workers: int | None = None):
         max_workers = max_workers if max_workers is not None else (os.cpu_count() or 1)
         if max_workers < 1:

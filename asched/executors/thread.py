@@ -15,7 +15,7 @@ from anyio import CapacityLimiter, to_thread
 from .._coroutines import is_coroutine_callable
 from .._structures import Job
 from ._thread_pool import LoopThreadPool, as_job_error
-from .base import JobExecutor
+from .base import JobExecutor, job_starting
 
 
 def _on_asyncio() -> bool:
@@ -38,10 +38,18 @@ def _refuse_coroutine(func: Callable[..., Any], result: Any) -> Any:
     return result
 
 
+def _start_and_call(func: Callable[..., Any], *args: Any) -> Any:
+    # in the job's thread, with the context of the worker's task (see job_starting)
+    start = job_starting.get()
+    if start is not None:
+        start()
+    return func(*args)
+
+
 def _call_in_thread(func: Callable[..., Any], args: tuple[Any, ...]) -> Any:
     try:
         # checked here: trio refuses a coroutine coming back from a thread, with its own error
-        return _refuse_coroutine(func, func(*args))
+        return _refuse_coroutine(func, _start_and_call(func, *args))
     except BaseException as exc:
         error = as_job_error(exc)
         if error is exc:
@@ -63,7 +71,7 @@ class ThreadPoolJobExecutor(JobExecutor):
     :raises ValueError: if ``max_workers`` is less than 1
     """
 
-    max_workers: int
+    reports_job_start = True
 
     def __init__(self, max_workers: int = 40):
         if max_workers < 1:
@@ -106,7 +114,9 @@ class ThreadPoolJobExecutor(JobExecutor):
         call = partial(func, **job.kwargs) if job.kwargs else func
         if self._pools:
             pool, _ = self._pools[asyncio.get_running_loop()]
-            return _refuse_coroutine(func, await pool.submit(copy_context(), call, *job.args))
+            return _refuse_coroutine(
+                func, await pool.submit(copy_context(), _start_and_call, call, *job.args)
+            )
         return await to_thread.run_sync(
             _call_in_thread, call, job.args, abandon_on_cancel=True, limiter=self._limiter
         )
