@@ -412,6 +412,7 @@ class AsyncScheduler:
         self._tasks: dict[str, Task] = {}
         self._task_functions: dict[str, Callable[..., Any]] = {}
         self._task_declarations: dict[Callable[..., Any], _TaskDeclaration] = {}
+        self._tasks_being_stored: dict[str, anyio.Event] = {}
         self._schedule_declarations: list[_ScheduleDeclaration] = []
 
     def __repr__(self) -> str:
@@ -918,7 +919,19 @@ class AsyncScheduler:
         """Store a resolved task if it is new, and remember it and its function."""
         task = resolved.task
         if resolved.unstored:
-            await self._store_task(task)
+            # concurrent first uses of a function store its task once (each would otherwise
+            # write it again, announcing an update that wakes every worker)
+            while (storing := self._tasks_being_stored.get(task.id)) is not None:
+                await storing.wait()
+            if task.id in self._tasks:
+                task = self._tasks[task.id]
+            else:
+                storing = self._tasks_being_stored[task.id] = anyio.Event()
+                try:
+                    await self._store_task(task)
+                finally:
+                    del self._tasks_being_stored[task.id]
+                    storing.set()
         self._tasks[task.id] = task
         if resolved.function is not None:
             self._task_functions[task.id] = resolved.function

@@ -11,8 +11,9 @@ import anyio
 import pytest
 
 from asched import AsyncScheduler, DeserializationError, ScheduleLookupError, SchedulerRole
-from asched.events import JobAcquired, JobReleased
+from asched.events import JobAcquired, JobReleased, TaskAdded, TaskUpdated
 from asched.triggers import IntervalTrigger
+from tests.conftest import EventRecorder
 from tests.unrestorable import Unrestorable
 
 pytestmark = pytest.mark.anyio
@@ -207,3 +208,21 @@ async def test_a_schedule_that_cannot_be_restored_says_so_and_can_still_be_remov
             await scheduler.get_schedule("broken")
         with pytest.raises(ScheduleLookupError):
             await scheduler.remove_schedule("broken")
+
+
+async def test_concurrent_first_uses_of_a_function_store_its_task_once(
+    store_backend: ModuleType, namespace: str
+) -> None:
+    # a web application's first requests: each would otherwise write the task again,
+    # announcing an update that wakes every worker
+    async with (
+        store_backend.open_data_stores(namespace, 1) as (store,),
+        AsyncScheduler(store, role=SchedulerRole.scheduler) as scheduler,
+    ):
+        recorder = EventRecorder()
+        scheduler.subscribe(recorder, {TaskAdded, TaskUpdated})
+        async with anyio.create_task_group() as task_group:
+            for number in range(20):
+                task_group.start_soon(partial(scheduler.add_job, step, args=[number]))
+        assert len(await scheduler.get_jobs()) == 20
+    assert [type(event) for event in recorder.events] == [TaskAdded]
