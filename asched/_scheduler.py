@@ -907,12 +907,23 @@ class AsyncScheduler:
 
     async def _store_task(self, task: Task) -> None:
         await self.data_store.add_task(task)
-        if task.func_ref is None and not isinstance(self.data_store, MemoryDataStore):
+        if isinstance(self.data_store, MemoryDataStore):
+            return
+        if task.func_ref is None:
             self.logger.warning(
                 "Task %r: its function cannot be imported (a lambda, a nested function or a "
                 "bound method?), so on this store, which other processes share, only this "
                 "process can run its jobs; elsewhere they fail with CallableLookupError",
                 task.id,
+            )
+        elif task.func_ref.startswith("__main__:"):
+            self.logger.warning(
+                "Task %r: its function is defined in the script being run (__main__), so on "
+                "this store, which other processes share, only processes running this same "
+                "script can run its jobs (another script's %s would run instead, or fail): "
+                "move the function into a module",
+                task.id,
+                task.func_ref,
             )
 
     async def _register_task(self, resolved: _ResolvedTask) -> Task:

@@ -692,3 +692,21 @@ async def test_a_function_other_processes_cannot_import_is_warned_about(
     [record] = [record for record in caplog.records if "cannot be imported" in record.message]
     assert "<lambda>" in record.message
     assert "only this process can run its jobs" in record.message
+
+
+def script_job() -> None:
+    """Stands for a function of the script being run."""
+
+
+async def test_a_function_of_the_script_being_run_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # "__main__:script_job" names another function, or none, in another script's processes
+    monkeypatch.setattr(script_job, "__module__", "__main__")
+    monkeypatch.setattr(sys.modules["__main__"], "script_job", script_job, raising=False)
+    async with AsyncScheduler(f"sqlite:///{tmp_path / 'jobs.sqlite'}") as scheduler:
+        with caplog.at_level(logging.WARNING, logger="asched"):
+            await scheduler.configure_task(script_job)
+    [record] = [record for record in caplog.records if "(__main__)" in record.message]
+    assert "only processes running this same script can run its jobs" in record.message
+    assert "__main__:script_job" in record.message
