@@ -75,6 +75,7 @@ from .events import (
     TaskRemoved,
     TaskUpdated,
 )
+from .executors import _process_worker as process_worker
 from .executors.async_ import AsyncJobExecutor
 from .executors.base import JobExecutor
 from .executors.process import ProcessPoolJobExecutor
@@ -444,6 +445,14 @@ class AsyncScheduler:
     async def __aenter__(self) -> AsyncScheduler:
         if self._exit_stack is not None:
             raise RuntimeError("this scheduler is already initialized (nested 'async with')")
+        if process_worker.loading_main_module:
+            # a process-pool worker process loading the script that started it, whose top
+            # level starts a scheduler: one in every worker process, on the same store
+            raise RuntimeError(
+                "a scheduler was started while a process-pool worker process loaded the "
+                "script of the process that started it: the script starts its scheduler at "
+                'its top level; keep that under `if __name__ == "__main__":`'
+            )
         if not self._identity_given:
             # A scheduler made before a fork (gunicorn --preload) starts in each child: each
             # needs an identity of its own, or they would take each other's leases as theirs

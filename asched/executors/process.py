@@ -12,7 +12,7 @@ from anyio.lowlevel import EventLoopToken, current_token
 from .._coroutines import is_coroutine_callable
 from .._structures import Job
 from ._process_pool import ProcessPool
-from .base import JobExecutor
+from .base import JobExecutor, job_starting
 
 
 class ProcessPoolJobExecutor(JobExecutor):
@@ -28,12 +28,25 @@ class ProcessPoolJobExecutor(JobExecutor):
     crash, the out-of-memory killer) fails that job with :exc:`anyio.BrokenWorkerProcess`
     saying so, with the process's exit code or signal; it is replaced likewise.
 
-    What a job prints in a worker process goes to the scheduler process's standard error.
-    The bound holds per event loop, as for :class:`ThreadPoolJobExecutor`.
+    Worker processes ignore SIGINT and SIGTERM (a terminal's Ctrl+C and systemd's SIGTERM
+    reach the whole process group): the scheduler decides, letting running jobs finish on the
+    first signal and cancelling them on the second. Processes a job starts inherit that.
+
+    An exception a job raises keeps its type; its ``__cause__`` carries the traceback from the
+    worker process, so that logs show where it was raised. A return value or exception that
+    the scheduler process cannot unpickle fails the job with
+    :exc:`~asched.DeserializationError`, naming its type.
+
+    Worker processes get the scheduler process's ``sys.path``, ``sys.argv`` and interpreter
+    flags, and load its ``__main__`` (by module name when run with ``-m``, as
+    ``__mp_main__``). What a job prints in a worker process goes to the scheduler process's
+    standard error. The bound holds per event loop, as for :class:`ThreadPoolJobExecutor`.
 
     :param max_workers: the most processes running jobs at once (default: CPU count)
     :raises ValueError: if ``max_workers`` is less than 1
     """
+
+    reports_job_start = True
 
     def __init__(self, max_workers: int | None = None):
         max_workers = max_workers if max_workers is not None else (os.cpu_count() or 1)
@@ -65,9 +78,16 @@ class ProcessPoolJobExecutor(JobExecutor):
         Cancelled, it kills the worker process (the function cannot clean up).
 
         :raises anyio.BrokenWorkerProcess: if the worker process died while running the job
+        :raises DeserializationError: if its return value or exception cannot be unpickled
         """
         pool, _ = self._pools[current_token()]
-        return await pool.run(func, job.args, job.kwargs, f"job {job.id} (task {job.task_id!r})")
+        return await pool.run(
+            func,
+            job.args,
+            job.kwargs,
+            f"job {job.id} (task {job.task_id!r})",
+            on_start=job_starting.get(),
+        )
 
     def check_function(self, func: Callable[..., Any], reference: str | None) -> None:
         """Refuse coroutine functions, and functions that a worker process cannot import."""
