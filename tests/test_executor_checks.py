@@ -38,6 +38,15 @@ async def scheduler(clock: FakeClock) -> AsyncIterator[AsyncScheduler]:
         yield scheduler
 
 
+@pytest.fixture
+async def one_process_scheduler(clock: FakeClock) -> AsyncIterator[AsyncScheduler]:
+    """A started scheduler whose process pool has one worker process."""
+    executor = ProcessPoolJobExecutor(max_workers=1)
+    async with AsyncScheduler(clock=clock, job_executors={"processpool": executor}) as scheduler:
+        await scheduler.start_in_background()
+        yield scheduler
+
+
 class AsyncCallable:
     async def __call__(self) -> int:
         return 1
@@ -178,6 +187,19 @@ def _log_warnings(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="asyncio")
 
 
+def run_python(directory: Any, *arguments: str) -> subprocess.CompletedProcess[str]:
+    """Run Python in ``directory`` with this checkout importable; its output as text."""
+    return subprocess.run(
+        [sys.executable, *arguments],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=directory,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+        check=False,
+    )
+
+
 SCRIPT_FUNCTIONS = """
 import anyio
 from asched import AsyncScheduler
@@ -207,15 +229,7 @@ def test_a_scripts_functions_run_in_worker_processes_if_its_scheduler_is_guarded
     start = 'if __name__ == "__main__":\n    anyio.run(main)\n' if guarded else "anyio.run(main)\n"
     script = tmp_path / "script.py"
     script.write_text(SCRIPT_FUNCTIONS + start)
-    completed = subprocess.run(
-        [sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": os.getcwd()},
-        check=False,
-    )
+    completed = run_python(tmp_path, str(script))
     assert completed.returncode == 0, completed.stderr
     if guarded:
         assert completed.stdout.splitlines() == ["result 49"]
@@ -369,15 +383,7 @@ def test_a_module_run_with_dash_m_runs_its_functions_in_worker_processes(tmp_pat
     # the module is loaded by name in worker processes (its relative imports work); they get
     # the scheduler process's arguments and interpreter flags (-O here)
     _write_package(tmp_path)
-    completed = subprocess.run(
-        [sys.executable, "-O", "-m", "app.main", "--an-option"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": os.getcwd()},
-        check=False,
-    )
+    completed = run_python(tmp_path, "-O", "-m", "app.main", "--an-option")
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.splitlines() == ["(49, ['--an-option'], 1)"], completed.stderr
 
@@ -390,15 +396,7 @@ def test_worker_processes_do_not_import_from_the_current_directory(tmp_path: Any
     script = script_directory / "script.py"
     script.write_text(SCRIPT_FUNCTIONS + 'if __name__ == "__main__":\n    anyio.run(main)\n')
     (tmp_path / "typing.py").write_text("raise ImportError('the wrong typing module')\n")
-    completed = subprocess.run(
-        [sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": os.getcwd()},
-        check=False,
-    )
+    completed = run_python(tmp_path, str(script))
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.splitlines() == ["result 49"], completed.stderr
 
@@ -460,24 +458,20 @@ async def test_process_pool_return_value_that_cannot_be_unpickled_says_what_it_w
 
 
 async def test_process_pool_job_that_forks_gets_its_own_result_and_so_do_later_jobs(
-    clock: FakeClock,
+    one_process_scheduler: AsyncScheduler,
 ) -> None:
-    executor = ProcessPoolJobExecutor(max_workers=1)
-    async with AsyncScheduler(clock=clock, job_executors={"processpool": executor}) as scheduler:
-        await scheduler.start_in_background()
-        with anyio.fail_after(30):
-            side, pid = await scheduler.run_job(
-                executor_jobs.fork_and_return_in_both, job_executor="processpool"
+    scheduler = one_process_scheduler
+    with anyio.fail_after(30):
+        side, pid = await scheduler.run_job(
+            executor_jobs.fork_and_return_in_both, job_executor="processpool"
+        )
+        assert side == "parent"
+        for number in range(3):
+            assert (
+                await scheduler.run_job(jobs.add, args=[number, 10], job_executor="processpool")
+                == number + 10
             )
-            assert side == "parent"
-            for number in range(3):
-                assert (
-                    await scheduler.run_job(
-                        jobs.add, args=[number, 10], job_executor="processpool"
-                    )
-                    == number + 10
-                )
-            assert await scheduler.run_job(jobs.process_id, job_executor="processpool") == pid
+        assert await scheduler.run_job(jobs.process_id, job_executor="processpool") == pid
 
 
 async def test_process_pool_stops_its_idle_processes_together(
@@ -533,23 +527,21 @@ async def test_process_pool_stops_a_long_idle_process_without_delaying_the_next_
 
 
 async def test_process_pool_does_not_blame_a_job_on_a_process_that_died_idle(
-    clock: FakeClock,
+    one_process_scheduler: AsyncScheduler,
 ) -> None:
-    executor = ProcessPoolJobExecutor(max_workers=1)
-    async with AsyncScheduler(clock=clock, job_executors={"processpool": executor}) as scheduler:
-        await scheduler.start_in_background()
-        with anyio.fail_after(30):
-            for _ in range(3):
-                pid = await scheduler.run_job(jobs.process_id, job_executor="processpool")
-                process_handle = os.pidfd_open(pid)
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                    # dead, without the event loop having noticed yet (more often than not)
-                    assert select.select([process_handle], [], [], 10)[0]
-                finally:
-                    os.close(process_handle)
-                new_pid = await scheduler.run_job(jobs.process_id, job_executor="processpool")
-                assert new_pid != pid
+    scheduler = one_process_scheduler
+    with anyio.fail_after(30):
+        for _ in range(3):
+            pid = await scheduler.run_job(jobs.process_id, job_executor="processpool")
+            process_handle = os.pidfd_open(pid)
+            try:
+                os.kill(pid, signal.SIGKILL)
+                # dead, without the event loop having noticed yet (more often than not)
+                assert select.select([process_handle], [], [], 10)[0]
+            finally:
+                os.close(process_handle)
+            new_pid = await scheduler.run_job(jobs.process_id, job_executor="processpool")
+            assert new_pid != pid
 
 
 async def test_a_job_waiting_for_a_worker_process_starts_when_it_gets_one() -> None:
