@@ -278,9 +278,6 @@ class Worker:
             )
             return
 
-        await self._start_job(job, func, executor)
-
-    async def _start_job(self, job: Job, func: Callable[..., Any], executor: JobExecutor) -> None:
         clock = self._clock
         started_at = clock.now()
         if job.start_deadline is not None and started_at > job.start_deadline:
@@ -297,9 +294,11 @@ class Worker:
 
         # A pool may keep the job waiting for a thread or process: it calls this hook when
         # the job really starts (see job_starting)
-        start = _Start(clock, job.start_deadline) if executor.reports_job_start else None
+        start = start_token = None
+        if executor.reports_job_start:
+            start = _Start(clock, job.start_deadline)
+            start_token = job_starting.set(start)
         token = current_job.set(job)
-        start_token = job_starting.set(start)
         try:
             return_value = await executor.run_job(func, job)
         except get_cancelled_exc_class():
@@ -351,8 +350,9 @@ class Worker:
             )
             self._logger.debug("Job %s (task %r) succeeded", job.id, job.task_id)
         finally:
-            job_starting.reset(start_token)
             current_job.reset(token)
+            if start_token is not None:
+                job_starting.reset(start_token)
 
         self._finish(result)
 
