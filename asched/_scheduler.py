@@ -1608,7 +1608,11 @@ class AsyncScheduler:
                 ):
                     await released.wait()
                 if released.is_set():
-                    continue
+                    # released: its result is stored by now, unless it has expired already
+                    result = await self.data_store.get_job_result(job_id)
+                    if result is not None:
+                        return result
+                    raise JobLookupError(job_id, "the job finished but its result is gone")
                 if not await self.data_store.get_jobs([job_id]):
                     result = await self.data_store.get_job_result(job_id)
                     if result is None:

@@ -559,3 +559,27 @@ async def test_a_job_waiting_for_a_worker_process_starts_when_it_gets_one() -> N
     assert first_result.started_at is not None
     assert second_result.started_at is not None
     assert second_result.started_at >= first_result.started_at + timedelta(seconds=0.2)
+
+
+async def test_a_job_whose_worker_process_is_still_starting_goes_back_at_a_stop(
+    clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # starting a process (and loading the script in it) can take a while: the job has not
+    # started until the process is there
+    starting, go_on = anyio.Event(), anyio.Event()
+    start_worker = _process_pool.ProcessPool._start_worker
+
+    async def slow_start(self: _process_pool.ProcessPool) -> Any:
+        starting.set()
+        await go_on.wait()
+        return await start_worker(self)
+
+    monkeypatch.setattr(_process_pool.ProcessPool, "_start_worker", slow_start)
+    async with AsyncScheduler(clock=clock) as scheduler:
+        await scheduler.start_in_background()
+        job_id = await scheduler.add_job(jobs.add, args=[1, 2], job_executor="processpool")
+        with anyio.fail_after(10):
+            await starting.wait()
+            await scheduler.stop(wait=False)
+            await scheduler.wait_until_stopped()
+        assert [job.id for job in await scheduler.get_jobs()] == [job_id]  # back in the store

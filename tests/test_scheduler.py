@@ -982,6 +982,19 @@ async def test_unfinished_job_result_without_waiting_is_not_ready(
         await scheduler.get_job_result(uuid4())
 
 
+async def test_waiting_for_a_result_that_expired_as_it_was_released_says_it_is_gone(
+    scheduler: AsyncScheduler, clock: FakeClock
+) -> None:
+    # the release wakes the waiter, which finds no result: it must not spin
+    job_id = await scheduler.add_job(jobs.async_echo, args=[1], result_expiration_time=1)
+    scheduler.subscribe(lambda event: clock.advance(2), JobReleased)  # before the waiter reads
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(scheduler.start_in_background)
+            with pytest.raises(JobLookupError, match="the job finished but its result is gone"):
+                await scheduler.get_job_result(job_id)
+
+
 async def test_job_results_are_found_by_the_text_of_the_id_too(
     scheduler: AsyncScheduler,
 ) -> None:

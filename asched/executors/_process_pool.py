@@ -254,10 +254,14 @@ class ProcessPool:
         async with self._limiter:
             if self._closed:
                 raise RuntimeError("the process pool has been shut down")
-            if on_start is not None:
-                on_start()
             await self._retire_long_idle_workers()
             worker = self._take_idle_worker() or await self._start_worker()
+            if on_start is not None:
+                try:
+                    on_start()
+                except BaseException:
+                    self._idle.append((worker, current_time()))  # it never got the call
+                    raise
             try:
                 reply = await self._call(worker, request, description)
             except _RequestNotDelivered:
