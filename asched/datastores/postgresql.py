@@ -37,9 +37,9 @@ import anyio
 import asyncpg
 import attrs
 
-from .._asyncio_only import require_asyncio
 from .._clock import Clock
 from .._enums import ConflictPolicy, JobOutcome
+from .._event_loops import require_asyncio
 from .._exceptions import (
     ConflictingIdError,
     DeserializationError,
@@ -1428,10 +1428,10 @@ class PostgreSQLDataStore(BaseExternalDataStore):
         of those must not keep a worker waiting, nor the jobs queued behind them.
         """
         now, rows = await self._acquire_rows("jobs", scheduler_id, lease_duration, limit)
-        latest = rows
+        latest, left = rows, limit
         while True:
             fates = Counter(row["fate"] for row in latest)
-            left = limit - sum(row["fate"] == "acquired" for row in rows)
+            left -= fates["acquired"]
             # each repetition ends jobs past their deadline or fills a lane (which the next
             # leaves out), so this ends; a round that did neither stops it
             progressed = fates["acquired"] or fates["missed"]
@@ -1454,9 +1454,8 @@ class PostgreSQLDataStore(BaseExternalDataStore):
         missed = await self._jobs_from_rows(row for row in rows if row["fate"] == "missed")
         await self._publish(job_acquisition_events(scheduler_id, now, jobs, missed))
         await self._release_unreadable_jobs(scheduler_id, now, unreadable)
-        return [attrs.evolve(job, acquired_by=None, acquired_until=None) for job in jobs], bool(
-            unreadable
-        )
+        jobs = [attrs.evolve(job, acquired_by=None, acquired_until=None) for job in jobs]
+        return jobs, bool(unreadable)
 
     async def release_jobs(self, scheduler_id: str, results: Sequence[JobResult]) -> None:
         """Finish acquired jobs in one statement; see :meth:`DataStore.release_jobs`."""

@@ -53,9 +53,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from tenacity import AsyncRetrying, stop_after_attempt, stop_before_delay
 
-from .._asyncio_only import require_asyncio
 from .._clock import Clock
 from .._enums import ConflictPolicy, JobOutcome
+from .._event_loops import require_asyncio
 from .._exceptions import (
     ConflictingIdError,
     DeserializationError,

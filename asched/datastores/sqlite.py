@@ -876,9 +876,8 @@ class SQLiteDataStore(BaseExternalDataStore):
         events = job_acquisition_events(scheduler_id, now, jobs, missed)
         await self._publish(events)
         await self._release_unreadable_jobs(scheduler_id, now, unreadable)
-        return [attrs.evolve(job, acquired_by=None, acquired_until=None) for job in jobs], bool(
-            unreadable
-        )
+        jobs = [attrs.evolve(job, acquired_by=None, acquired_until=None) for job in jobs]
+        return jobs, bool(unreadable)
 
     def _acquire_jobs(
         self,

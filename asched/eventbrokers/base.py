@@ -24,8 +24,8 @@ from anyio import Event as Event_
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from .._asyncio_only import require_asyncio
 from .._coroutines import is_coroutine_callable
+from .._event_loops import require_asyncio
 from .._exceptions import describe_error
 from ..events import BrokerReconnected, Event, Subscription, event_from_dict
 

@@ -13,17 +13,10 @@ from typing import Any
 from anyio import CapacityLimiter, to_thread
 
 from .._coroutines import is_coroutine_callable
+from .._event_loops import on_asyncio
 from .._structures import Job
 from ._thread_pool import LoopThreadPool, as_job_error
 from .base import JobExecutor, job_starting
-
-
-def _on_asyncio() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:  # trio
-        return False
-    return True
 
 
 def _refuse_coroutine(func: Callable[..., Any], result: Any) -> Any:
@@ -84,7 +77,7 @@ class ThreadPoolJobExecutor(JobExecutor):
 
     async def start(self, exit_stack: AsyncExitStack) -> None:
         """Create the threads' pool (asyncio) or the limiter bounding anyio's threads."""
-        if not _on_asyncio():
+        if not on_asyncio():
             self._limiter = CapacityLimiter(self.max_workers)
             return
 

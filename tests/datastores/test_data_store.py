@@ -573,6 +573,10 @@ async def test_a_schedule_one_process_cannot_restore_is_left_to_the_others(
     assert await store_a.acquire_schedules("a", LEASE, 10) == []
     assert failures() == ["broken"] * 3
 
+    # replaced by code this process can read: the pause ends with the write
+    await store_a.add_schedule(make_schedule(clock, "broken"), ConflictPolicy.replace)
+    assert ids_of(await store_a.acquire_schedules("a", LEASE, 10)) == ["broken"]
+
 
 async def test_concurrent_acquirers_never_get_the_same_schedule(
     data_stores: list[DataStore], clock: FakeClock
