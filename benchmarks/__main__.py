@@ -269,9 +269,9 @@ def embedded_and_redis(jobs: int, schedules: int) -> None:
             for batch in (1, 100):
                 floor = run_case("floor", {"case": "redis", "jobs": jobs, "batch": batch})
                 print(
-                    f"| floor: bare redis-py loop of the store's scripts, {_jobs(batch)} per "
-                    f"call | {_number(floor.get('jobs_per_second'))} | n/a | n/a | n/a | n/a "
-                    "| n/a |"
+                    f"| floor: bare loop of the store's scripts on its connection, "
+                    f"{_jobs(batch)} per call | {_number(floor.get('jobs_per_second'))} "
+                    "| n/a | n/a | n/a | n/a | n/a |"
                 )
 
 

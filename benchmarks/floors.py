@@ -3,8 +3,8 @@
 ``python -m benchmarks.floors '<json spec>'`` prints one JSON object. Cases:
 
 - ``redis``: ``jobs`` jobs through the Redis store's three Lua scripts (add, acquire, release)
-  called with redis-py's asyncio client (EVALSHA, as the store sends them) and nothing else:
-  no scheduler, no events, no serialization. ``batch`` jobs per call (1: a job at a time, as
+  sent as the store sends them (EVALSHA on the store's pipelined connection) and nothing
+  else: no scheduler, no events, no serialization. ``batch`` jobs per call (1: a job at a time, as
   jobs trickle in).
 - ``postgresql``: the same with asyncpg on the PostgreSQL store's tables: an INSERT, an
   acquiring transaction (``SELECT … FOR UPDATE SKIP LOCKED`` then ``UPDATE``) and a ``DELETE``
@@ -39,10 +39,13 @@ async def redis_floor(spec: dict[str, Any]) -> dict[str, Any]:
     import redis.asyncio as aioredis
 
     from asched.datastores import redis as redis_store
+    from asched.datastores._redis_connection import PipelinedConnection
 
     count, batch = spec["jobs"], spec.get("batch", 1)
     prefix = "{asched_floor}"
     client = aioredis.Redis.from_url(spec.get("url", "redis://127.0.0.1:6379/0"))
+    connection = PipelinedConnection.of_client(client)
+    assert connection is not None
     scripts = {
         name: redis_store.LuaScript(source, repeat=repeat, helpers=helpers)
         for name in ("add_jobs", "acquire_jobs", "release_jobs")
@@ -55,7 +58,7 @@ async def redis_floor(spec: dict[str, Any]) -> dict[str, Any]:
         script = scripts[name]
         if script.takes_token:
             args = (f"floor:{next(tokens)}", 60, *args)
-        return await script(client, prefix, *args)
+        return await script(connection.execute, prefix, *args)
 
     await _delete_keys(client, prefix)
     try:
@@ -77,6 +80,7 @@ async def redis_floor(spec: dict[str, Any]) -> dict[str, Any]:
         elapsed = time.perf_counter() - start
     finally:
         await _delete_keys(client, prefix)
+        await connection.aclose()
         await client.aclose()
     return {"jobs_per_second": count / elapsed}
 

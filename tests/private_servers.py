@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -84,6 +85,17 @@ class PrivateRedis:
         self._process.wait()
         time.sleep(down_for)  # an outage the clients must ride out
         self.start()
+
+    @contextmanager
+    def frozen(self) -> Iterator[None]:
+        """Stop the server's process (SIGSTOP) inside the block: connections open, nothing
+        answers; it goes on (SIGCONT) after."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            self._process.send_signal(signal.SIGCONT)
 
     def stop(self) -> None:
         if self._process is not None and self._process.poll() is None:

@@ -78,6 +78,7 @@ from ..events import (
     TaskUpdated,
 )
 from ..serializers.base import Serializer
+from ._redis_connection import PipelinedConnection
 from ._write_batcher import WriteBatcher
 from .base import (
     BaseExternalDataStore,
@@ -972,9 +973,12 @@ class LuaScript:
         self.source = "\n".join(["local p = KEYS[1]", *defined, body, wrapper])
         self.sha = hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
 
-    async def __call__(self, client: RedisClient, key: str, *args: Any) -> Any:
-        """Run the script on ``key`` with ``args``; return its reply."""
-        execute: Callable[..., Awaitable[Any]] = client.execute_command
+    async def __call__(self, execute: Callable[..., Awaitable[Any]], key: str, *args: Any) -> Any:
+        """Run the script on ``key`` with ``args`` through ``execute``; return its reply.
+
+        :param execute: sends one command and returns its reply (a client's
+            ``execute_command``, or the store's :class:`PipelinedConnection`'s ``execute``)
+        """
         try:
             return await execute("EVALSHA", self.sha, 1, key, *args)
         except NoScriptError:
@@ -994,6 +998,10 @@ _SOCKET_TIMEOUT = 5.0
 #: how late after its start an attempt can reach the server: connecting, a health check
 #: (a PING, when the connection was idle) and sending
 _ATTEMPT_REACH = _CONNECT_TIMEOUT + 2 * _SOCKET_TIMEOUT
+
+
+async def _not_started(*args: Any) -> Any:
+    raise RuntimeError("RedisDataStore: the store has not been started")
 
 
 def _new_token() -> str:
@@ -1030,6 +1038,8 @@ class RedisDataStore(BaseExternalDataStore):
         self._url: str | None = None
         self._client: RedisClient | None = None
         self._own_client = False
+        #: sends one command and returns its reply (set when the store starts)
+        self._execute: Callable[..., Awaitable[Any]] = _not_started
         channel: str | None = None
         if isinstance(url_or_client, str):
             check_url(url_or_client, "RedisDataStore")
@@ -1151,6 +1161,14 @@ class RedisDataStore(BaseExternalDataStore):
             )
             self._own_client = True
             exit_stack.push_async_callback(self._close_client)
+            # the scripts (every hot path) go through a connection of the store's own that
+            # concurrent calls share; other commands, and a client given, through redis-py
+            pipelined = PipelinedConnection.of_client(self._client)
+            if pipelined is not None:
+                exit_stack.push_async_callback(pipelined.aclose)
+                self._execute = pipelined.execute
+        if self._execute is _not_started:
+            self._execute = self._client.execute_command
         self._check_attempts_are_bounded(self._client)
         while await self._call("move_queue_to_lanes", _QUEUE_MOVE_BATCH):
             pass
@@ -1194,6 +1212,7 @@ class RedisDataStore(BaseExternalDataStore):
             await self._client.aclose()
             self._client = None
             self._own_client = False
+        self._execute = _not_started
 
     @property
     def _redis(self) -> RedisClient:
@@ -1204,11 +1223,11 @@ class RedisDataStore(BaseExternalDataStore):
     async def _call(
         self, script: str, *args: Any, token: str | None = None, ttl: int | None = None
     ) -> Any:
-        run_script, client, root = self._scripts[script], self._redis, self._root
+        run_script, execute, root = self._scripts[script], self._execute, self._root
         if run_script.takes_token:
             # one token for every attempt: a retry after a lost reply gets the kept reply
             args = (token or _new_token(), ttl or self._reply_ttl, *args)
-        return await self._with_retries(lambda: run_script(client, root, *args))
+        return await self._with_retries(lambda: run_script(execute, root, *args))
 
     def _acquisition_ttl(self, lease_duration: timedelta) -> int:
         """How long (seconds) an acquisition keeps its reply: while it can be put back."""
@@ -1596,7 +1615,7 @@ class RedisDataStore(BaseExternalDataStore):
         async for attempt in self._retrying():
             with attempt:
                 if ids is None:
-                    members = await self._scripts["list_jobs"](self._redis, self._root)
+                    members = await self._scripts["list_jobs"](self._execute, self._root)
                     id_list = list(dict.fromkeys(_text(member) for member in members))
                 else:
                     id_list = list(dict.fromkeys(str(job_id) for job_id in ids))

@@ -252,9 +252,9 @@ async def test_a_script_the_server_does_not_have_is_sent_in_full() -> None:
     client = aioredis.Redis.from_url(REDIS_URL)
     try:
         assert await client.script_exists(script.sha) == [False]
-        first = await script(client, "{unused}", "hello")
+        first = await script(client.execute_command, "{unused}", "hello")
         assert await client.script_exists(script.sha) == [True]
-        assert await script(client, "{unused}", "hello") == first
+        assert await script(client.execute_command, "{unused}", "hello") == first
         assert first.startswith(b"hello ")
     finally:
         await client.aclose()
