@@ -305,7 +305,8 @@ class AsyncScheduler:
     :param role: ``scheduler`` (creates jobs from schedules), ``worker`` (runs jobs) or
         ``both``
     :param job_executors: extra or replacement executors by name; ``async``,
-        ``threadpool`` and ``processpool`` are built in
+        ``threadpool`` (up to ``max_concurrent_jobs`` threads) and ``processpool`` (a
+        process per CPU) are built in
     :param default_job_executor: executor for tasks that do not name one (default:
         ``async`` for coroutine functions, ``threadpool`` for plain functions); coroutine
         functions stay on ``async`` when it names a thread or process pool, which cannot
@@ -368,9 +369,15 @@ class AsyncScheduler:
             raise ValueError("identity: expected a non-empty string or None, got ''")
         self._identity_given = identity is not None
         self.identity = identity or self._make_identity()
+        max_jobs = positive_int_or_none(max_concurrent_jobs, field="max_concurrent_jobs")
+        if max_jobs is None:
+            raise TypeError("max_concurrent_jobs: expected an int of at least 1, got None")
+        self.max_concurrent_jobs: int = max_jobs
         self.job_executors: dict[str, JobExecutor] = {
             "async": AsyncJobExecutor(),
-            "threadpool": ThreadPoolJobExecutor(),
+            # as many threads as the worker runs jobs: a sync job it takes never waits for
+            # a thread while other workers could have run it
+            "threadpool": ThreadPoolJobExecutor(max_workers=max_jobs),
             "processpool": ProcessPoolJobExecutor(),
         }
         for name, executor in (job_executors or {}).items():
@@ -383,10 +390,6 @@ class AsyncScheduler:
         if default_job_executor is not None:
             self._check_executor_name(default_job_executor, "default_job_executor")
         self.default_job_executor = default_job_executor
-        max_jobs = positive_int_or_none(max_concurrent_jobs, field="max_concurrent_jobs")
-        if max_jobs is None:
-            raise TypeError("max_concurrent_jobs: expected an int of at least 1, got None")
-        self.max_concurrent_jobs: int = max_jobs
         lease = as_timedelta(lease_duration, field="lease_duration")
         if not lease:
             raise ValueError(f"lease_duration: must be positive, got {lease_duration!r}")

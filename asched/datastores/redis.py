@@ -1725,7 +1725,8 @@ class RedisDataStore(BaseExternalDataStore):
     async def get_job_result(self, job_id: UUID) -> JobResult | None:
         """Return a kept, unexpired result; see :meth:`DataStore.get_job_result`."""
         key = self._key("result", str(job_id))
-        data = await self._with_retries(lambda: self._redis.get(key))
+        execute = self._execute
+        data = await self._with_retries(lambda: execute("GET", key))
         if data is None:
             return None
         record = decode_record(data)

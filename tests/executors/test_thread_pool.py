@@ -81,6 +81,29 @@ async def test_the_pool_grows_to_max_workers_so_blocked_functions_run_side_by_si
     assert len({result.return_value for result in results}) == 3
 
 
+async def test_the_default_pool_runs_as_many_jobs_at_once_as_the_worker_takes(
+    clock: FakeClock,
+) -> None:
+    # more than a fixed pool size (40 before): every sync job a worker takes starts at once,
+    # none waits for a thread while another worker could have run it
+    count = 45
+    barrier = threading.Barrier(count, timeout=20)
+
+    def meet() -> int:
+        barrier.wait()  # breaks (and the job fails) unless all of them run at once
+        return threading.get_ident()
+
+    async with AsyncScheduler(clock=clock, max_concurrent_jobs=count) as scheduler:
+        await scheduler.start_in_background()
+        job_ids = [await scheduler.add_job(meet) for _ in range(count)]
+        results = [await scheduler.get_job_result(job_id) for job_id in job_ids]
+
+    assert [result.outcome for result in results] == [JobOutcome.success] * count
+    executor = scheduler.job_executors["threadpool"]
+    assert isinstance(executor, ThreadPoolJobExecutor)
+    assert executor.max_workers == count
+
+
 async def test_no_more_than_max_workers_functions_run_at_once(scheduler: AsyncScheduler) -> None:
     occupancy = Occupancy()
     job_ids = [await scheduler.add_job(occupancy.hold) for _ in range(5)]
