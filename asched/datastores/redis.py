@@ -1023,7 +1023,8 @@ class RedisDataStore(BaseExternalDataStore):
     :param serializer: turns job arguments, return values and exceptions into bytes
     :param retry_settings: how to retry after transient connection errors
     :raises TypeError: if ``url_or_client`` is neither a URL nor a client
-    :raises ValueError: if the prefix is empty or holds spaces or braces
+    :raises ValueError: if the prefix is empty or holds spaces or braces, or if the client
+        (or the URL) decodes replies into strings (``decode_responses``)
     """
 
     def __init__(
@@ -1047,7 +1048,18 @@ class RedisDataStore(BaseExternalDataStore):
             if prefix is None:
                 prefix = options.get("prefix")
             channel = options.get("channel")
+            url_client = aioredis.Redis.from_url(self._url)  # (connects to nothing)
+            if url_client.get_encoder().decode_responses:  # type: ignore[no-untyped-call]
+                raise ValueError(
+                    "RedisDataStore: the store reads raw bytes from Redis; remove "
+                    "decode_responses from the URL"
+                )
         elif isinstance(url_or_client, (aioredis.Redis, aioredis.RedisCluster)):
+            if url_or_client.get_encoder().decode_responses:
+                raise ValueError(
+                    "RedisDataStore: the store reads raw bytes from Redis; give it a client "
+                    "made with decode_responses=False (the default)"
+                )
             self._client = url_or_client
         else:
             raise TypeError(

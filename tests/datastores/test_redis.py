@@ -211,6 +211,17 @@ async def test_prefix_must_be_usable(prefix: str) -> None:
         RedisDataStore(REDIS_URL, prefix=prefix)
 
 
+async def test_a_client_decoding_replies_is_refused_when_given() -> None:
+    with pytest.raises(ValueError, match="remove decode_responses from the URL"):
+        RedisDataStore(f"{REDIS_URL}{'&' if '?' in REDIS_URL else '?'}decode_responses=true")
+    client = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
+    try:
+        with pytest.raises(ValueError, match="made with decode_responses=False"):
+            RedisDataStore(client)
+    finally:
+        await client.aclose()
+
+
 async def test_operations_survive_killed_connections_without_duplicates(
     namespace: str, clock: FakeClock
 ) -> None:
