@@ -47,6 +47,8 @@ class _ReplyProtocol(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         #: why the connection was lost, once it is: a lost one is never written to again
         self.loss: RedisError | None = None
+        #: how many commands were written, and how many replies came (whoever waits)
+        self.sent = self.answered = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -67,6 +69,7 @@ class _ReplyProtocol(asyncio.Protocol):
                     )
                     return
                 waiter = self._waiting.popleft()
+                self.answered += 1
                 if not waiter.done():
                     waiter.set_result(reply)
         except hiredis.ProtocolError as exc:
@@ -87,10 +90,11 @@ class _ReplyProtocol(asyncio.Protocol):
     @property
     def usable(self) -> bool:
         """Whether commands can still be written (not lost, not closing)."""
-        if self.loss is None and self._transport is not None and self._transport.is_closing():
-            # a write failed: asyncio is closing the transport and will report the loss
-            self.loss = RedisConnectionError("connection lost: a write failed")
-        return self.loss is None
+        # (a closing transport is one asyncio is about to report lost: a write failed, or
+        # the server closed it)
+        return (
+            self.loss is None and self._transport is not None and not self._transport.is_closing()
+        )
 
     def send(self, packed: bytes) -> asyncio.Future[Any]:
         """Write one packed command; return the future of its reply.
@@ -99,12 +103,12 @@ class _ReplyProtocol(asyncio.Protocol):
         """
         waiter = self._loop.create_future()
         if not self.usable:
-            assert self.loss is not None
-            waiter.set_exception(self.loss)
+            waiter.set_exception(self.loss or RedisConnectionError("the connection is closing"))
             return waiter
         assert self._transport is not None
         self._waiting.append(waiter)
         self._transport.write(packed)
+        self.sent += 1
         return waiter
 
     def close(self, exc: RedisError) -> None:
@@ -168,6 +172,8 @@ class PipelinedConnection:
         self._protocol: _ReplyProtocol | None = None
         #: the attempt to (re)open the connection that every caller meanwhile waits for
         self._opening: asyncio.Task[_ReplyProtocol] | None = None
+        #: a connection still shaking hands (closed at once if the connection is closed)
+        self._handshaking: _ReplyProtocol | None = None
         self._closed = False
 
     @classmethod
@@ -213,30 +219,35 @@ class PipelinedConnection:
         protocol = self._protocol
         if protocol is None or not protocol.usable:
             protocol = await self._open()
-        return await self._reply(protocol, protocol.send(hiredis.pack_command(args)))
-
-    async def _reply(self, protocol: _ReplyProtocol, waiter: asyncio.Future[Any]) -> Any:
+        waiter = protocol.send(hiredis.pack_command(args))
         timer = asyncio.get_running_loop().call_later(
-            self._reply_timeout, self._time_out, protocol, waiter
+            self._reply_timeout, self._time_out, protocol, waiter, protocol.sent
         )
         try:
             reply = await waiter
-        finally:
+        except asyncio.CancelledError:
+            # the timer stays: a caller leaving must not keep a silent connection alive
+            raise
+        except BaseException:
             timer.cancel()
+            raise
+        timer.cancel()
         if isinstance(reply, hiredis.ReplyError):
             raise _error_of(reply)
         return reply
 
-    def _time_out(self, protocol: _ReplyProtocol, waiter: asyncio.Future[Any]) -> None:
+    def _time_out(
+        self, protocol: _ReplyProtocol, waiter: asyncio.Future[Any], number: int
+    ) -> None:
+        if protocol.answered >= number or protocol.loss is not None:
+            return  # its reply came (to a caller that left), or the connection is gone
+        # a server that sends nothing for this long is gone or stuck: fail this call and,
+        # by dropping the connection, every other in flight, which can then retry
         if not waiter.done():
-            # a server that sends nothing for this long is gone or stuck: fail this call
-            # and, by dropping the connection, every other in flight, which can then retry
             waiter.set_exception(
                 RedisTimeoutError(f"no reply from Redis within {self._reply_timeout:g} s")
             )
-            protocol.close(
-                RedisConnectionError("connection dropped: an earlier command got no reply")
-            )
+        protocol.close(RedisConnectionError("connection dropped: an earlier command got no reply"))
 
     async def _open(self) -> _ReplyProtocol:
         """Return an open connection, opening it (once for all callers) if need be."""
@@ -292,6 +303,7 @@ class PipelinedConnection:
                 lambda: _ReplyProtocol(loop), *self._address
             )
         waiters = [protocol.send(hiredis.pack_command(command)) for command in self._handshake]
+        self._handshaking = protocol
         try:
             for waiter in waiters:
                 reply = await waiter
@@ -302,6 +314,8 @@ class PipelinedConnection:
                 waiter.cancel()  # their outcomes are of no interest any more
             protocol.close(RedisConnectionError("Redis: the connection failed while opening"))
             raise
+        finally:
+            self._handshaking = None
         if not protocol.usable:
             assert protocol.loss is not None
             raise protocol.loss
@@ -310,6 +324,8 @@ class PipelinedConnection:
     async def aclose(self) -> None:
         """Close the connection: commands in flight, and any sent later, fail."""
         self._closed = True
+        if self._handshaking is not None:
+            self._handshaking.close(RedisConnectionError("the connection to Redis was closed"))
         if self._protocol is not None:
             self._protocol.close(RedisConnectionError("the connection to Redis was closed"))
             self._protocol = None

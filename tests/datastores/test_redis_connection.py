@@ -10,13 +10,9 @@ from urllib.parse import urlsplit, urlunsplit
 import anyio
 import pytest
 import redis.asyncio as aioredis
+import redis.exceptions
 from redis.credentials import UsernamePasswordCredentialProvider
-from redis.exceptions import (
-    AuthenticationError,
-    MaxClientsReachedError,
-    NoScriptError,
-    ResponseError,
-)
+from redis.exceptions import AuthenticationError, NoScriptError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -26,6 +22,9 @@ from tests.private_servers import private_redis
 from tests.services import REDIS_URL, require_redis
 
 pytestmark = pytest.mark.anyio
+
+#: (redis-py before 8.2 raises its parent class)
+MaxClientsReachedError = getattr(redis.exceptions, "MaxClientsReachedError", RedisConnectionError)
 
 
 @pytest.fixture
@@ -250,3 +249,22 @@ async def test_a_closed_connection_refuses_calls(namespace: str) -> None:
     await connection.aclose()
     with pytest.raises(RedisConnectionError, match="was closed"):
         await connection.execute("PING")
+
+
+async def test_a_silent_connection_is_dropped_even_when_its_callers_left() -> None:
+    with private_redis() as server:
+        connection = connection_for("left", server.url, socket_timeout=0.3)
+        try:
+            assert await connection.execute("PING") == b"PONG"
+            protocol = connection._protocol
+            assert protocol is not None
+            with server.frozen():
+                with anyio.move_on_after(0.05):  # a caller that gives up before the timeout
+                    await connection.execute("PING")
+                with anyio.fail_after(10):
+                    while protocol.usable:  # noqa: ASYNC110 - a timer of the connection's
+                        await anyio.sleep(0.01)
+            assert await connection.execute("PING") == b"PONG"
+            assert connection._protocol is not protocol
+        finally:
+            await connection.aclose()
