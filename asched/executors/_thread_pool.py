@@ -10,12 +10,15 @@ list goes from empty to non-empty; a burst of completions costs one wake-up.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Callable
 from contextlib import suppress
 from contextvars import Context
 from queue import SimpleQueue
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 # (future, context, function, positional arguments) or None: a thread's signal to exit
 _WorkItem = tuple["asyncio.Future[Any]", Context, Callable[..., Any], tuple[Any, ...]]
@@ -80,8 +83,21 @@ class LoopThreadPool:
                 target=self._work_until_shut_down,
                 name=f"{self._name_prefix}_{len(self._threads)}",
             )
-            thread.start()
-            self._threads.append(thread)
+            try:
+                thread.start()
+            except RuntimeError:  # "can't start new thread": a process or memory limit
+                if not self._threads:
+                    future.cancel()  # queued, it must never run: its caller gets the error
+                    raise
+                # queued already: a running thread takes it once free (failing it here would
+                # report an error for a call that still runs)
+                logger.warning(
+                    "Could not start another job thread (%d running); the job waits for one",
+                    len(self._threads),
+                    exc_info=True,
+                )
+            else:
+                self._threads.append(thread)
         return future
 
     def shutdown(self) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
+import textwrap
 import threading
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -248,3 +250,56 @@ async def test_a_function_calling_sys_exit_fails_its_job_and_the_scheduler_goes_
     assert result.outcome is JobOutcome.error
     assert isinstance(result.exception, RuntimeError)
     assert isinstance(result.exception.__cause__, SystemExit)
+
+
+THREAD_LIMIT_SCRIPT = textwrap.dedent(
+    """
+    import resource, threading, time
+    import anyio
+    from asched import AsyncScheduler
+
+    runs = []
+
+    def work(number):
+        time.sleep(0.2)
+        runs.append(number)
+
+    def address_space():
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1]) * 1024
+
+    async def main():
+        async with AsyncScheduler(max_concurrent_jobs=12) as scheduler:
+            await scheduler.start_in_background()
+            await scheduler.run_job(work, args=[-1])  # one job thread, at the usual size
+            # room for about two more threads of this stack size: the rest cannot start
+            threading.stack_size(256 * 1024 * 1024)
+            limit = address_space() + 700 * 1024 * 1024
+            resource.setrlimit(resource.RLIMIT_AS, (limit, resource.RLIM_INFINITY))
+            job_ids = [await scheduler.add_job(work, args=[n]) for n in range(12)]
+            results = [await scheduler.get_job_result(job_id) for job_id in job_ids]
+        print(sorted(result.outcome.value for result in results), sorted(runs))
+
+    anyio.run(main)
+    """
+)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="limits the address space through /proc")
+def test_jobs_run_on_the_threads_there_are_when_no_more_can_start() -> None:
+    # Threads that cannot start (a process or memory limit) must not turn into jobs reported
+    # failed that then run anyway: the jobs wait for the threads that run
+    completed = subprocess.run(
+        [sys.executable, "-c", THREAD_LIMIT_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    outcomes, runs = completed.stdout.strip().split("] [")
+    assert outcomes == "[" + ", ".join(["'success'"] * 12)
+    assert runs == ", ".join(str(number) for number in range(-1, 12)) + "]"
+    assert "Could not start another job thread" in completed.stderr
