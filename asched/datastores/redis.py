@@ -1048,24 +1048,21 @@ class RedisDataStore(BaseExternalDataStore):
             if prefix is None:
                 prefix = options.get("prefix")
             channel = options.get("channel")
-            url_client = aioredis.Redis.from_url(self._url)  # (connects to nothing)
-            if url_client.get_encoder().decode_responses:  # type: ignore[no-untyped-call]
-                raise ValueError(
-                    "RedisDataStore: the store reads raw bytes from Redis; remove "
-                    "decode_responses from the URL"
-                )
+            checked: RedisClient = aioredis.Redis.from_url(self._url)  # (connects to nothing)
         elif isinstance(url_or_client, (aioredis.Redis, aioredis.RedisCluster)):
-            if url_or_client.get_encoder().decode_responses:
-                raise ValueError(
-                    "RedisDataStore: the store reads raw bytes from Redis; give it a client "
-                    "made with decode_responses=False (the default)"
-                )
-            self._client = url_or_client
+            self._client = checked = url_or_client
         else:
             raise TypeError(
                 f"RedisDataStore: expected a redis:// URL or a redis.asyncio.Redis or "
                 f"RedisCluster client, got {url_or_client!r}"
             )
+        if checked.get_encoder().decode_responses:
+            fix = (
+                "remove decode_responses from the URL"
+                if self._url
+                else "give it a client made with decode_responses=False (the default)"
+            )
+            raise ValueError(f"RedisDataStore: the store reads raw bytes from Redis; {fix}")
         self.prefix = "asched" if prefix is None else prefix
         if not self.prefix or any(c.isspace() or c in "{}" for c in self.prefix):
             raise ValueError(
@@ -1173,14 +1170,14 @@ class RedisDataStore(BaseExternalDataStore):
             )
             self._own_client = True
             exit_stack.push_async_callback(self._close_client)
-            # the scripts (every hot path) go through a connection of the store's own that
-            # concurrent calls share; other commands, and a client given, through redis-py
-            pipelined = PipelinedConnection.of_client(self._client)
-            if pipelined is not None:
-                exit_stack.push_async_callback(pipelined.aclose)
-                self._execute = pipelined.execute
-        if self._execute is _not_started:
-            self._execute = self._client.execute_command
+        self._execute = self._client.execute_command
+        # the scripts (every hot path) go through a connection of the store's own that
+        # concurrent calls share; other commands, and a client given, through redis-py
+        own = self._client if self._own_client else None
+        pipelined = PipelinedConnection.of_client(own) if isinstance(own, aioredis.Redis) else None
+        if pipelined is not None:
+            exit_stack.push_async_callback(pipelined.aclose)
+            self._execute = pipelined.execute
         self._check_attempts_are_bounded(self._client)
         while await self._call("move_queue_to_lanes", _QUEUE_MOVE_BATCH):
             pass

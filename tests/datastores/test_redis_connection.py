@@ -204,6 +204,21 @@ async def test_it_authenticates_as_the_urls_user(namespace: str, client: aioredi
         await client.acl_deluser(namespace)
 
 
+async def test_it_authenticates_as_a_user_without_password(
+    namespace: str, client: aioredis.Redis
+) -> None:
+    await client.acl_setuser(namespace, enabled=True, nopass=True, commands=["+@all"], keys=["*"])
+    parts = urlsplit(REDIS_URL)
+    connection = connection_for(
+        namespace, urlunsplit(parts._replace(netloc=f"{namespace}@{parts.netloc}"))
+    )
+    try:
+        assert await connection.execute("ACL", "WHOAMI") == namespace.encode()
+    finally:
+        await connection.aclose()
+        await client.acl_deluser(namespace)
+
+
 async def test_callers_meeting_a_silent_server_share_one_bounded_attempt_to_connect() -> None:
     with private_redis() as server:
         connection = connection_for("silent", server.url, socket_connect_timeout=0.3)
