@@ -53,11 +53,12 @@ class _Start:
 
     __slots__ = ("_clock", "_deadline", "_fate", "started_at")
 
-    def __init__(self, clock: Clock, deadline: datetime | None):
+    def __init__(self, clock: Clock, deadline: datetime | None, handed_over_at: datetime):
         self._clock = clock
         self._deadline = deadline
         self._fate: dict[str, bool] = {}  # "started": True (it started) or False (given up)
-        self.started_at: datetime | None = None
+        #: when the job started; until it does, when it was handed to the executor
+        self.started_at = handed_over_at
 
     def __call__(self) -> None:
         now = self._clock.now()
@@ -293,16 +294,16 @@ class Worker:
         # the job really starts (see job_starting)
         start = start_token = None
         if executor.reports_job_start:
-            start = _Start(clock, job.start_deadline)
+            start = _Start(clock, job.start_deadline, started_at)
             start_token = job_starting.set(start)
         token = current_job.set(job)
         try:
             return_value = await executor.run_job(func, job)
         except get_cancelled_exc_class():
-            if start is not None and start.abandon():
-                self._queue.appendleft(job)  # never started: back to the store
-                raise
-            if start is not None and start.started_at is not None:
+            if start is not None:
+                if start.abandon():
+                    self._queue.appendleft(job)  # never started: back to the store
+                    raise
                 started_at = start.started_at
             self._finish(
                 JobResult.for_job(
@@ -311,9 +312,9 @@ class Worker:
             )
             raise
         except _StartDeadlineMissed:
-            got_one_at = start.started_at if start is not None else None
-            assert got_one_at is not None
+            assert start is not None
             assert job.start_deadline is not None
+            got_one_at = start.started_at
             self._logger.warning(
                 "Job %s (task %r) missed its start deadline by %s, waiting for a thread or "
                 "process",
@@ -326,7 +327,7 @@ class Worker:
             )
         except Exception as exc:
             self._logger.exception("Job %s (task %r) raised an exception", job.id, job.task_id)
-            if start is not None and start.started_at is not None:
+            if start is not None:
                 started_at = start.started_at
             result = JobResult.for_job(
                 job,
@@ -336,7 +337,7 @@ class Worker:
                 exception=exc,
             )
         else:
-            if start is not None and start.started_at is not None:
+            if start is not None:
                 started_at = start.started_at
             result = JobResult.for_job(
                 job,

@@ -85,16 +85,19 @@ class LoopThreadPool:
             )
             try:
                 thread.start()
-            except RuntimeError:  # "can't start new thread": a process or memory limit
+            except RuntimeError as exc:  # "can't start new thread": a process or memory limit
                 if not self._threads:
                     future.cancel()  # queued, it must never run: its caller gets the error
                     raise
                 # queued already: a running thread takes it once free (failing it here would
-                # report an error for a call that still runs)
+                # report an error for a call that still runs). The pool stops growing, rather
+                # than failing to start a thread for every call from now on.
+                self._max_workers = len(self._threads)
                 logger.warning(
-                    "Could not start another job thread (%d running); the job waits for one",
+                    "Could not start another job thread (%s); the pool keeps the %d it has, "
+                    "and jobs wait for them",
+                    exc,
                     len(self._threads),
-                    exc_info=True,
                 )
             else:
                 self._threads.append(thread)
